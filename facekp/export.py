@@ -1,0 +1,255 @@
+"""Exports a trained workdir for serving and checks every export against the Keras model.
+
+  python -m facekp.export --workdir=runs/effnet_aug
+
+Writes into workdir/export/:
+  saved_model/                 serving signature: uint8 images [N, S, S, 3] ->
+                               {"keypoints_px": [N, K, 2] pixels, "keypoints": [N, K, 2] in 0..1}
+  model_float32.tflite         the same signature in TFLite
+  model_dynamic_range.tflite   weights quantised to int8, activations float
+  model_float16.tflite         weights stored as float16
+  schema.json                  slot names and flip permutation (predict reads it)
+  export_report.json           per export: file size, max and mean |difference| from Keras in
+                               pixels on test faces, CPU latency per image
+Quantised keypoint models are known to drift (tensorflow/tensorflow#39954), hence the check on
+real faces: the workdir's test split, or the sample photos when the dataset is not at hand.
+"""
+import glob
+import json
+import os
+import time
+
+from absl import app
+from absl import flags
+from absl import logging
+import keras
+import numpy as np
+import tensorflow as tf
+
+from facekp import dataset
+from facekp import images as images_lib
+
+TFLITE_VARIANTS = ("float32", "dynamic_range", "float16")
+SAMPLE_DIR = os.path.join(os.path.dirname(__file__), "sample")
+SERVING_SIGNATURE = "serving_default"
+
+
+# Writing.
+
+def write_saved_model(model, image_size, path):
+  """SavedModel whose serving signature takes uint8 images and returns pixels and normalised.
+
+  keras.export.ExportArchive (a tf.Module) tracks the Keras 3 variables so that the TFLite
+  converter can freeze them; a bare tf.Module holding the model converts to a TFLite file that
+  fails at run time on READ_VARIABLE.
+  """
+  def serve(images):
+    keypoints = tf.cast(model(tf.cast(images, tf.float32), training=False), tf.float32)
+    return {"keypoints_px": keypoints * float(image_size), "keypoints": keypoints}
+
+  archive = keras.export.ExportArchive()
+  archive.track(model)
+  archive.add_endpoint(
+      SERVING_SIGNATURE, serve,
+      input_signature=[tf.TensorSpec([None, image_size, image_size, 3], tf.uint8, name="images")])
+  archive.write_out(path, verbose=False)
+
+
+def tflite_model(saved_model_dir, variant):
+  """TFLite flatbuffer bytes of the SavedModel: float32, dynamic_range or float16."""
+  converter = tf.lite.TFLiteConverter.from_saved_model(saved_model_dir)
+  if variant == "dynamic_range":
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+  elif variant == "float16":
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter.target_spec.supported_types = [tf.float16]
+  elif variant != "float32":
+    raise ValueError(f"unknown TFLite variant {variant!r}; expected one of {TFLITE_VARIANTS}")
+  return converter.convert()
+
+
+# Loading: one interface for every format, used by the checks here and by facekp.predict.
+
+class KeypointModel:
+  """A loaded keypoint model: `model(images uint8 [N, S, S, 3])` -> float32 [N, K, 2] in 0..1."""
+
+  def __init__(self, fn, image_size, kind, path):
+    self._fn = fn
+    self.image_size = int(image_size)
+    self.kind = kind
+    self.path = path
+
+  def __call__(self, images, batch_size=32):
+    images = np.asarray(images, np.uint8)
+    if images.shape[1:] != (self.image_size, self.image_size, 3):
+      raise ValueError(f"{self.path} takes images of shape [N, {self.image_size}, "
+                       f"{self.image_size}, 3], got {images.shape}")
+    return np.concatenate([np.asarray(self._fn(images[i:i + batch_size]), np.float32)
+                           for i in range(0, len(images), batch_size)])
+
+
+def keras_model(model, path=""):
+  image_size = model.input_shape[1]
+  if image_size is None:
+    raise ValueError(f"the model {path} does not fix its input size")
+  call = tf.function(lambda x: model(tf.cast(x, tf.float32), training=False))
+  return KeypointModel(lambda x: call(tf.constant(x)), image_size, "keras", path)
+
+
+def load_keras(path):
+  from facekp import models  # pylint: disable=g-import-not-at-top,unused-import  (custom layers)
+  return keras_model(keras.models.load_model(path), path)
+
+
+def load_saved_model(path):
+  signature = tf.saved_model.load(path).signatures[SERVING_SIGNATURE]
+  image_size = signature.structured_input_signature[1]["images"].shape[1]
+  return KeypointModel(lambda x: signature(images=tf.constant(x))["keypoints"], image_size,
+                       "saved_model", path)
+
+
+def load_tflite(path=None, content=None):
+  """A TFLite model from a file or from flatbuffer bytes; runs through its serving signature."""
+  if content is None:
+    with tf.io.gfile.GFile(path, "rb") as f:
+      content = f.read()
+  interpreter = tf.lite.Interpreter(model_content=content)
+  runner = interpreter.get_signature_runner(SERVING_SIGNATURE)
+  image_size = runner.get_input_details()["images"]["shape"][1]
+  return KeypointModel(lambda x: runner(images=x)["keypoints"], image_size, "tflite", path)
+
+
+def load(path):
+  """A workdir, a .keras file, a SavedModel directory or a .tflite file -> KeypointModel."""
+  if path.endswith(".tflite"):
+    return load_tflite(path)
+  if path.endswith(".keras"):
+    return load_keras(path)
+  if tf.io.gfile.exists(f"{path}/saved_model.pb"):
+    return load_saved_model(path)
+  if tf.io.gfile.exists(f"{path}/model.keras"):
+    return load_keras(f"{path}/model.keras")
+  raise FileNotFoundError(f"{path} is not a keypoint model: expected a workdir (with "
+                          "model.keras), a .keras file, a SavedModel directory or a .tflite file")
+
+
+# Checking.
+
+def sample_faces(image_size):
+  """The committed sample photos, centre-cropped square and resized: uint8 [N, S, S, 3]."""
+  faces = []
+  for path in sorted(glob.glob(os.path.join(SAMPLE_DIR, "*.jpg"))):
+    image = images_lib.load_rgb(path)
+    side = min(image.shape[:2])
+    top, left = (image.shape[0] - side) // 2, (image.shape[1] - side) // 2
+    square = image[top:top + side, left:left + side]
+    faces.append(tf.image.resize(square, (image_size, image_size), antialias=True).numpy())
+  return np.clip(np.round(np.stack(faces)), 0, 255).astype(np.uint8)
+
+
+def check_images(data_dir, image_size, max_images):
+  """Test faces of the dataset, or the sample photos when there is no dataset; and their source."""
+  if data_dir and tf.io.gfile.exists(f"{data_dir}/dataset_info.json"):
+    from facekp import input_pipeline  # pylint: disable=g-import-not-at-top
+    arrays = input_pipeline.load_arrays(data_dir, "test", image_size=image_size)
+    if len(arrays["images"]):
+      return arrays["images"][:max_images], f"{data_dir} test split"
+  logging.warning("no dataset at %r: checking the exports on the sample photos", data_dir)
+  return sample_faces(image_size)[:max_images], "facekp/sample photos"
+
+
+def latency_ms(model, image, repeats):
+  """Median wall time of one single-image call, after two warm-up calls."""
+  for _ in range(2):
+    model(image)
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    model(image)
+    times.append(time.perf_counter() - start)
+  return 1000.0 * float(np.median(times))
+
+
+def path_size(path):
+  if not tf.io.gfile.isdir(path):
+    return tf.io.gfile.stat(path).length
+  return sum(tf.io.gfile.stat(os.path.join(root, name)).length
+             for root, _, files in tf.io.gfile.walk(path) for name in files)
+
+
+def compare(reference, candidate, images, repeats):
+  """|difference| from the reference in pixels, file size and single-image latency."""
+  diff_px = np.abs(candidate(images) - reference(images)) * candidate.image_size
+  return {"path": candidate.path, "size_bytes": int(path_size(candidate.path)),
+          "max_abs_diff_px": float(diff_px.max()), "mean_abs_diff_px": float(diff_px.mean()),
+          "latency_ms": latency_ms(candidate, images[:1], repeats)}
+
+
+def format_report(report):
+  lines = [f"exports of {report['workdir']} checked on {report['num_images']} images "
+           f"({report['images']}), {report['image_size']} px",
+           f"{'model':<28} {'size MB':>8} {'max |diff| px':>14} {'mean |diff| px':>15} "
+           f"{'ms/image':>9}"]
+  for name, r in report["models"].items():
+    lines.append(f"{name:<28} {r['size_bytes'] / 1e6:8.2f} {r['max_abs_diff_px']:14.5f} "
+                 f"{r['mean_abs_diff_px']:15.6f} {r['latency_ms']:9.2f}")
+  return "\n".join(lines)
+
+
+def export_workdir(workdir, *, data_dir=None, variants=TFLITE_VARIANTS, max_images=64,
+                   repeats=20):
+  """Writes workdir/export (SavedModel, TFLite variants, schema) and checks it; returns report."""
+  from facekp import models  # pylint: disable=g-import-not-at-top,unused-import  (custom layers)
+  with tf.io.gfile.GFile(f"{workdir}/config.json") as f:
+    data_dir = data_dir or json.load(f).get("data_dir")
+  out = f"{workdir}/export"
+  tf.io.gfile.makedirs(out)
+  model = keras.models.load_model(f"{workdir}/model.keras")
+  reference = keras_model(model, f"{workdir}/model.keras")
+  image_size = reference.image_size
+  schema = None
+  if data_dir and tf.io.gfile.exists(f"{data_dir}/{dataset.SCHEMA_FILE}"):
+    schema = dataset.load_schema(data_dir)
+    schema.save(f"{out}/{dataset.SCHEMA_FILE}")
+
+  logging.info("writing %s/saved_model", out)
+  write_saved_model(model, image_size, f"{out}/saved_model")
+  exports = {"saved_model": load_saved_model(f"{out}/saved_model")}
+  for variant in variants:
+    path = f"{out}/model_{variant}.tflite"
+    logging.info("converting to %s", path)
+    content = tflite_model(f"{out}/saved_model", variant)
+    with tf.io.gfile.GFile(path, "wb") as f:
+      f.write(content)
+    exports[f"tflite_{variant}"] = load_tflite(path)
+
+  images, source = check_images(data_dir, image_size, max_images)
+  report_models = {name: compare(reference, candidate, images, repeats)
+                   for name, candidate in [("keras", reference), *exports.items()]}
+  report = {"workdir": str(workdir), "image_size": image_size, "images": source,
+            "num_images": int(len(images)), "models": report_models,
+            "schema": schema.to_dict() if schema else None}
+  with tf.io.gfile.GFile(f"{out}/export_report.json", "w") as f:
+    json.dump(report, f, indent=2)
+  print(format_report(report), flush=True)
+  return report
+
+
+def define_flags():
+  flags.DEFINE_string("workdir", None, "Training workdir (config.json, model.keras).",
+                      required=True)
+  flags.DEFINE_string("data_dir", None, "Dataset for the check; default: the workdir's config.")
+  flags.DEFINE_list("tflite", list(TFLITE_VARIANTS), "TFLite variants to write.")
+  flags.DEFINE_integer("max_images", 64, "Test images to compare the exports on.")
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  f = flags.FLAGS
+  export_workdir(f.workdir, data_dir=f.data_dir, variants=f.tflite, max_images=f.max_images)
+
+
+if __name__ == "__main__":
+  define_flags()
+  app.run(main)

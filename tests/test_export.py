@@ -1,0 +1,87 @@
+"""Tests for facekp.export: SavedModel and TFLite exports agree with the Keras model."""
+import json
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from facekp import export
+
+SIZE = 32
+pytestmark = pytest.mark.filterwarnings("ignore:.*tf.lite.Interpreter is deprecated")
+
+
+def tiny_trained_model():
+  """A small conv net fitted for a few steps on random faces (enough weights to quantise)."""
+  keras.utils.set_random_seed(0)
+  inputs = keras.Input((SIZE, SIZE, 3))
+  x = keras.layers.Rescaling(1 / 127.5, offset=-1)(inputs)
+  x = keras.layers.Conv2D(16, 3, strides=2, activation="relu")(x)
+  x = keras.layers.BatchNormalization()(x)
+  x = keras.layers.Conv2D(32, 3, strides=2, activation="relu")(x)
+  x = keras.layers.GlobalAveragePooling2D()(x)
+  x = keras.layers.Dense(10, activation="sigmoid")(x)
+  model = keras.Model(inputs, keras.layers.Reshape((5, 2))(x))
+  model.compile(optimizer="adam", loss="huber")
+  rng = np.random.default_rng(0)
+  model.fit(rng.integers(0, 256, (32, SIZE, SIZE, 3)).astype(np.float32),
+            rng.uniform(0.2, 0.8, (32, 5, 2)).astype(np.float32), epochs=2, verbose=0)
+  return model
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+  workdir = tmp_path_factory.mktemp("workdir")
+  tiny_trained_model().save(workdir / "model.keras")
+  (workdir / "config.json").write_text(
+      json.dumps({"data_dir": str(workdir / "no_dataset"), "image_size": SIZE}))
+  return workdir, export.export_workdir(str(workdir), repeats=2)
+
+
+def test_exports_are_written_and_match_keras(exported):
+  workdir, report = exported
+  for name in ("saved_model/saved_model.pb", "model_float32.tflite",
+               "model_dynamic_range.tflite", "model_float16.tflite", "export_report.json"):
+    assert (workdir / "export" / name).exists(), name
+  assert report["images"] == "facekp/sample photos"
+  models = report["models"]
+  assert set(models) == {"keras", "saved_model", "tflite_float32", "tflite_dynamic_range",
+                         "tflite_float16"}
+  assert models["keras"]["max_abs_diff_px"] == 0
+  assert models["saved_model"]["max_abs_diff_px"] < 1e-3
+  assert models["tflite_float32"]["max_abs_diff_px"] < 1e-3
+  assert models["tflite_float16"]["max_abs_diff_px"] < 0.01
+  assert models["tflite_dynamic_range"]["max_abs_diff_px"] < 0.1
+  # Quantised weights take less room.
+  assert models["tflite_dynamic_range"]["size_bytes"] < models["tflite_float32"]["size_bytes"]
+  assert all(m["latency_ms"] > 0 for m in models.values())
+  assert json.loads((workdir / "export" / "export_report.json").read_text()) == report
+
+
+def test_saved_model_signature_takes_uint8_and_returns_pixels(exported):
+  workdir, _ = exported
+  signature = tf.saved_model.load(str(workdir / "export/saved_model")).signatures[
+      "serving_default"]
+  images = np.random.default_rng(1).integers(0, 256, (3, SIZE, SIZE, 3)).astype(np.uint8)
+  out = signature(images=tf.constant(images))
+  assert set(out) == {"keypoints", "keypoints_px"}
+  assert out["keypoints"].shape == (3, 5, 2)
+  np.testing.assert_allclose(out["keypoints_px"], out["keypoints"] * SIZE, rtol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["model.keras", "export/saved_model", "export/model_float32.tflite",
+                                  "."])
+def test_load_reads_every_format(exported, name):
+  workdir, _ = exported
+  model = export.load(str(workdir / name))
+  assert model.image_size == SIZE
+  images = np.zeros((2, SIZE, SIZE, 3), np.uint8)
+  assert model(images).shape == (2, 5, 2)
+  with pytest.raises(ValueError, match="takes images of shape"):
+    model(np.zeros((1, SIZE + 1, SIZE, 3), np.uint8))
+
+
+def test_load_rejects_what_is_not_a_model(tmp_path):
+  with pytest.raises(FileNotFoundError, match="is not a keypoint model"):
+    export.load(str(tmp_path))
