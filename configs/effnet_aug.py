@@ -1,0 +1,10 @@
+"""EfficientNetV2B0 on ImageNet weights with the same augmentation as mobilenet_aug."""
+from configs import default
+from configs import mobilenet_aug
+
+
+def get_config():
+  config = default.get_config()
+  config.backbone = "efficientnet_v2_b0"
+  config.augment.update(mobilenet_aug.AUGMENT)
+  return config

@@ -1,0 +1,8 @@
+"""The seed's first experiment: MobileNetV2 on ImageNet weights, no augmentation."""
+from configs import default
+
+
+def get_config():
+  config = default.get_config()
+  config.backbone = "mobilenet_v2"
+  return config
