@@ -19,12 +19,16 @@ import json
 from absl import app
 from absl import flags
 from absl import logging
-import ml_collections
+import keras
 import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from facekp import annotate
+from facekp import augment
 from facekp import dataset
+from facekp import input_pipeline
+from facekp import models  # pylint: disable=unused-import  (registers the custom layers)
 from facekp import plots
 
 FAILURE_THRESHOLDS = (0.10, 0.05)
@@ -166,7 +170,6 @@ def teacher_pairs(images, schema):
   Returns (points, mirrored_points_mapped_back, kept) where kept indexes the M faces that
   MediaPipe found on both the image and its mirror.
   """
-  from facekp import annotate  # pylint: disable=g-import-not-at-top  (MediaPipe loads slowly)
   mesh = list(schema.mesh_indices)
   direct, back, kept = [], [], []
   with annotate.FaceMesh(max_faces=1) as face_mesh:
@@ -180,7 +183,7 @@ def teacher_pairs(images, schema):
       back.append(unmirror_keypoints(found_mirror[0][mesh][None], schema.flip_permutation,
                                      width=image.shape[1])[0])
       kept.append(i)
-  shape = (0, len(mesh), 2)
+  shape = (-1, len(mesh), 2)
   return (np.array(direct).reshape(shape), np.array(back).reshape(shape),
           np.array(kept, np.int64))
 
@@ -204,17 +207,9 @@ def teacher_floor(images, schema, names, huber_delta):
 
 # The perturbed protocol.
 
-def perturbation_config():
-  """augment.augment_batch config with only the affine fields on."""
-  return ml_collections.ConfigDict({
-      "flip": 0.0, "brightness": 0.0, "contrast": 0.0, "occlusion": 0.0, "occlusion_size": 0.0,
-      **PERTURBATION})
-
-
 def perturb(images, keypoints, flip_permutation, batch_size=256):
   """The fixed perturbed copy of the faces: same seed, same warp, every run."""
-  from facekp import augment  # pylint: disable=g-import-not-at-top
-  config = perturbation_config()
+  config = augment.make_config(**PERTURBATION)
   out_images, out_keypoints = [], []
   for i in range(0, len(images), batch_size):
     seed = tf.constant([PERTURBATION_SEED, i // batch_size], tf.int64)
@@ -342,8 +337,6 @@ def read_config(workdir):
 
 
 def load_model(workdir):
-  import keras  # pylint: disable=g-import-not-at-top
-  from facekp import models  # pylint: disable=g-import-not-at-top,unused-import  (registers layers)
   path = f"{workdir}/model.keras"
   if not tf.io.gfile.exists(path):
     raise FileNotFoundError(f"{workdir} has no model.keras: train it first "
@@ -353,7 +346,6 @@ def load_model(workdir):
 
 def evaluate_workdir(workdir, data_dir=None, split="test", *, tta_flip=False, pictures=True):
   """Evaluates workdir/model.keras on a split; writes metrics.json and pictures; returns metrics."""
-  from facekp import input_pipeline  # pylint: disable=g-import-not-at-top
   config = read_config(workdir)
   data_dir = data_dir or config["data_dir"]
   image_size = int(config.get("image_size", 128))

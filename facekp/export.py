@@ -28,6 +28,8 @@ import tensorflow as tf
 
 from facekp import dataset
 from facekp import images as images_lib
+from facekp import input_pipeline
+from facekp import models  # pylint: disable=unused-import  (registers the custom layers)
 
 TFLITE_VARIANTS = ("float32", "dynamic_range", "float16")
 SAMPLE_DIR = os.path.join(os.path.dirname(__file__), "sample")
@@ -97,7 +99,6 @@ def keras_model(model, path=""):
 
 
 def load_keras(path):
-  from facekp import models  # pylint: disable=g-import-not-at-top,unused-import  (custom layers)
   return keras_model(keras.models.load_model(path), path)
 
 
@@ -150,7 +151,6 @@ def sample_faces(image_size):
 def check_images(data_dir, image_size, max_images):
   """Test faces of the dataset, or the sample photos when there is no dataset; and their source."""
   if data_dir and tf.io.gfile.exists(f"{data_dir}/dataset_info.json"):
-    from facekp import input_pipeline  # pylint: disable=g-import-not-at-top
     arrays = input_pipeline.load_arrays(data_dir, "test", image_size=image_size)
     if len(arrays["images"]):
       return arrays["images"][:max_images], f"{data_dir} test split"
@@ -199,7 +199,6 @@ def format_report(report):
 def export_workdir(workdir, *, data_dir=None, variants=TFLITE_VARIANTS, max_images=64,
                    repeats=20):
   """Writes workdir/export (SavedModel, TFLite variants, schema) and checks it; returns report."""
-  from facekp import models  # pylint: disable=g-import-not-at-top,unused-import  (custom layers)
   with tf.io.gfile.GFile(f"{workdir}/config.json") as f:
     data_dir = data_dir or json.load(f).get("data_dir")
   out = f"{workdir}/export"

@@ -83,11 +83,15 @@ def face_grid(path, images, true_px, pred_px, names, captions=None, title="", co
   save_figure(fig, path)
 
 
+CURVE_STYLES = {"teacher floor": {"color": "0.45", "linestyle": "--"},
+                "mean shape": {"color": "#ff7f0e", "linestyle": ":"}}
+
+
 def ced_curves(path, panels, limit=0.10):
   """Cumulative error distributions.
 
   panels: list of (title, {curve name: per-image NME array}); one plot per panel, each curve
-  labelled with its AUC up to `limit`.
+  labelled with its AUC up to `limit`; the yardsticks (CURVE_STYLES) drawn in their own style.
   """
   thresholds = np.linspace(0.0, limit, 201)
   fig, axes = plt.subplots(1, len(panels), squeeze=False, figsize=(5.0 * len(panels), 4.0))
@@ -96,7 +100,8 @@ def ced_curves(path, panels, limit=0.10):
       nme = np.asarray(nme)
       fraction = (nme[None, :] <= thresholds[:, None]).mean(axis=1)
       area = float(np.clip(1.0 - nme / limit, 0.0, None).mean())
-      ax.plot(thresholds * 100, fraction * 100, label=f"{name} (AUC {area:.3f})")
+      ax.plot(thresholds * 100, fraction * 100, label=f"{name} (AUC {area:.3f})",
+              **CURVE_STYLES.get(name, {}))
     ax.set_xlim(0, limit * 100)
     ax.set_ylim(0, 100)
     ax.set_xlabel("NME, % of inter-ocular distance")

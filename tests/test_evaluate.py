@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from facekp import dataset
 from facekp import evaluate
+from facekp import export
 from facekp import plots
 from facekp import schema as schema_lib
 
@@ -133,3 +135,59 @@ def test_pictures_have_the_expected_size(tmp_path):
                       [(true[0], np.array([[0, 0], [10, 0], [10, 10], [0, 10]]))], SCHEMA.names,
                       max_inches=4)
   assert _png_size(tmp_path / "photo.png") == (400, 200)
+
+
+def write_tiny_dataset(data_dir, faces):
+  """The sample faces as a facekp dataset (train and test), with made-up plausible keypoints."""
+  keypoints = np.array([[0.5, 0.55], [0.3, 0.4], [0.35, 0.7], [0.7, 0.4], [0.65, 0.7]],
+                       np.float32)
+  rng = np.random.default_rng(0)
+  spec = dataset.features(SCHEMA.num_keypoints)
+  size = faces.shape[1]
+  for split in ("train", "validation", "test"):
+    examples = []
+    for i, face in enumerate(faces):
+      points = keypoints + rng.normal(0, 0.01, keypoints.shape).astype(np.float32)
+      examples.append({"image": face, "image_name": f"{split}_{i}.png", "height": size,
+                       "width": size, "keypoints_px": points * size, "keypoints": points})
+    dataset.write_shard(dataset.shard_path(data_dir, split, 0, 1), examples, spec)
+  dataset.write_metadata(data_dir, spec, SCHEMA)
+
+
+def test_evaluate_workdir_writes_metrics_pictures_and_table(tmp_path, capsys):
+  size = 64
+  data_dir, workdir = tmp_path / "data", tmp_path / "workdir"
+  data_dir.mkdir()
+  workdir.mkdir()
+  write_tiny_dataset(str(data_dir), export.sample_faces(size))
+  inputs = keras.Input((size, size, 3))
+  x = keras.layers.Rescaling(1 / 255)(inputs)
+  x = keras.layers.Conv2D(4, 3, strides=4, activation="relu")(x)
+  x = keras.layers.GlobalAveragePooling2D()(x)
+  x = keras.layers.Dense(10, activation="sigmoid")(x)
+  keras.Model(inputs, keras.layers.Reshape((5, 2))(x)).save(workdir / "model.keras")
+  (workdir / "config.json").write_text(json.dumps(
+      {"data_dir": str(data_dir), "image_size": size, "huber_delta": 1.0}))
+  (workdir / "history.csv").write_text(
+      "epoch,loss,mae_px,val_loss,val_mae_px\n0,0.01,5.0,0.02,6.0\n1,0.005,3.0,0.01,4.0\n")
+
+  metrics = evaluate.evaluate_workdir(str(workdir), tta_flip=True)
+
+  assert json.loads((workdir / "metrics.json").read_text()) == metrics
+  assert metrics["num_faces"] == 7 and metrics["image_size"] == size
+  for protocol in ("aligned", "perturbed"):
+    results = metrics[protocol]
+    assert set(results) >= {"model", "model_flip_tta", "mean_shape", "teacher_floor",
+                            "gap_closed_mae_px", "gap_closed_nme"}
+    for key in ("mae", "mae_px", "huber", "nme", "failure_rate_0.10", "failure_rate_0.05",
+                "auc_0.10", "per_keypoint_mae_px"):
+      assert key in results["model"], key
+  floor = metrics["aligned"]["teacher_floor"]
+  assert floor is not None and floor["num_faces"] + floor["num_left_out"] == 7
+  # The perturbed faces are warped: their labels moved with them.
+  assert metrics["perturbed"]["mean_shape"]["mae_px"] > metrics["aligned"]["mean_shape"]["mae_px"]
+  for name in ("test_faces", "test_faces_perturbed", "worst_faces", "ced", "training_curves"):
+    assert (workdir / "pictures" / f"{name}.png").exists(), name
+  assert _png_size(workdir / "pictures" / "training_curves.png") == (900, 350)
+  table = capsys.readouterr().out
+  assert "mean-shape baseline" in table and "teacher floor" in table

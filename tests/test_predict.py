@@ -1,0 +1,111 @@
+"""Tests for facekp.predict: points found on an aligned crop land where they belong in the photo."""
+import csv
+import os
+import shutil
+
+import cv2
+import keras
+import numpy as np
+import pytest
+from PIL import Image
+
+from facekp import align
+from facekp import annotate
+from facekp import images
+from facekp import predict
+from facekp import schema as schema_lib
+
+SIZE = 64
+SAMPLE = os.path.join(os.path.dirname(predict.__file__), "sample")
+SCHEMA = schema_lib.Schema((1, 33, 61, 263, 291), (1, 263, 291, 33, 61))
+
+
+def constant_model(path, keypoints):
+  """A real Keras model whose output is `keypoints` [K, 2] (normalised) for every image."""
+  inputs = keras.Input((SIZE, SIZE, 3))
+  x = keras.layers.GlobalAveragePooling2D()(inputs)
+  x = keras.layers.Dense(keypoints.size, kernel_initializer="zeros",
+                         bias_initializer=keras.initializers.Constant(keypoints.reshape(-1)))(x)
+  keras.Model(inputs, keras.layers.Reshape(keypoints.shape)(x)).save(path)
+
+
+@pytest.fixture(scope="module")
+def astronaut():
+  """The sample photo, its Face Mesh landmarks and the schema's points in its pixels."""
+  photo = images.load_rgb(os.path.join(SAMPLE, "astronaut.jpg"))
+  with annotate.FaceMesh(max_faces=1) as face_mesh:
+    (landmarks,) = face_mesh.detect(photo)
+  return photo, landmarks, landmarks[list(SCHEMA.mesh_indices)]
+
+
+def read_rows(out_dir):
+  with open(out_dir / "predictions.csv", newline="") as f:
+    return {row["image_name"]: row for row in csv.DictReader(f)}
+
+
+def points_of(row):
+  return np.array([float(row[c]) for c in SCHEMA.csv_point_columns]).reshape(-1, 2)
+
+
+def test_predict_maps_crop_points_back_into_each_photo(tmp_path, astronaut):
+  photo, landmarks, true_points = astronaut
+  # A model that always answers the crop positions of this face's keypoints.
+  _, matrix = align.align_face(photo, landmarks, size=SIZE)
+  model_path = tmp_path / "model.keras"
+  constant_model(model_path, align.transform_points(matrix, true_points) / SIZE)
+
+  # The same face rotated, enlarged and moved inside a bigger canvas: its keypoints move with it.
+  angle, scale = 25.0, 1.3
+  to_canvas = cv2.getRotationMatrix2D((128.0, 128.0), angle, scale)
+  to_canvas[:, 2] += (90.0, 40.0)
+  photos = tmp_path / "photos"
+  photos.mkdir()
+  shutil.copy(os.path.join(SAMPLE, "astronaut.jpg"), photos / "astronaut.jpg")
+  # cv2 puts pixel centres at integers: shift by half a pixel in and out (continuous coords).
+  cv2_matrix = to_canvas.copy()
+  cv2_matrix[:, 2] += to_canvas[:, :2] @ [0.5, 0.5] - 0.5
+  canvas = cv2.warpAffine(photo, cv2_matrix, (480, 400))
+  Image.fromarray(canvas).save(photos / "canvas.png")
+  Image.fromarray(np.full((80, 60, 3), 128, np.uint8)).save(photos / "blank.png")
+  (photos / "broken.jpg").write_bytes(b"this is not a photo")
+
+  out = tmp_path / "out"
+  predict.predict_images(str(model_path), str(photos), str(out))
+
+  rows = read_rows(out)
+  assert list(rows) == ["astronaut.jpg", "blank.png", "broken.jpg", "canvas.png"]
+  assert (rows["astronaut.jpg"]["width"], rows["astronaut.jpg"]["height"]) == ("256", "256")
+  np.testing.assert_allclose(points_of(rows["astronaut.jpg"]), true_points, atol=0.01)
+  assert rows["canvas.png"]["status"] == "ok"
+  assert (rows["canvas.png"]["width"], rows["canvas.png"]["height"]) == ("480", "400")
+  # MediaPipe sees the moved face afresh, so allow its own jitter (a few pixels at 1.3x).
+  canvas_error = np.linalg.norm(points_of(rows["canvas.png"]) -
+                                align.transform_points(to_canvas, true_points), axis=1)
+  assert canvas_error.max() < 4.0, canvas_error
+  assert rows["blank.png"]["status"] == "no_face"
+  assert np.all(points_of(rows["blank.png"]) == -1)
+  assert rows["broken.jpg"]["status"] == "not_an_image"
+  for name, size in (("astronaut.jpg", (1000, 1000)), ("canvas.png", (1000, 833))):
+    with Image.open(out / "overlays" / f"{name}.png") as overlay:
+      assert overlay.size == size
+  assert not (out / "overlays" / "blank.png.png").exists()
+
+
+def test_max_faces_adds_a_row_per_face_largest_first(tmp_path):
+  model_path = tmp_path / "model.keras"
+  constant_model(model_path, np.array([[0.5, 0.55], [0.3, 0.4], [0.35, 0.7], [0.7, 0.4],
+                                       [0.65, 0.7]], np.float32))
+  out = tmp_path / "out"
+  predict.predict_images(str(model_path), os.path.join(SAMPLE, "multi_face.jpg"), str(out),
+                         max_faces=3)
+  rows = read_rows(out)
+  assert list(rows) == ["multi_face.jpg", "multi_face.jpg#face2", "multi_face.jpg#face3"]
+  assert all(r["status"] == "ok" for r in rows.values())
+  # The same crop points span more photo pixels on a bigger face: largest first.
+  eye_distance = [np.linalg.norm(points_of(r)[1] - points_of(r)[3]) for r in rows.values()]
+  assert eye_distance == sorted(eye_distance, reverse=True)
+
+
+def test_missing_images_path_is_a_clear_error(tmp_path):
+  with pytest.raises(FileNotFoundError, match="no such file or folder"):
+    predict.photo_list(str(tmp_path / "nowhere"))
