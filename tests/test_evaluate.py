@@ -68,6 +68,7 @@ def test_gap_closed():
   assert evaluate.gap_closed({"nme": 0.03}, {"nme": 0.05}, {"nme": 0.01}, "nme") == \
       pytest.approx(0.5)
   assert evaluate.gap_closed({"nme": 0.03}, {"nme": 0.05}, None, "nme") is None
+  assert evaluate.gap_closed({"nme": 0.03}, {"nme": 0.05}, {"nme": 0.06}, "nme") is None
 
 
 def test_unmirror_keypoints_maps_x_and_swaps_slots():
@@ -112,6 +113,25 @@ def test_flip_tta_on_an_equivariant_model_gives_back_its_points():
   assert np.abs(direct - mirrored).max() > 1e-3  # the mirror alone gives other points
   np.testing.assert_allclose(evaluate.predict_flip_tta(model, images, SCHEMA.flip_permutation),
                              direct, atol=1e-5)
+
+
+def test_perturbed_protocol_is_fixed_and_moves_labels_with_the_faces():
+  size = 64
+  rng = np.random.default_rng(2)
+  keypoints = rng.uniform(0.35, 0.65, (4, 5, 2)).astype(np.float32)
+  images = np.zeros((4, size, size, 3), np.uint8)
+  for image, (x, y) in zip(images, keypoints[:, 0] * size):
+    image[int(y) - 2:int(y) + 3, int(x) - 2:int(x) + 3] = 255  # a blob at the nose tip
+  warped, moved = evaluate.perturb(images, keypoints, SCHEMA.flip_permutation)
+  again = evaluate.perturb(images, keypoints, SCHEMA.flip_permutation)
+  np.testing.assert_array_equal(warped, again[0])
+  np.testing.assert_array_equal(moved, again[1])
+  assert np.abs(moved - keypoints).mean() * size > 1.0  # the faces did move
+  for image, point in zip(warped, moved[:, 0] * size):
+    weight = image[..., 0].astype(np.float64)
+    rows, cols = np.mgrid[:size, :size] + 0.5
+    centre = np.array([(weight * cols).sum(), (weight * rows).sum()]) / weight.sum()
+    assert np.linalg.norm(centre - point) < 1.0, (centre, point)
 
 
 def _png_size(path):
