@@ -18,6 +18,7 @@ import glob
 import json
 import os
 import time
+import warnings
 
 from absl import app
 from absl import flags
@@ -114,7 +115,10 @@ def load_tflite(path=None, content=None):
   if content is None:
     with tf.io.gfile.GFile(path, "rb") as f:
       content = f.read()
-  interpreter = tf.lite.Interpreter(model_content=content)
+  with warnings.catch_warnings():
+    # TF 2.19 points to ai_edge_litert, which is not part of the pinned dependency set.
+    warnings.filterwarnings("ignore", message=".*tf.lite.Interpreter is deprecated")
+    interpreter = tf.lite.Interpreter(model_content=content)
   runner = interpreter.get_signature_runner(SERVING_SIGNATURE)
   image_size = runner.get_input_details()["images"]["shape"][1]
   return KeypointModel(lambda x: runner(images=x)["keypoints"], image_size, "tflite", path)

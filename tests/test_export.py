@@ -9,7 +9,6 @@ import tensorflow as tf
 from facekp import export
 
 SIZE = 32
-pytestmark = pytest.mark.filterwarnings("ignore:.*tf.lite.Interpreter is deprecated")
 
 
 def tiny_trained_model():
