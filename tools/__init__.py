@@ -1,0 +1,1 @@
+"""Command-line tools: dataset creation and benchmarks (run as `python -m tools.<name>`)."""
