@@ -311,9 +311,9 @@ def format_table(metrics):
       lines.append(f"{'':<10} no gap between the yardsticks: the teacher floor is missing or "
                    "not below the mean shape")
     else:
-      lines.append(f"{'':<10} the model closes {100 * share:.0f}% of the gap from mean shape to "
-                   "teacher floor (MAE px)" +
-                   (f", {100 * share_nme:.0f}% by NME" if share_nme is not None else ""))
+      lines.append(f"{'':<10} the model closes {round(100 * share)}% of the gap from mean shape "
+                   "to teacher floor (MAE px)" +
+                   (f", {round(100 * share_nme)}% by NME" if share_nme is not None else ""))
   per_point = metrics["aligned"]["model"]["per_keypoint_mae_px"]
   lines.append("model MAE px per keypoint (aligned): " +
                ", ".join(f"{n} {v:.2f}" for n, v in per_point.items()))

@@ -12,6 +12,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 from matplotlib.lines import Line2D  # pylint: disable=g-import-not-at-top
+from matplotlib.ticker import MaxNLocator  # pylint: disable=g-import-not-at-top
 import numpy as np  # pylint: disable=g-import-not-at-top
 import tensorflow as tf  # pylint: disable=g-import-not-at-top
 
@@ -91,18 +92,23 @@ def ced_curves(path, panels, limit=0.10):
   """Cumulative error distributions.
 
   panels: list of (title, {curve name: per-image NME array}); one plot per panel, each curve
-  labelled with its AUC up to `limit`; the yardsticks (CURVE_STYLES) drawn in their own style.
+  labelled with its AUC up to `limit` (dotted line), the yardsticks (CURVE_STYLES) in their own
+  style. The x axis reaches past `limit` where most faces of a panel lie beyond it.
   """
-  thresholds = np.linspace(0.0, limit, 201)
   fig, axes = plt.subplots(1, len(panels), squeeze=False, figsize=(5.0 * len(panels), 4.0))
   for ax, (title, curves) in zip(axes.flat, panels):
+    largest = max(float(np.quantile(nme, 0.9)) for nme in curves.values())
+    x_max = min(max(limit, largest * 1.1), 5 * limit)
+    thresholds = np.linspace(0.0, x_max, 401)
     for name, nme in curves.items():
       nme = np.asarray(nme)
       fraction = (nme[None, :] <= thresholds[:, None]).mean(axis=1)
       area = float(np.clip(1.0 - nme / limit, 0.0, None).mean())
       ax.plot(thresholds * 100, fraction * 100, label=f"{name} (AUC {area:.3f})",
               **CURVE_STYLES.get(name, {}))
-    ax.set_xlim(0, limit * 100)
+    if x_max > limit:
+      ax.axvline(limit * 100, color="0.6", linestyle=":", linewidth=1)
+    ax.set_xlim(0, x_max * 100)
     ax.set_ylim(0, 100)
     ax.set_xlabel("NME, % of inter-ocular distance")
     ax.set_ylabel("faces with error at most x, %")
@@ -136,6 +142,7 @@ def training_curves(path, history):
     if np.all(history[name] > 0) and np.all(history[f"val_{name}"] > 0):
       ax.set_yscale("log")
     ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_title(name, fontsize=10)
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
