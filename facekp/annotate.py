@@ -51,7 +51,7 @@ class FaceMesh:
   def detect(self, image_rgb):
     """uint8 [H, W, 3] -> list (one per face, MediaPipe's order) of float64 [468, 2] (x, y)."""
     height, width = image_rgb.shape[:2]
-    result = self._mesh.process(image_rgb)
+    result = self._mesh.process(np.ascontiguousarray(image_rgb))
     return [np.array([(p.x * width, p.y * height) for p in face.landmark], dtype=np.float64)
             for face in result.multi_face_landmarks or ()]
 
@@ -78,7 +78,7 @@ def _mirror_distances(mesh, image):
   """Per face of `image`: [468, 468] distances from landmark i to mirror landmark j mapped
   back (x -> W - x), in units of the distance between the eye centres."""
   faces = mesh.detect(image)
-  mirrored = mesh.detect(np.ascontiguousarray(image[:, ::-1]))
+  mirrored = mesh.detect(image[:, ::-1])
   backs = [np.column_stack([image.shape[1] - m[:, 0], m[:, 1]]) for m in mirrored]
   for points in faces:
     eye_distance = np.linalg.norm(
@@ -143,13 +143,22 @@ def crop_name(photo_name, face):
   return f"{posixpath.splitext(photo_name)[0]}_f{face}.png"
 
 
+_meshes = {}  # this process's FaceMesh instances, by max_faces
+
+
+def _mesh(max_faces):
+  if max_faces not in _meshes:
+    _meshes[max_faces] = FaceMesh(max_faces)
+  return _meshes[max_faces]
+
+
 class Labeller:
   """Turns one listed image into its CSV rows, with this process's FaceMesh instances."""
 
   def __init__(self, settings):
     self.settings = settings
-    self.mesh = FaceMesh(max_faces=1)
-    self.photo_mesh = FaceMesh(max_faces=settings.max_faces) if settings.align_size else None
+    self.mesh = _mesh(1)
+    self.photo_mesh = _mesh(settings.max_faces) if settings.align_size else None
     self.indices = list(settings.mesh_indices)
 
   def label(self, image_name, image_rgb):
@@ -209,43 +218,35 @@ class Labeller:
     return crop, row
 
 
-_labeller = None  # this worker process's Labeller
+def _label_chunk(settings, names):
+  labeller = Labeller(settings)
+  return [(name, labeller.rows_for(name)) for name in names]
 
 
-def _init_worker(settings):
-  global _labeller
-  _labeller = Labeller(settings)
-
-
-def _label_chunk(names):
-  return [(name, _labeller.rows_for(name)) for name in names]
-
-
-def _ready():
-  time.sleep(0.2)  # long enough that every worker gets one, so every worker starts
-  return os.getpid()
+def _start_worker():
+  _mesh(1)
+  time.sleep(0.2)  # long enough that every worker gets one of these tasks, so all start
 
 
 class Pool:
-  """Worker processes with one Labeller (one FaceMesh) each.
+  """Worker processes, each keeping its own FaceMesh instances across tasks.
 
   Workers come from a fork server that imports only this module: forking a process that
   already runs TensorFlow threads is unsafe, and spawning re-imports TensorFlow per worker.
   """
 
-  def __init__(self, settings, workers=None):
-    self.settings = settings
+  def __init__(self, workers=None):
     self.workers = workers or len(os.sched_getaffinity(0))
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload([__name__])
-    self._executor = concurrent.futures.ProcessPoolExecutor(
-        self.workers, mp_context=context, initializer=_init_worker, initargs=(settings,))
+    self._executor = concurrent.futures.ProcessPoolExecutor(self.workers, mp_context=context)
 
   def start(self):
-    """Starts every worker now (they start on demand otherwise): for timing the steady state."""
-    list(self._executor.map(_ready, range(self.workers)))
+    """Starts every worker and its FaceMesh now (else on demand): for timing steady state."""
+    for future in [self._executor.submit(_start_worker) for _ in range(self.workers)]:
+      future.result()
 
-  def label_chunks(self, chunks):
+  def label_chunks(self, settings, chunks):
     """Yields the result of each chunk as it finishes, keeping a few chunks per worker queued."""
     chunks = iter(chunks)
     pending = set()
@@ -254,7 +255,7 @@ class Pool:
         chunk = next(chunks, None)
         if chunk is None:
           break
-        pending.add(self._executor.submit(_label_chunk, chunk))
+        pending.add(self._executor.submit(_label_chunk, settings, chunk))
       if not pending:
         return
       finished, pending = concurrent.futures.wait(
@@ -379,12 +380,12 @@ def annotate_folder(settings, schema, *, names=None, workers=None, chunk_size=16
                len(todo))
   if todo:
     own_pool = pool is None
-    pool = pool or Pool(settings, workers)
+    pool = pool or Pool(workers)
     start = last_report = time.time()
     finished = faces = 0
     try:
       chunks = (todo[i:i + chunk_size] for i in range(0, len(todo), chunk_size))
-      for results in pool.label_chunks(chunks):
+      for results in pool.label_chunks(settings, chunks):
         journal.append(results)
         done.update(results)
         finished += len(results)

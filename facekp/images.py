@@ -50,6 +50,10 @@ def read_bytes(path):
     raise ImageError(path, "unreadable", str(e)) from None
 
 
+def _decode_failure(error):
+  return "truncated" if "truncated" in str(error).lower() else "corrupt"
+
+
 def _open(data, path):
   if not data:
     raise ImageError(path, "empty", "zero bytes")
@@ -59,8 +63,8 @@ def _open(data, path):
     raise ImageError(path, "not_an_image", "not a format Pillow can read") from None
   except Image.DecompressionBombError as e:
     raise ImageError(path, "too_large", str(e)) from None
-  except (OSError, SyntaxError, ValueError) as e:
-    raise ImageError(path, "corrupt", str(e)) from None
+  except (OSError, SyntaxError, ValueError, EOFError) as e:
+    raise ImageError(path, _decode_failure(e), str(e)) from None
 
 
 def _to_rgb(image):
@@ -88,8 +92,7 @@ def decode_rgb(data, path="<bytes>"):
   except Image.DecompressionBombError as e:
     raise ImageError(path, "too_large", str(e)) from None
   except (OSError, SyntaxError, ValueError, EOFError) as e:
-    reason = "truncated" if "truncated" in str(e).lower() else "corrupt"
-    raise ImageError(path, reason, str(e)) from None
+    raise ImageError(path, _decode_failure(e), str(e)) from None
   if rgb.shape[0] == 0 or rgb.shape[1] == 0:
     raise ImageError(path, "corrupt", f"image of size {rgb.shape[1]}x{rgb.shape[0]}")
   return np.ascontiguousarray(rgb)

@@ -1,0 +1,92 @@
+"""facekp.images: every stored form becomes the same RGB pixels; bad files give a reason."""
+import os
+
+import cv2
+import numpy as np
+from PIL import Image
+import pytest
+
+from facekp import images
+from conftest import encode
+
+
+def test_list_images_is_recursive_sorted_and_filtered(image_folder, image_files):
+  os.makedirs(os.path.join(image_folder, "UPPER"))
+  with open(os.path.join(image_folder, "UPPER", "SHOUT.JPG"), "wb") as f:
+    f.write(b"")
+  assert images.list_images(image_folder) == sorted(list(image_files) + ["UPPER/SHOUT.JPG"])
+
+
+def test_list_images_of_a_missing_folder_says_so(tmp_path):
+  with pytest.raises(FileNotFoundError, match="does not exist"):
+    images.list_images(str(tmp_path / "nowhere"))
+
+
+@pytest.mark.parametrize("name", ["face.png", "face.webp", "rgba.png"])
+def test_lossless_forms_give_the_original_pixels(tmp_path, image_files, astronaut, name):
+  path = tmp_path / name
+  path.write_bytes(image_files[name][0])
+  rgb = images.load_rgb(str(path))
+  assert rgb.dtype == np.uint8 and rgb.shape == astronaut.shape
+  if name == "rgba.png":  # transparent corner composited over black, the rest untouched
+    assert (rgb[:20, :20] == 0).all()
+    np.testing.assert_array_equal(rgb[20:], astronaut[20:])
+  else:
+    np.testing.assert_array_equal(rgb, astronaut)
+
+
+def test_grayscale_palette_and_16_bit_become_rgb(tmp_path, image_files, astronaut):
+  gray = np.asarray(Image.fromarray(astronaut).convert("L"))
+  for name in ["sub/deeper/gray.png", "gray16.png"]:
+    path = tmp_path / os.path.basename(name)
+    path.write_bytes(image_files[name][0])
+    rgb = images.load_rgb(str(path))
+    np.testing.assert_array_equal(rgb, np.repeat(gray[:, :, None], 3, axis=2))
+  path = tmp_path / "palette.png"
+  path.write_bytes(image_files["palette.png"][0])
+  rgb = images.load_rgb(str(path))
+  assert rgb.shape == astronaut.shape
+  assert np.abs(rgb.astype(int) - astronaut).mean() < 4  # 256 colours approximate the photo
+
+
+def test_16_bit_rgb_keeps_the_high_byte(tmp_path):
+  rgb16 = np.random.RandomState(0).randint(0, 65536, (8, 10, 3)).astype(np.uint16)
+  path = str(tmp_path / "rgb16.png")
+  cv2.imwrite(path, rgb16[:, :, ::-1])
+  rgb = images.load_rgb(path)
+  assert np.abs(rgb.astype(int) - (rgb16 >> 8)).max() <= 1
+
+
+def test_exif_orientation_is_applied_and_size_follows(tmp_path, astronaut):
+  wide = astronaut[:, :200]
+  exif = Image.Exif()
+  exif[0x0112] = 6  # stored sideways: displayed rotated 90 degrees clockwise
+  path = tmp_path / "rotated.jpg"
+  path.write_bytes(encode(wide, "JPEG", exif=exif.tobytes()))
+  rgb = images.load_rgb(str(path))
+  assert rgb.shape == (200, 256, 3)
+  assert images.image_size(str(path)) == (256, 200)
+
+
+@pytest.mark.parametrize("name", ["empty.jpg", "notes.png", "truncated.jpg", "truncated.png",
+                                  "corrupt.png"])
+def test_bad_files_raise_with_their_reason(tmp_path, image_files, name):
+  data, reason = image_files[name]
+  path = tmp_path / name
+  path.write_bytes(data)
+  with pytest.raises(images.ImageError, match=name) as error:
+    images.load_rgb(str(path))
+  assert error.value.reason == reason
+
+
+def test_missing_file(tmp_path):
+  with pytest.raises(images.ImageError) as error:
+    images.load_rgb(str(tmp_path / "gone.png"))
+  assert error.value.reason == "missing"
+
+
+def test_encode_png_is_lossless_and_write_atomic_leaves_no_temporary(tmp_path, astronaut):
+  path = str(tmp_path / "x.png")
+  images.write_atomic(path, images.encode_png(astronaut))
+  np.testing.assert_array_equal(images.load_rgb(path), astronaut)
+  assert os.listdir(tmp_path) == ["x.png"]
