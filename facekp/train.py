@@ -12,6 +12,7 @@ Run the same command again after any interruption: training continues from the l
 (saved every config.checkpoint_every_steps steps and at each epoch end), with the early-stopping
 state rebuilt from history.csv, and ends at the same epoch count as an uninterrupted run.
 """
+import contextlib
 import csv
 import io
 import json
@@ -28,10 +29,6 @@ from facekp import dataset
 from facekp import evaluate
 from facekp import input_pipeline
 from facekp import models
-
-# Keras warns so at the end of every evaluation of a dataset of unknown length (the validation
-# split); the training data repeats forever and cannot run out.
-warnings.filterwarnings("ignore", message="Your input ran out of data")
 
 STRATEGIES = ("auto", "one_device", "mirrored", "multi_worker", "tpu")
 PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
@@ -173,8 +170,7 @@ def create_optimizer(config, lr):
 
 
 def current_lr(optimizer):
-  lr = optimizer.learning_rate
-  return float(lr(optimizer.iterations) if callable(lr) else lr)
+  return float(keras.ops.convert_to_numpy(optimizer.learning_rate))
 
 
 # Resuming.
@@ -384,6 +380,15 @@ def _build(config, strategy, schema, steps_per_epoch):
   return net, trainer
 
 
+@contextlib.contextmanager
+def _quiet_end_of_data():
+  """Keras warns "Your input ran out of data; interrupting training" after every evaluation of a
+  dataset of unknown length (the validation split); the training data repeats forever."""
+  with warnings.catch_warnings():
+    warnings.filterwarnings("ignore", message="Your input ran out of data")
+    yield
+
+
 def _write_config(config, workdir):
   tf.io.gfile.makedirs(workdir)
   with tf.io.gfile.GFile(f"{workdir}/config.json", "w") as f:
@@ -441,13 +446,15 @@ def train_and_evaluate(config, workdir):
     ]
     if config.early_stopping_patience:
       callbacks.insert(3, ResumedEarlyStopping(past, config.early_stopping_patience))
-    trainer.fit(train_ds, epochs=config.num_epochs, steps_per_epoch=steps_per_epoch,
-                validation_data=val_ds, callbacks=callbacks, shuffle=False, verbose=0)
+    with _quiet_end_of_data():
+      trainer.fit(train_ds, epochs=config.num_epochs, steps_per_epoch=steps_per_epoch,
+                  validation_data=val_ds, callbacks=callbacks, shuffle=False, verbose=0)
 
   if tf.io.gfile.exists(best_path):
     trainer.load_weights(best_path)
-  metrics = {f"val_{k}": float(v) for k, v in
-             trainer.evaluate(val_ds, verbose=0, return_dict=True).items()}
+  with _quiet_end_of_data():
+    metrics = {f"val_{k}": float(v) for k, v in
+               trainer.evaluate(val_ds, verbose=0, return_dict=True).items()}
   history = _history_up_to(history_path, config.num_epochs)
   metrics.update(epochs=len(history),
                  best_epoch=early_stopping_state(
