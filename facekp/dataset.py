@@ -183,7 +183,8 @@ def read_keypoints_csv(path, schema):
       if not fields:
         continue
       if len(fields) != len(header):
-        raise ValueError(f"{path}, line {line_number}: {len(fields)} fields, the header has {len(header)}")
+        raise ValueError(f"{path}, line {line_number}: {len(fields)} fields, but the header "
+                         f"has {len(header)}")
       where = f"{path}, line {line_number}"
       rows.append(KeypointRow(
           image_name=fields[column["image_name"]],
@@ -290,7 +291,7 @@ def split_of(image_name, fractions):
 
 
 def assign_splits(rows, fractions):
-  """{split: rows}, each split ordered by hash (a fixed shuffle that keeps a photo's faces together)."""
+  """{split: rows}, each ordered by hash: a fixed shuffle that keeps a photo's faces together."""
   splits = {split: [] for split in SPLITS}
   for row in sorted(rows, key=lambda r: (split_hash(r.image_name), r.image_name)):
     splits[split_of(row.image_name, fractions)].append(row)
@@ -329,8 +330,8 @@ def make_example(images_dir, row):
 
 
 def _shard_counts(splits, images_dir, num_shards):
-  """Shards per split: about SHARD_TARGET_BYTES each, or `num_shards` for train and as many
-  examples per shard for the other splits."""
+  """Shards per non-empty split. With num_shards, train gets that many and the other splits
+  as many examples per shard; otherwise each shard holds about SHARD_TARGET_BYTES of images."""
   counts = {}
   for split, rows in splits.items():
     if not rows:
@@ -348,7 +349,8 @@ def _shard_counts(splits, images_dir, num_shards):
 def _remove_previous_dataset(out_dir):
   """A dataset being rewritten must not look complete, nor keep shards of a former layout."""
   for name in tf.io.gfile.listdir(out_dir):
-    if (name.startswith(f"{DATASET_NAME}-") and ".tfrecord-" in name) or name == "dataset_info.json":
+    is_shard = name.startswith(f"{DATASET_NAME}-") and ".tfrecord-" in name
+    if is_shard or name == "dataset_info.json":
       tf.io.gfile.remove(f"{out_dir}/{name}")
 
 

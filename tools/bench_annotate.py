@@ -1,0 +1,125 @@
+r"""Benchmarks annotation: a bare MediaPipe loop vs facekp's annotator with 1 and N workers.
+
+  python -m tools.bench_annotate [--images=DIR] [--workers=N] [--json=FILE]
+
+All three label the same images (the folder's images repeated up to --min_images): the bare
+loop calls MediaPipe Face Mesh on `load_rgb` of each file in this process; the annotator runs
+the real stage (worker processes, chunks, journal, CSV) through annotate.annotate_folder on
+started workers. Prints images/s and the ratios; --json also writes them:
+speedup_n_workers = time(1 worker) / time(N workers), overhead = time(1 worker) / time(bare) - 1.
+Each figure is the best of --repeats interleaved runs: other work on the machine only slows
+runs down.
+"""
+import json
+import os
+import tempfile
+import time
+
+from absl import app
+from absl import flags
+from absl import logging
+import mediapipe as mp
+
+from facekp import annotate
+from facekp import images
+
+_SHARED_FACES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                             os.pardir, "shared", "data", "aligned128")
+_IMAGES = flags.DEFINE_string(
+    "images", _SHARED_FACES, "Folder of face images (default: ../shared/data/aligned128, "
+    "or the sample faces in facekp/sample when that is absent).")
+_WORKERS = flags.DEFINE_integer("workers", 0, "N for the N-worker run (0: one per CPU core).")
+_MIN_IMAGES = flags.DEFINE_integer(
+    "min_images", 2000, "Repeat the folder's images until there are at least this many.")
+_REPEATS = flags.DEFINE_integer("repeats", 2, "Runs per configuration; the fastest counts.")
+_JSON = flags.DEFINE_string("json", None, "Also write the figures to this JSON file.")
+
+
+def repeated_folder(source, names, min_images, root):
+  """Symlinks `names` into copies rep0/, rep1/, ... under root: distinct names, same pixels."""
+  copies = -(-min_images // len(names))
+  linked = []
+  for copy in range(copies):
+    for name in names:
+      link = os.path.join(root, f"rep{copy}", name)
+      os.makedirs(os.path.dirname(link), exist_ok=True)
+      os.symlink(os.path.abspath(os.path.join(source, name)), link)
+      linked.append(f"rep{copy}/{name}")
+  return linked
+
+
+def bare_loop_seconds(folder, names):
+  with mp.solutions.face_mesh.FaceMesh(static_image_mode=True, max_num_faces=1) as mesh:
+    mesh.process(images.load_rgb(f"{folder}/{names[0]}"))  # first call sets up the graph
+    start = time.perf_counter()
+    for name in names:
+      mesh.process(images.load_rgb(f"{folder}/{name}"))
+    return time.perf_counter() - start
+
+
+def annotator_seconds(folder, names, schema, workers, scratch):
+  """Wall time of annotate_folder on started workers, into a fresh output folder."""
+  with annotate.Pool(workers) as pool:
+    started = time.perf_counter()
+    pool.start()
+    start_seconds = time.perf_counter() - started
+    out = tempfile.mkdtemp(dir=scratch)
+    settings = annotate.Settings(folder, out, schema.mesh_indices)
+    start = time.perf_counter()
+    rows = annotate.annotate_folder(settings, schema, names=names, pool=pool)
+    seconds = time.perf_counter() - start
+  assert len(rows) == len(names)
+  return seconds, start_seconds
+
+
+def main(argv):
+  del argv
+  folder = _IMAGES.value
+  if os.path.isdir(folder):
+    logging.info("benchmark images: %s", folder)
+  else:
+    logging.warning("%s is absent: benchmarking on the sample faces in %s instead", folder,
+                    annotate.SAMPLE_DIR)
+    folder = annotate.SAMPLE_DIR
+  workers = _WORKERS.value or len(os.sched_getaffinity(0))
+  load_before = os.getloadavg()[0]
+  schema = annotate.make_schema()
+  with tempfile.TemporaryDirectory() as scratch:
+    names = repeated_folder(folder, images.list_images(folder), _MIN_IMAGES.value, scratch)
+    folder = scratch
+    runs = []  # interleaved, so that load from other work falls on every configuration alike
+    for _ in range(_REPEATS.value):
+      runs.append((bare_loop_seconds(folder, names),
+                   annotator_seconds(folder, names, schema, 1, scratch),
+                   annotator_seconds(folder, names, schema, workers, scratch)))
+    bare = min(run[0] for run in runs)
+    one, one_start = min(run[1] for run in runs)
+    many, many_start = min(run[2] for run in runs)
+  figures = {
+      "images_dir": _IMAGES.value if folder != annotate.SAMPLE_DIR else annotate.SAMPLE_DIR,
+      "images": len(names),
+      "cpu_cores": len(os.sched_getaffinity(0)),
+      "workers": workers,
+      "load_average_before": round(load_before, 2),
+      "bare_images_per_s": round(len(names) / bare, 1),
+      "one_worker_images_per_s": round(len(names) / one, 1),
+      "n_workers_images_per_s": round(len(names) / many, 1),
+      "speedup_n_workers": round(one / many, 3),
+      "overhead": round(one / bare - 1, 4),
+      "pool_start_s": {"1": round(one_start, 2), str(workers): round(many_start, 2)},
+  }
+  print(f"{len(names)} images from {figures['images_dir']} on {figures['cpu_cores']} cores "
+        f"(load average before: {load_before:.2f})")
+  print(f"  bare MediaPipe loop : {figures['bare_images_per_s']:8.1f} images/s")
+  print(f"  annotator, 1 worker : {figures['one_worker_images_per_s']:8.1f} images/s  "
+        f"overhead {100 * figures['overhead']:+.1f}% (target <= 10%)")
+  print(f"  annotator, {workers} workers: {figures['n_workers_images_per_s']:8.1f} images/s  "
+        f"speed-up {figures['speedup_n_workers']:.2f}x over 1 worker")
+  print(f"  worker start-up (not in the figures): {figures['pool_start_s']} s")
+  if _JSON.value:
+    with open(_JSON.value, "w") as f:
+      json.dump(figures, f, indent=2)
+
+
+if __name__ == "__main__":
+  app.run(main)
