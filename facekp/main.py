@@ -50,7 +50,7 @@ def _unknown_overrides(argv):
   for arg in argv:
     match = re.match(r"^--?(?:no)?config\.([^=]+)", arg)
     if match and match.group(1) not in fields:
-      close = difflib.get_close_matches(match.group(1), fields, n=3, cutoff=0.5)
+      close = difflib.get_close_matches(match.group(1), fields, n=3, cutoff=0.6)
       unknown.append(f"--config.{match.group(1)}: no such config field"
                      + (f"; did you mean {', '.join(close)}?" if close else ""))
   return unknown

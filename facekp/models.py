@@ -134,6 +134,10 @@ def _dense_head(features, config, num_keypoints, mean_keypoints):
 
 
 def _soft_argmax_head(features, config, num_keypoints):
+  if features.shape[1] < 2:
+    raise ValueError(f"the soft_argmax head needs a feature map of 2x2 or more, the backbone "
+                     f"gives {features.shape[1]}x{features.shape[2]} at {config.image_size} px: "
+                     "use a larger image_size or a smaller feature_stride")
   x = keras.layers.Dropout(config.dropout, name="dropout")(features)
   logits = keras.layers.Conv2D(num_keypoints, 1, name="heatmaps")(x)
   return SoftArgmax(dtype="float32", name="keypoints")(logits)

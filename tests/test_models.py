@@ -1,0 +1,126 @@
+"""Model tests: backbones by name, preprocessing inside, heads, weights, save and load."""
+import os
+import subprocess
+import sys
+import textwrap
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from configs import default
+from facekp import models
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MEAN = np.array([[0.5, 0.55], [0.3, 0.4], [0.35, 0.7], [0.7, 0.4], [0.65, 0.7]], np.float32)
+
+
+def small_config(**overrides):
+  config = default.get_config()
+  config.update(image_size=32, weights="none", backbone_kwargs={"alpha": 0.35})
+  config.update(overrides)
+  return config
+
+
+def images(n=2, size=32, seed=0):
+  return np.random.default_rng(seed).integers(0, 256, (n, size, size, 3)).astype(np.uint8)
+
+
+@pytest.fixture(autouse=True)
+def float32_policy():
+  yield
+  keras.mixed_precision.set_global_policy("float32")
+
+
+def test_dense_head_takes_uint8_and_starts_at_the_mean():
+  model = models.create_model(small_config(), 5, mean_keypoints=MEAN)
+  x = images()
+  out = model(x)
+  assert out.shape == (2, 5, 2) and out.dtype == tf.float32
+  np.testing.assert_allclose(model(x.astype(np.float32)), out, rtol=1e-6)
+  np.testing.assert_allclose(model.get_layer("keypoints_flat").bias.numpy(), MEAN.ravel())
+
+
+def test_backbone_preprocessing_is_the_backbones_own():
+  x = images().astype(np.float32)
+  for backbone, expected in (("mobilenet_v2", x / 127.5 - 1.0), ("resnet50", None)):
+    layer = models.BackbonePreprocessing(backbone)
+    if expected is None:
+      expected = keras.applications.resnet50.preprocess_input(x.copy())
+    np.testing.assert_allclose(layer(x), expected, rtol=1e-5, atol=1e-4)
+
+
+def test_any_keras_application_by_name_and_a_clear_error_for_others():
+  config = small_config(backbone="efficientnet_v2_b0")
+  config.backbone_kwargs = {}
+  model = models.create_model(config, 5)
+  assert model(images()).shape == (2, 5, 2)
+  assert "efficientnetv2b0" in models.backbone_names()
+  with pytest.raises(ValueError, match="unknown backbone 'mobilenet_v9'.*mobilenet_v2"):
+    models.create_model(small_config(backbone="mobilenet_v9"), 5)
+
+
+def test_soft_argmax_lands_on_the_peak_cell_centre():
+  logits = np.full((1, 4, 8, 2), -1e4, np.float32)
+  logits[0, 1, 6, 0] = 0.0  # row 1 of 4, column 6 of 8
+  logits[0, :, :, 1] = 0.0  # flat: the centre of the image
+  np.testing.assert_allclose(models.SoftArgmax()(logits), [[[6.5 / 8, 1.5 / 4], [0.5, 0.5]]],
+                             atol=1e-6)
+
+
+def test_soft_argmax_head_on_a_stride_16_cut_under_mixed_bfloat16():
+  keras.mixed_precision.set_global_policy("mixed_bfloat16")
+  model = models.create_model(small_config(head="soft_argmax", feature_stride=16), 5)
+  assert models.backbone_of(model).output.shape[1:3] == (2, 2)
+  out = model(images())
+  assert out.dtype == tf.float32
+  assert np.all((out.numpy() > 0) & (out.numpy() < 1))
+  with pytest.raises(ValueError, match="dense head only"):
+    models.create_model(small_config(head="soft_argmax"), 5, mean_keypoints=MEAN)
+  with pytest.raises(ValueError, match="2x2 or more, the backbone gives 1x1 at 32 px"):
+    models.create_model(small_config(head="soft_argmax"), 5)
+
+
+def test_bn_momentum_applies_to_every_backbone_batch_norm():
+  model = models.create_model(small_config(bn_momentum=0.9), 5)
+  momenta = {layer.momentum for layer in models.batch_norm_layers(model)}
+  assert momenta == {0.9}
+
+
+def test_saved_model_loads_after_importing_facekp_models(tmp_path):
+  model = models.create_model(small_config(head="soft_argmax", feature_stride=16), 5)
+  path = str(tmp_path / "model.keras")
+  model.save(path)
+  x = images()
+  np.testing.assert_allclose(keras.models.load_model(path)(x), model(x), rtol=1e-5)
+
+
+def test_weights_from_a_local_file(tmp_path):
+  config = small_config()
+  source = models.create_model(config, 5)
+  path = str(tmp_path / "backbone.weights.h5")
+  models.backbone_of(source).save_weights(path)
+  loaded = models.create_model(small_config(weights=path), 5)
+  for a, b in zip(models.backbone_of(source).weights, models.backbone_of(loaded).weights):
+    np.testing.assert_array_equal(a.numpy(), b.numpy())
+  with pytest.raises(FileNotFoundError, match="no such file"):
+    models.create_model(small_config(weights=str(tmp_path / "missing.h5")), 5)
+
+
+def test_imagenet_weights_offline_say_what_to_do(tmp_path):
+  # An empty Keras cache and an unreachable proxy: offline, whatever the machine.
+  env = dict(os.environ, KERAS_HOME=str(tmp_path), https_proxy="http://127.0.0.1:9",
+             HTTPS_PROXY="http://127.0.0.1:9", http_proxy="http://127.0.0.1:9")
+  code = textwrap.dedent("""
+      from configs import default
+      from facekp import models
+      config = default.get_config()
+      config.image_size = 96
+      models.create_model(config, 5)
+      """)
+  result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=120)
+  assert result.returncode != 0
+  assert "WeightsUnavailableError" in result.stderr
+  assert "--config.weights=none" in result.stderr and "--config.weights=PATH" in result.stderr
