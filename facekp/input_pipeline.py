@@ -60,10 +60,15 @@ def _check_shards_exist(shards):
 
 
 def _check_shards_readable(shards):
-  """Reads every record once (checking its CRC) and compares the count with the metadata's."""
+  """Reads every record once (checking its CRC) and compares the count with the metadata's.
+
+  tf.data's own error for a damaged record does not say which file holds it; this costs about
+  a sixth of the decoding that follows, and only when the cache is not already filled.
+  """
   for path, expected in shards:
     try:
-      count = int(tf.data.TFRecordDataset(path).reduce(np.int64(0), lambda n, _: n + 1))
+      count = int(tf.data.TFRecordDataset(path).batch(1024).reduce(
+          np.int64(0), lambda n, records: n + tf.size(records, out_type=tf.int64)))
     except tf.errors.OpError as e:
       raise ValueError(f"{path}: corrupt TFRecord shard ({e.message.splitlines()[0]}); "
                        "rewrite the dataset with tools/make_tfrecords") from None
@@ -112,6 +117,7 @@ def _decoded_examples(data_dir, split, image_size, cache, input_context, with_na
   ds = tf.data.TFRecordDataset([path for path, _ in shards])
   if num_splits > 1:
     ds = ds.shard(num_splits, index)
+
   def parse_and_decode(record):
     decoded = _decode(features.deserialize_example(record, decoders=decoders), image_size)
     return decoded if with_names else decoded[:2]
