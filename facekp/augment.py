@@ -52,8 +52,9 @@ def _check_config(cfg):
     if value is None:
       raise ValueError(f"augmentation config has no field {name!r} (fields: {FIELDS})")
     high = 180 if name == "rotation" else 1
-    if not 0 <= value <= high:
-      raise ValueError(f"augmentation {name}={value} is outside 0..{high}")
+    if not 0 <= value <= high or (name == "scale" and value == 1):
+      raise ValueError(f"augmentation {name}={value} is outside 0..{high}"
+                       + (" (a zoom of 1 - scale must stay above 0)" if name == "scale" else ""))
 
 
 def _split(seed, num):
@@ -84,6 +85,9 @@ def augment_batch(images, keypoints, aug_config, seed, flip_permutation):
     flip_permutation: the schema's flip permutation (facekp.schema.Schema.flip_permutation).
   """
   _check_config(aug_config)
+  if len(flip_permutation) != keypoints.shape[1]:
+    raise ValueError(f"flip_permutation {tuple(flip_permutation)} does not match "
+                     f"{keypoints.shape[1]} keypoints")
   keypoints = tf.cast(keypoints, tf.float32)
   seeds = _split(seed, 4)
   images, keypoints = _geometry(images, keypoints, aug_config, seeds[0], flip_permutation)

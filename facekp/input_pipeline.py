@@ -78,11 +78,14 @@ def _check_shards_readable(shards):
 
 
 def _cache_file(cache_dir, split, image_size, shards, num_splits, index):
-  """A cache file name that changes whenever the shards change, so a stale cache is never read."""
-  fingerprint = hashlib.sha1()
+  """A cache file name that changes whenever the shards change, so a stale cache is never read:
+  it hashes each shard's path, size, modification time and first 64 KiB."""
+  fingerprint = hashlib.sha1(f"{num_splits}:{index}".encode())
   for path, _ in shards:
     stat = tf.io.gfile.stat(path)
-    fingerprint.update(f"{path}:{stat.length}:{stat.mtime_nsec}:{num_splits}:{index};".encode())
+    fingerprint.update(f";{path}:{stat.length}:{stat.mtime_nsec}:".encode())
+    with tf.io.gfile.GFile(path, "rb") as f:
+      fingerprint.update(f.read(1 << 16))
   tf.io.gfile.makedirs(cache_dir)
   return (f"{cache_dir}/{dataset_lib.DATASET_NAME}-{split}-{image_size}px-"
           f"{fingerprint.hexdigest()[:16]}")

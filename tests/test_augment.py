@@ -243,5 +243,9 @@ def test_bad_configs_name_the_field():
     augment.augment_batch(images, keypoints, config, tf.constant([0, 0]), PERM)
   with pytest.raises(ValueError, match="rotation"):
     _augment(images, keypoints, rotation=400.0)
+  with pytest.raises(ValueError, match="scale=1.0"):
+    _augment(images, keypoints, scale=1.0)
+  with pytest.raises(ValueError, match="does not match 5 keypoints"):
+    augment.augment_batch(images, keypoints, augment.make_config(), tf.constant([0, 0]), (0, 1))
   with pytest.raises(ValueError, match="unknown augmentation fields"):
     augment.make_config(hue=0.1)
