@@ -233,6 +233,7 @@ def _label_chunk(settings, names):
 def _start_worker():
   _mesh(1)
   time.sleep(0.2)  # long enough that every worker gets one of these tasks, so all start
+  return os.getpid()
 
 
 class Pool:
@@ -249,9 +250,10 @@ class Pool:
     self._executor = concurrent.futures.ProcessPoolExecutor(self.workers, mp_context=context)
 
   def start(self):
-    """Starts every worker and its FaceMesh now (else on demand): for timing steady state."""
-    for future in [self._executor.submit(_start_worker) for _ in range(self.workers)]:
-      future.result()
+    """Starts every worker and its FaceMesh now (else on demand), for timing the steady state.
+    Returns the workers' process ids."""
+    futures = [self._executor.submit(_start_worker) for _ in range(self.workers)]
+    return sorted({future.result() for future in futures})
 
   def label_chunks(self, settings, chunks):
     """Yields the result of each chunk as it finishes, keeping a few chunks per worker queued."""
@@ -375,8 +377,14 @@ def annotate_folder(settings, schema, *, names=None, workers=None, chunk_size=16
   Resumes from the journal in out_dir. Returns the CSV's rows (sorted by image name); with
   alignment, a photo's rows are its crops, or one row under the photo's name if none.
   """
+  if "://" in settings.out_dir:
+    raise ValueError(f"annotation needs a local output folder, not {settings.out_dir}: its "
+                     "journal is appended to and fsynced (copy the finished folder over after)")
   if names is None:
     names = images.list_images(settings.images_dir)
+  if not names:
+    raise ValueError(f"no images under {settings.images_dir} (looked for files ending in "
+                     f"{', '.join(images.IMAGE_EXTENSIONS)})")
   if settings.align_size:
     names = _unique_crop_stems(names)
   tf.io.gfile.makedirs(settings.out_dir)

@@ -48,74 +48,93 @@ def repeated_folder(source, names, min_images, root):
   return linked
 
 
-def bare_loop_seconds(folder, names):
+def process_cpu_seconds(pids):
+  """User + system CPU time of processes (all their threads), from /proc."""
+  total = 0
+  for pid in pids:
+    with open(f"/proc/{pid}/stat") as f:
+      fields = f.read().rsplit(")", 1)[1].split()  # after "pid (name)": state is field 3
+    total += int(fields[14 - 3]) + int(fields[15 - 3])  # utime, stime in clock ticks
+  return total / os.sysconf("SC_CLK_TCK")
+
+
+def bare_loop(folder, names):
+  """(wall seconds, CPU seconds) of MediaPipe on each image, in this process."""
   with mp.solutions.face_mesh.FaceMesh(static_image_mode=True, max_num_faces=1) as mesh:
     mesh.process(images.load_rgb(f"{folder}/{names[0]}"))  # first call sets up the graph
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     for name in names:
       mesh.process(images.load_rgb(f"{folder}/{name}"))
-    return time.perf_counter() - start
+    return time.perf_counter() - start, time.process_time() - cpu_start
 
 
-def annotator_seconds(folder, names, schema, workers, scratch):
-  """Wall time of annotate_folder on started workers, into a fresh output folder."""
+def annotator(folder, names, schema, workers, scratch):
+  """(wall seconds, CPU seconds of this process and the workers, worker start-up seconds) of
+  annotate_folder on started workers, into a fresh output folder."""
   with annotate.Pool(workers) as pool:
     started = time.perf_counter()
-    pool.start()
+    pids = pool.start()
     start_seconds = time.perf_counter() - started
-    out = tempfile.mkdtemp(dir=scratch)
-    settings = annotate.Settings(folder, out, schema.mesh_indices)
+    settings = annotate.Settings(folder, tempfile.mkdtemp(dir=scratch), schema.mesh_indices)
+    cpu_start = time.process_time() + process_cpu_seconds(pids)
     start = time.perf_counter()
     rows = annotate.annotate_folder(settings, schema, names=names, pool=pool)
     seconds = time.perf_counter() - start
+    cpu_seconds = time.process_time() + process_cpu_seconds(pids) - cpu_start
   assert len(rows) == len(names)
-  return seconds, start_seconds
+  return seconds, cpu_seconds, start_seconds
 
 
 def main(argv):
   del argv
-  folder = _IMAGES.value
-  if os.path.isdir(folder):
-    logging.info("benchmark images: %s", folder)
+  source = os.path.normpath(_IMAGES.value)
+  if os.path.isdir(source):
+    logging.info("benchmark images: %s", source)
   else:
-    logging.warning("%s is absent: benchmarking on the sample faces in %s instead", folder,
+    logging.warning("%s is absent: benchmarking on the sample faces in %s instead", source,
                     annotate.SAMPLE_DIR)
-    folder = annotate.SAMPLE_DIR
+    source = annotate.SAMPLE_DIR
   workers = _WORKERS.value or len(os.sched_getaffinity(0))
   load_before = os.getloadavg()[0]
   schema = annotate.make_schema()
   with tempfile.TemporaryDirectory() as scratch:
-    names = repeated_folder(folder, images.list_images(folder), _MIN_IMAGES.value, scratch)
+    names = repeated_folder(source, images.list_images(source), _MIN_IMAGES.value, scratch)
     folder = scratch
     runs = []  # interleaved, so that load from other work falls on every configuration alike
     for _ in range(_REPEATS.value):
-      runs.append((bare_loop_seconds(folder, names),
-                   annotator_seconds(folder, names, schema, 1, scratch),
-                   annotator_seconds(folder, names, schema, workers, scratch)))
-    bare = min(run[0] for run in runs)
-    one, one_start = min(run[1] for run in runs)
-    many, many_start = min(run[2] for run in runs)
+      runs.append((bare_loop(folder, names),
+                   annotator(folder, names, schema, 1, scratch),
+                   annotator(folder, names, schema, workers, scratch)))
+  bare, one, many = (min(run[k] for run in runs) for k in range(3))
+  bare_cpu, one_cpu = (min(run[k][1] for run in runs) for k in range(2))
   figures = {
-      "images_dir": _IMAGES.value if folder != annotate.SAMPLE_DIR else annotate.SAMPLE_DIR,
+      "images_dir": source,
       "images": len(names),
       "cpu_cores": len(os.sched_getaffinity(0)),
       "workers": workers,
       "load_average_before": round(load_before, 2),
-      "bare_images_per_s": round(len(names) / bare, 1),
-      "one_worker_images_per_s": round(len(names) / one, 1),
-      "n_workers_images_per_s": round(len(names) / many, 1),
-      "speedup_n_workers": round(one / many, 3),
-      "overhead": round(one / bare - 1, 4),
-      "pool_start_s": {"1": round(one_start, 2), str(workers): round(many_start, 2)},
+      "bare_images_per_s": round(len(names) / bare[0], 1),
+      "one_worker_images_per_s": round(len(names) / one[0], 1),
+      "n_workers_images_per_s": round(len(names) / many[0], 1),
+      "speedup_n_workers": round(one[0] / many[0], 3),
+      "overhead": round(one[0] / bare[0] - 1, 4),
+      # CPU time is far less disturbed by other work than wall time.
+      "bare_cpu_ms_per_image": round(1000 * bare_cpu / len(names), 3),
+      "one_worker_cpu_ms_per_image": round(1000 * one_cpu / len(names), 3),
+      "overhead_cpu": round(one_cpu / bare_cpu - 1, 4),
+      "worker_start_s": {"1": round(one[2], 2), str(workers): round(many[2], 2)},
   }
   print(f"{len(names)} images from {figures['images_dir']} on {figures['cpu_cores']} cores "
         f"(load average before: {load_before:.2f})")
   print(f"  bare MediaPipe loop : {figures['bare_images_per_s']:8.1f} images/s")
   print(f"  annotator, 1 worker : {figures['one_worker_images_per_s']:8.1f} images/s  "
         f"overhead {100 * figures['overhead']:+.1f}% (target <= 10%)")
+  print(f"  CPU per image: bare {figures['bare_cpu_ms_per_image']:.2f} ms, 1 worker (with the "
+        f"main process) {figures['one_worker_cpu_ms_per_image']:.2f} ms: overhead "
+        f"{100 * figures['overhead_cpu']:+.1f}%")
   print(f"  annotator, {workers} workers: {figures['n_workers_images_per_s']:8.1f} images/s  "
         f"speed-up {figures['speedup_n_workers']:.2f}x over 1 worker")
-  print(f"  worker start-up (not in the figures): {figures['pool_start_s']} s")
+  print(f"  worker start-up (not in the figures): {figures['worker_start_s']} s")
   if _JSON.value:
     with open(_JSON.value, "w") as f:
       json.dump(figures, f, indent=2)

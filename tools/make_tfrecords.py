@@ -69,6 +69,9 @@ def make_tfrecords(images_dir, out_dir, *, align=0, landmarks=schema_lib.DEFAULT
                    workers=0, split="0.8,0.1,0.1", num_shards=0, max_faces=10, csv=None,
                    chunk_size=16):
   """Runs every stage; returns a summary dict (also logged)."""
+  if csv and align:
+    raise ValueError("--csv builds from existing keypoints and --align annotates new crops: "
+                     "give one of them (to reuse crops, pass --images=OUT/aligned --csv=...)")
   fractions = dataset.parse_fractions(split)
   timings = {}
   start = time.time()
