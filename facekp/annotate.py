@@ -272,6 +272,10 @@ class Pool:
       for future in finished:
         yield future.result()
 
+  def map(self, function, *iterables):
+    """Like the builtin map, in the workers (function must be importable there)."""
+    return self._executor.map(function, *iterables)
+
   def close(self):
     self._executor.shutdown(cancel_futures=True)
 

@@ -354,20 +354,31 @@ def _remove_previous_dataset(out_dir):
       tf.io.gfile.remove(f"{out_dir}/{name}")
 
 
-def write_dataset(out_dir, splits, images_dir, schema, num_shards=None):
-  """Writes the shards of every non-empty split and the TFDS metadata. Returns {split: count}."""
+def write_split_shard(out_path, rows, images_dir, num_keypoints):
+  """Writes one shard of rows (a task that worker processes can run); returns its size."""
+  write_shard(out_path, (make_example(images_dir, row) for row in rows), features(num_keypoints))
+  return len(rows)
+
+
+def write_dataset(out_dir, splits, images_dir, schema, num_shards=None, map_fn=map):
+  """Writes the shards of every non-empty split and the TFDS metadata. Returns {split: count}.
+
+  `map_fn(function, *iterables)` runs the shard writing: the builtin map, or a process pool's.
+  """
   if not any(splits.values()):
     raise ValueError(f"no usable rows to write to {out_dir} (see {CLEANING_REPORT})")
-  feature_spec = features(schema.num_keypoints)
   _remove_previous_dataset(out_dir)
+  tasks = []
   for split, n in _shard_counts(splits, images_dir, num_shards).items():
     rows = splits[split]
     for shard, part in enumerate(np.array_split(np.arange(len(rows)), n)):
-      examples = (make_example(images_dir, rows[i]) for i in part)
-      write_shard(shard_path(out_dir, split, shard, n), examples, feature_spec)
-    logging.info("wrote %s: %d examples in %d shard(s)", split, len(rows), n)
+      tasks.append((shard_path(out_dir, split, shard, n), [rows[i] for i in part]))
+    logging.info("writing %s: %d examples in %d shard(s)", split, len(rows), n)
+  paths, shard_rows = zip(*tasks)
+  list(map_fn(write_split_shard, paths, shard_rows, [images_dir] * len(tasks),
+              [schema.num_keypoints] * len(tasks)))
   for split, rows in splits.items():
     if not rows:
       logging.warning("split %r is empty: the dataset has no %r split", split, split)
-  write_metadata(out_dir, feature_spec, schema)
+  write_metadata(out_dir, features(schema.num_keypoints), schema)
   return {split: len(rows) for split, rows in splits.items()}

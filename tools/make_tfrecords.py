@@ -79,30 +79,33 @@ def make_tfrecords(images_dir, out_dir, *, align=0, landmarks=schema_lib.DEFAULT
   schema = load_or_make_schema(out_dir, landmarks)
   timings["schema_s"] = time.time() - start
 
-  start = time.time()
-  if csv:
-    rows = dataset.read_keypoints_csv(csv, schema)
-    images_root = images_dir
-  else:
-    settings = annotate.Settings(images_dir.rstrip("/"), out_dir.rstrip("/"),
-                                 schema.mesh_indices, align, max_faces)
-    rows = annotate.annotate_folder(settings, schema, workers=workers, chunk_size=chunk_size)
-    images_root = f"{settings.out_dir}/{annotate.ALIGNED_DIR}" if align else settings.images_dir
-  timings["annotate_s"] = time.time() - start
+  with annotate.Pool(workers) as pool:
+    start = time.time()
+    if csv:
+      rows = dataset.read_keypoints_csv(csv, schema)
+      images_root = images_dir
+    else:
+      settings = annotate.Settings(images_dir.rstrip("/"), out_dir.rstrip("/"),
+                                   schema.mesh_indices, align, max_faces)
+      rows = annotate.annotate_folder(settings, schema, chunk_size=chunk_size, pool=pool)
+      images_root = (f"{settings.out_dir}/{annotate.ALIGNED_DIR}" if align
+                     else settings.images_dir)
+    timings["annotate_s"] = time.time() - start
 
-  start = time.time()
-  kept, report = dataset.clean(rows, images_root)
-  dataset.write_keypoints_csv(f"{out_dir}/{dataset.CLEANED_CSV}", kept, schema)
-  dataset.write_report(f"{out_dir}/{dataset.CLEANING_REPORT}", report)
-  logging.info("cleaning: kept %d of %d rows; dropped %s; missing keypoints by status %s",
-               report["kept"], report["rows"], report["dropped"],
-               report["missing_keypoints_by_status"])
-  timings["clean_s"] = time.time() - start
+    start = time.time()
+    kept, report = dataset.clean(rows, images_root)
+    dataset.write_keypoints_csv(f"{out_dir}/{dataset.CLEANED_CSV}", kept, schema)
+    dataset.write_report(f"{out_dir}/{dataset.CLEANING_REPORT}", report)
+    logging.info("cleaning: kept %d of %d rows; dropped %s; missing keypoints by status %s",
+                 report["kept"], report["rows"], report["dropped"],
+                 report["missing_keypoints_by_status"])
+    timings["clean_s"] = time.time() - start
 
-  start = time.time()
-  splits = dataset.assign_splits(kept, fractions)
-  counts = dataset.write_dataset(out_dir, splits, images_root, schema, num_shards or None)
-  timings["write_s"] = time.time() - start
+    start = time.time()
+    splits = dataset.assign_splits(kept, fractions)
+    counts = dataset.write_dataset(out_dir, splits, images_root, schema, num_shards or None,
+                                   map_fn=pool.map)
+    timings["write_s"] = time.time() - start
 
   summary = {"rows": report["rows"], "kept": report["kept"], "dropped": report["dropped"],
              "splits": counts, **{k: round(v, 2) for k, v in timings.items()}}
