@@ -245,6 +245,7 @@ class Pool:
 
   def __init__(self, workers=None):
     self.workers = workers or len(os.sched_getaffinity(0))
+    self.started = False  # workers start on first use, each in seconds (TF and MediaPipe)
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload([__name__])
     self._executor = concurrent.futures.ProcessPoolExecutor(self.workers, mp_context=context)
@@ -252,11 +253,13 @@ class Pool:
   def start(self):
     """Starts every worker and its FaceMesh now (else on demand), for timing the steady state.
     Returns the workers' process ids."""
+    self.started = True
     futures = [self._executor.submit(_start_worker) for _ in range(self.workers)]
     return sorted({future.result() for future in futures})
 
   def label_chunks(self, settings, chunks):
     """Yields the result of each chunk as it finishes, keeping a few chunks per worker queued."""
+    self.started = True
     chunks = iter(chunks)
     pending = set()
     while True:
@@ -274,6 +277,7 @@ class Pool:
 
   def map(self, function, *iterables):
     """Like the builtin map, in the workers (function must be importable there)."""
+    self.started = True
     return self._executor.map(function, *iterables)
 
   def close(self):

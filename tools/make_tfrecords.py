@@ -52,6 +52,9 @@ _CHUNK_SIZE = flags.DEFINE_integer(
     "chunk_size", 16, "Images per worker task; the journal commits once per chunk.")
 
 
+_PARALLEL_WRITE_MIN_ROWS = 5000
+
+
 def load_or_make_schema(out_dir, mesh_indices):
   """The schema of a previous run in out_dir when it has the same landmarks, else derived anew."""
   path = f"{out_dir}/{dataset.SCHEMA_FILE}"
@@ -103,8 +106,10 @@ def make_tfrecords(images_dir, out_dir, *, align=0, landmarks=schema_lib.DEFAULT
 
     start = time.time()
     splits = dataset.assign_splits(kept, fractions)
+    # Starting workers costs seconds; worth it for many images or when they already run.
+    parallel = pool.started or len(kept) >= _PARALLEL_WRITE_MIN_ROWS
     counts = dataset.write_dataset(out_dir, splits, images_root, schema, num_shards or None,
-                                   map_fn=pool.map)
+                                   map_fn=pool.map if parallel else map)
     timings["write_s"] = time.time() - start
 
   summary = {"rows": report["rows"], "kept": report["kept"], "dropped": report["dropped"],
