@@ -316,7 +316,8 @@ class Journal:
           f"{self.path} holds annotations made with other settings ({header[len(_JOURNAL_MAGIC):]}"
           f" instead of {json.dumps(self.fingerprint)}): use another --out, or delete it to "
           "annotate again")
-    committed = body[:body.rfind(_COMMIT) + len(_COMMIT)] if _COMMIT in body else ""
+    last_commit = body.rfind("\n" + _COMMIT)  # a commit line always follows a row
+    committed = body[:last_commit + 1 + len(_COMMIT)] if last_commit >= 0 else ""
     if len(committed) != len(body):  # an interrupted write: keep only what was committed
       os.truncate(self.path, len((header + "\n" + committed).encode("utf-8")))
     done = {}

@@ -79,8 +79,9 @@ def test_journal_drops_an_interrupted_tail_and_continues(tmp_path, default_schem
   row = dataset.KeypointRow("a.png", 4, 3, tuple(float(v) for v in range(10)), "ok")
   journal.append([("a.png", [row])])
   journal.close()
-  with open(path, "a") as f:
-    f.write("b.png,b.png,4,3,1.0,2.0")  # killed in the middle of the next chunk
+  with open(path, "a") as f:  # killed in the middle of the next chunk: one whole row, one torn
+    f.write("b.png," + ",".join(dataset.format_csv_fields(row._replace(image_name="b.png"))))
+    f.write("\nd.png,d.png,4,3,1.0,2.0")
   assert annotate.Journal(path, {"k": 1}).read() == {"a.png": [row]}
   journal = annotate.Journal(path, {"k": 1})
   journal.read()
