@@ -36,7 +36,7 @@ from facekp import schema as schema_lib
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FLAGS = flags.FLAGS
-flags.DEFINE_string("images", os.path.join(_ROOT, "..", "shared", "data", "aligned128"),
+flags.DEFINE_string("images", os.path.normpath(f"{_ROOT}/../shared/data/aligned128"),
                     "Folder of 128x128 face crops (PNG).")
 flags.DEFINE_string("labels", "/tmp/shared_kp",
                     "A facekp dataset of those crops (tools/make_tfrecords): its keypoints label "
@@ -52,11 +52,11 @@ _PLACEHOLDER = np.array([[0.5, 0.62], [0.33, 0.47], [0.38, 0.75], [0.67, 0.47], 
                         np.float32)  # only when no labels exist: the timing does not depend on it
 
 
-def _source_faces():
+def _source_faces(workdir):
   """(PNG paths, their PNG bytes, keypoints [N,K,2], schema, a sentence on what they are)."""
   paths = sorted(glob.glob(os.path.join(FLAGS.images, "*.png")))
   if not paths:
-    return _sample_faces()
+    return _sample_faces(os.path.join(workdir, "faces"))
   blobs = [open(p, "rb").read() for p in paths]
   if tf.io.gfile.exists(f"{FLAGS.labels}/dataset_info.json"):
     labels = {}
@@ -74,10 +74,10 @@ def _source_faces():
           f"{len(paths)} real crops from {FLAGS.images}, placeholder keypoints")
 
 
-def _sample_faces():
-  """The committed sample photos, centre-cropped and resized, written as PNGs."""
+def _sample_faces(folder):
+  """The committed sample photos, centre-cropped and resized, written as PNGs into `folder`."""
   print(f"[bench] {FLAGS.images} holds no PNGs (../shared/data absent?): using facekp/sample")
-  folder = tempfile.mkdtemp(prefix="facekp_bench_faces_")
+  os.makedirs(folder, exist_ok=True)
   paths, blobs = [], []
   for jpeg in sorted(glob.glob(os.path.join(_ROOT, "facekp", "sample", "*.jpg"))):
     image = cv2.imread(jpeg)
@@ -189,7 +189,7 @@ def main(argv):
   del argv
   workdir = FLAGS.workdir or tempfile.mkdtemp(prefix="facekp_bench_")
   try:
-    results = _run(os.path.join(workdir, "dataset"))
+    results = _run(workdir)
   finally:
     if not FLAGS.workdir:
       shutil.rmtree(workdir, ignore_errors=True)
@@ -199,8 +199,9 @@ def main(argv):
     print(f"[bench] wrote {FLAGS.json}")
 
 
-def _run(data_dir):
-  paths, blobs, keypoints, schema, source = _source_faces()
+def _run(workdir):
+  paths, blobs, keypoints, schema, source = _source_faces(workdir)
+  data_dir = os.path.join(workdir, "dataset")
   perm = schema.flip_permutation
   print(f"[bench] faces: {source}; epoch {FLAGS.epoch_size} images, batch {FLAGS.batch_size}, "
         f"{os.cpu_count()} CPU cores", flush=True)
@@ -253,8 +254,9 @@ def _run(data_dir):
         f"   b/a = {results['cold_vs_sequence']:6.1f}x")
   print(f"(c) tf.data warm cache            {results['warm_images_per_s']:10,.0f} images/s"
         f"   c/a = {results['warm_vs_sequence']:6.1f}x   (targets: >= 30x, >= 50,000 images/s)")
-  print(f"(d) warm + flip/brightness on CPU {results['warm_cpu_flip_brightness_images_per_s']:10,.0f}"
-        f" images/s   d/a = {results['warm_cpu_flip_brightness_vs_sequence']:6.1f}x")
+  cpu_augmented = results["warm_cpu_flip_brightness_images_per_s"]
+  print(f"(d) warm + flip/brightness on CPU {cpu_augmented:10,.0f} images/s"
+        f"   d/a = {results['warm_cpu_flip_brightness_vs_sequence']:6.1f}x")
   return results
 
 
