@@ -7,6 +7,7 @@ Stages: list images -> [align faces] -> annotate with MediaPipe Face Mesh (face_
 -> clean (cleaned.csv, cleaning_report.json) -> split by a hash of the photo name -> shards and
 TFDS metadata. Running it again reuses the finished annotation (also after a crash or kill).
 """
+import contextlib
 import json
 import time
 
@@ -68,6 +69,33 @@ def load_or_make_schema(out_dir, mesh_indices):
   return schema
 
 
+def annotate_or_read(images_dir, out_dir, schema, pool, *, align, max_faces, csv, chunk_size):
+  """(keypoint rows, the folder their image names are relative to)."""
+  if csv:
+    return dataset.read_keypoints_csv(csv, schema), images_dir
+  settings = annotate.Settings(images_dir.rstrip("/"), out_dir, schema.mesh_indices, align,
+                               max_faces)
+  rows = annotate.annotate_folder(settings, schema, chunk_size=chunk_size, pool=pool)
+  return rows, f"{out_dir}/{annotate.ALIGNED_DIR}" if align else settings.images_dir
+
+
+def clean_and_report(rows, images_root, out_dir, schema):
+  kept, report = dataset.clean(rows, images_root)
+  dataset.write_keypoints_csv(f"{out_dir}/{dataset.CLEANED_CSV}", kept, schema)
+  dataset.write_report(f"{out_dir}/{dataset.CLEANING_REPORT}", report)
+  logging.info("cleaning: kept %d of %d rows; dropped %s; missing keypoints by status %s",
+               report["kept"], report["rows"], report["dropped"],
+               report["missing_keypoints_by_status"])
+  return kept, report
+
+
+@contextlib.contextmanager
+def timed(timings, stage):
+  start = time.time()
+  yield
+  timings[f"{stage}_s"] = round(time.time() - start, 2)
+
+
 def make_tfrecords(images_dir, out_dir, *, align=0, landmarks=schema_lib.DEFAULT_MESH_INDICES,
                    workers=0, split="0.8,0.1,0.1", num_shards=0, max_faces=10, csv=None,
                    chunk_size=16):
@@ -76,44 +104,25 @@ def make_tfrecords(images_dir, out_dir, *, align=0, landmarks=schema_lib.DEFAULT
     raise ValueError("--csv builds from existing keypoints and --align annotates new crops: "
                      "give one of them (to reuse crops, pass --images=OUT/aligned --csv=...)")
   fractions = dataset.parse_fractions(split)
-  timings = {}
-  start = time.time()
+  out_dir = out_dir.rstrip("/")
   tf.io.gfile.makedirs(out_dir)
-  schema = load_or_make_schema(out_dir, landmarks)
-  timings["schema_s"] = time.time() - start
-
+  timings = {}
+  with timed(timings, "schema"):
+    schema = load_or_make_schema(out_dir, landmarks)
   with annotate.Pool(workers) as pool:
-    start = time.time()
-    if csv:
-      rows = dataset.read_keypoints_csv(csv, schema)
-      images_root = images_dir
-    else:
-      settings = annotate.Settings(images_dir.rstrip("/"), out_dir.rstrip("/"),
-                                   schema.mesh_indices, align, max_faces)
-      rows = annotate.annotate_folder(settings, schema, chunk_size=chunk_size, pool=pool)
-      images_root = (f"{settings.out_dir}/{annotate.ALIGNED_DIR}" if align
-                     else settings.images_dir)
-    timings["annotate_s"] = time.time() - start
-
-    start = time.time()
-    kept, report = dataset.clean(rows, images_root)
-    dataset.write_keypoints_csv(f"{out_dir}/{dataset.CLEANED_CSV}", kept, schema)
-    dataset.write_report(f"{out_dir}/{dataset.CLEANING_REPORT}", report)
-    logging.info("cleaning: kept %d of %d rows; dropped %s; missing keypoints by status %s",
-                 report["kept"], report["rows"], report["dropped"],
-                 report["missing_keypoints_by_status"])
-    timings["clean_s"] = time.time() - start
-
-    start = time.time()
-    splits = dataset.assign_splits(kept, fractions)
-    # Starting workers costs seconds; worth it for many images or when they already run.
-    parallel = pool.started or len(kept) >= _PARALLEL_WRITE_MIN_ROWS
-    counts = dataset.write_dataset(out_dir, splits, images_root, schema, num_shards or None,
-                                   map_fn=pool.map if parallel else map)
-    timings["write_s"] = time.time() - start
-
+    with timed(timings, "annotate"):
+      rows, images_root = annotate_or_read(images_dir, out_dir, schema, pool, align=align,
+                                           max_faces=max_faces, csv=csv, chunk_size=chunk_size)
+    with timed(timings, "clean"):
+      kept, report = clean_and_report(rows, images_root, out_dir, schema)
+    with timed(timings, "write"):
+      # Starting workers costs seconds; worth it for many images or when they already run.
+      parallel = pool.started or len(kept) >= _PARALLEL_WRITE_MIN_ROWS
+      counts = dataset.write_dataset(out_dir, dataset.assign_splits(kept, fractions),
+                                     images_root, schema, num_shards or None,
+                                     map_fn=pool.map if parallel else map)
   summary = {"rows": report["rows"], "kept": report["kept"], "dropped": report["dropped"],
-             "splits": counts, **{k: round(v, 2) for k, v in timings.items()}}
+             "splits": counts, **timings}
   logging.info("done: %s", json.dumps(summary))
   return summary
 
@@ -122,7 +131,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   make_tfrecords(
-      _IMAGES.value, _OUT.value.rstrip("/"), align=_ALIGN.value,
+      _IMAGES.value, _OUT.value, align=_ALIGN.value,
       landmarks=schema_lib.parse_mesh_indices(_LANDMARKS.value), workers=_WORKERS.value,
       split=_SPLIT.value, num_shards=_NUM_SHARDS.value, max_faces=_MAX_FACES.value,
       csv=_CSV.value, chunk_size=_CHUNK_SIZE.value)
