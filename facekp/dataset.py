@@ -10,8 +10,8 @@ Layout of a dataset directory (`--out`):
 face_keypoints.csv and cleaned.csv hold one row per image:
   image_name,width,height,point_1_x,point_1_y,...,point_K_y,status
 in pixels of the image as `facekp.images.load_rgb` returns it, -1.0 where there is no point
-(status says why: ok, no_face, unreadable, not_an_image, ...). A user's own CSV needs only
-image_name and the point columns.
+(status says why: ok, no_face, unreadable, not_an_image, ...; width and height are 0 when the
+image could not be read). A user's own CSV needs only image_name and the point columns.
 """
 import collections
 import csv
