@@ -12,6 +12,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 from matplotlib.lines import Line2D  # pylint: disable=g-import-not-at-top
+from matplotlib.ticker import FormatStrFormatter  # pylint: disable=g-import-not-at-top
 from matplotlib.ticker import MaxNLocator  # pylint: disable=g-import-not-at-top
 import numpy as np  # pylint: disable=g-import-not-at-top
 import tensorflow as tf  # pylint: disable=g-import-not-at-top
@@ -30,7 +31,7 @@ def slot_marker(slot):
 def save_figure(fig, path):
   """Writes the figure as PNG at DPI without trimming, so its size is figsize * DPI."""
   buffer = io.BytesIO()
-  fig.savefig(buffer, format="png", dpi=DPI)
+  fig.savefig(buffer, format="png", dpi=DPI, pil_kwargs={"compress_level": 6})
   plt.close(fig)
   with tf.io.gfile.GFile(path, "wb") as f:
     f.write(buffer.getvalue())
@@ -141,6 +142,8 @@ def training_curves(path, history):
     ax.plot(epochs, history[f"val_{name}"], marker=".", label="validation")
     if np.all(history[name] > 0) and np.all(history[f"val_{name}"] > 0):
       ax.set_yscale("log")
+      ax.yaxis.set_major_formatter(FormatStrFormatter("%g"))
+      ax.yaxis.set_minor_formatter(FormatStrFormatter("%g"))
     ax.set_xlabel("epoch")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_title(name, fontsize=10)

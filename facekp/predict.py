@@ -15,7 +15,8 @@ into the photo's pixels. Written into --out:
                    and later named "<image_name>#face<k>". status is "ok", "no_face" (points -1)
                    or the reason facekp.images gave for a file it could not read (points -1,
                    width and height 0), as make_tfrecords writes them.
-  overlays/<image_name>.png  the photo with each face's points and its aligned crop's outline.
+  overlays/<image_name>.png  the photo with each face's points and its aligned crop's outline
+                   (--nooverlays skips them: they take most of the time).
 A photo that fails never stops the rest of the folder.
 """
 import csv
@@ -86,7 +87,7 @@ def overlay_path(out_dir, name):
   return f"{out_dir}/overlays/{name}.png"
 
 
-def predict_photo(model, face_mesh, path, name, out_dir, max_faces, names):
+def predict_photo(model, face_mesh, path, name, out_dir, max_faces, names, overlays):
   """dataset.KeypointRow per face of one photo (overlay written); a bad photo gives its reason."""
   k = len(names)
   try:
@@ -102,9 +103,10 @@ def predict_photo(model, face_mesh, path, name, out_dir, max_faces, names):
   height, width = image.shape[:2]
   if not faces:
     return [dataset.missing_row(name, k, "no_face", width, height)]
-  overlay = overlay_path(out_dir, name)
-  tf.io.gfile.makedirs(os.path.dirname(overlay))
-  plots.photo_overlay(overlay, image, faces, names)
+  if overlays:
+    overlay = overlay_path(out_dir, name)
+    tf.io.gfile.makedirs(os.path.dirname(overlay))
+    plots.photo_overlay(overlay, image, faces, names)
   return [dataset.KeypointRow(name if i == 0 else f"{name}#face{i + 1}", width, height,
                               tuple(points.ravel()), dataset.OK)
           for i, (points, _) in enumerate(faces)]
@@ -120,7 +122,7 @@ def photo_list(images_path):
   return [(images_path, os.path.basename(images_path))]
 
 
-def predict_images(model_path, images_path, out_dir, max_faces=1):
+def predict_images(model_path, images_path, out_dir, max_faces=1, overlays=True):
   """Predicts on every photo; writes out_dir/predictions.csv and overlays; returns the rows."""
   if max_faces < 1:
     raise ValueError(f"max_faces must be at least 1, got {max_faces}")
@@ -137,7 +139,7 @@ def predict_images(model_path, images_path, out_dir, max_faces=1):
   rows = []
   with annotate.FaceMesh(max_faces=max(max_faces, FACE_SEARCH_LIMIT)) as face_mesh:
     for i, (path, name) in enumerate(photos):
-      rows += predict_photo(model, face_mesh, path, name, out_dir, max_faces, names)
+      rows += predict_photo(model, face_mesh, path, name, out_dir, max_faces, names, overlays)
       if (i + 1) % 100 == 0 or i + 1 == len(photos):
         logging.info("predicted %d / %d photos", i + 1, len(photos))
   text = io.StringIO()
@@ -160,13 +162,14 @@ def define_flags():
   flags.DEFINE_string("images", None, "A photo or a folder of photos.", required=True)
   flags.DEFINE_string("out", None, "Output folder (predictions.csv, overlays/).", required=True)
   flags.DEFINE_integer("max_faces", 1, "Faces per photo, largest first.")
+  flags.DEFINE_bool("overlays", True, "Draw an overlay PNG per photo (most of the run time).")
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   f = flags.FLAGS
-  predict_images(f.model, f.images, f.out, max_faces=f.max_faces)
+  predict_images(f.model, f.images, f.out, max_faces=f.max_faces, overlays=f.overlays)
 
 
 if __name__ == "__main__":
