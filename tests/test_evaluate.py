@@ -179,7 +179,8 @@ def test_evaluate_workdir_writes_metrics_pictures_and_table(tmp_path, capsys):
   data_dir, workdir = tmp_path / "data", tmp_path / "workdir"
   data_dir.mkdir()
   workdir.mkdir()
-  write_tiny_dataset(str(data_dir), export.sample_faces(size))
+  faces = export.sample_faces(size)
+  write_tiny_dataset(str(data_dir), faces)
   inputs = keras.Input((size, size, 3))
   x = keras.layers.Rescaling(1 / 255)(inputs)
   x = keras.layers.Conv2D(4, 3, strides=4, activation="relu")(x)
@@ -194,7 +195,7 @@ def test_evaluate_workdir_writes_metrics_pictures_and_table(tmp_path, capsys):
   metrics = evaluate.evaluate_workdir(str(workdir), tta_flip=True)
 
   assert json.loads((workdir / "metrics.json").read_text()) == metrics
-  assert metrics["num_faces"] == 7 and metrics["image_size"] == size
+  assert metrics["num_faces"] == len(faces) and metrics["image_size"] == size
   for protocol in ("aligned", "perturbed"):
     results = metrics[protocol]
     assert set(results) >= {"model", "model_flip_tta", "mean_shape", "teacher_floor",
@@ -203,7 +204,7 @@ def test_evaluate_workdir_writes_metrics_pictures_and_table(tmp_path, capsys):
                 "auc_0.10", "per_keypoint_mae_px"):
       assert key in results["model"], key
   floor = metrics["aligned"]["teacher_floor"]
-  assert floor is not None and floor["num_faces"] + floor["num_left_out"] == 7
+  assert floor is not None and floor["num_faces"] + floor["num_left_out"] == len(faces)
   # The perturbed faces are warped: their labels moved with them.
   assert metrics["perturbed"]["mean_shape"]["mae_px"] > metrics["aligned"]["mean_shape"]["mae_px"]
   for name in ("test_faces", "test_faces_perturbed", "worst_faces", "ced", "training_curves"):
