@@ -34,8 +34,8 @@ JOURNAL = "face_keypoints.journal"
 ALIGNED_DIR = "aligned"
 _JOURNAL_MAGIC = "#facekp-journal "
 _COMMIT = "#commit\n"
-# A crop whose own Face Mesh centre lies this far (a fraction of the crop side) from the centre
-# of the photo's landmarks mapped into it has found another face than the one it was cut for.
+# A crop whose Face Mesh centre lies this far (a fraction of the crop side) from the centre of
+# the photo's landmarks mapped into it has found another face than the one it was cut for.
 _OTHER_FACE_OFFSET = 0.35
 _PROGRESS_SECONDS = 10.0
 _MAX_SAMPLE_FACES = 10
@@ -166,16 +166,13 @@ class Labeller:
     self.photo_mesh = _mesh(settings.max_faces) if settings.align_size else None
     self.indices = list(settings.mesh_indices)
 
-  def label(self, image_name, image_rgb, all_landmarks=False):
-    """(row, landmarks or None) of the most prominent face: all 468 landmarks if asked, else
-    the schema's."""
+  def label(self, image_name, image_rgb):
+    """The row of the most prominent face (MediaPipe's first)."""
     height, width = image_rgb.shape[:2]
-    faces = self.mesh.detect(image_rgb, None if all_landmarks else self.indices)
+    faces = self.mesh.detect(image_rgb, self.indices)
     if not faces:
-      return dataset.missing_row(image_name, len(self.indices), "no_face", width, height), None
-    points = faces[0][self.indices] if all_landmarks else faces[0]
-    row = dataset.KeypointRow(image_name, width, height, tuple(points.ravel()), dataset.OK)
-    return row, faces[0]
+      return dataset.missing_row(image_name, len(self.indices), "no_face", width, height)
+    return dataset.KeypointRow(image_name, width, height, tuple(faces[0].ravel()), dataset.OK)
 
   def rows_for(self, name):
     """Rows for one listed image; a bad input gives a row with its reason, never an exception."""
@@ -183,7 +180,7 @@ class Labeller:
       image_rgb = images.load_rgb(f"{self.settings.images_dir}/{name}")
       if self.settings.align_size:
         return self._align_and_label(name, image_rgb)
-      return [self.label(name, image_rgb)[0]]
+      return [self.label(name, image_rgb)]
     except images.ImageError as e:
       return [dataset.missing_row(name, len(self.indices), e.reason)]
     except (ValueError, RuntimeError, cv2.error) as e:
@@ -208,21 +205,34 @@ class Labeller:
     return rows
 
   def _crop_and_label(self, name, photo_rgb, landmarks):
-    """Crops one face twice: Face Mesh on a small face in a big photo is coarse, so the first
-    crop's own landmarks, mapped back, place the second; the second crop is annotated."""
     size = self.settings.align_size
-    for _ in range(2):
-      crop, matrix = align.align_face(photo_rgb, landmarks, size)
-      row, crop_landmarks = self.label(name, crop, all_landmarks=True)
-      if crop_landmarks is None:
-        break
-      expected_centre = align.transform_points(matrix, landmarks).mean(axis=0)
-      offset = np.linalg.norm(crop_landmarks.mean(axis=0) - expected_centre)
-      if offset > _OTHER_FACE_OFFSET * size:
-        row = dataset.missing_row(name, len(self.indices), "face_mismatch", size, size)
-        break
-      landmarks = align.transform_points(align.invert(matrix), crop_landmarks)
-    return crop, row
+    crop, _, crop_landmarks, status = crop_face(self.mesh, photo_rgb, landmarks, size)
+    if status != dataset.OK:
+      return crop, dataset.missing_row(name, len(self.indices), status, size, size)
+    points = tuple(crop_landmarks[self.indices].ravel())
+    return crop, dataset.KeypointRow(name, size, size, points, dataset.OK)
+
+
+def crop_face(mesh, photo_rgb, landmarks, size):
+  """The FFHQ-style crop of one face, placed by Face Mesh on a first crop of it.
+
+  Face Mesh on a small face in a big photo is coarse, so the face is cropped from `landmarks`,
+  Face Mesh runs on that crop, and its landmarks mapped back to the photo place the final crop.
+
+  Returns:
+    (crop, matrix from photo to crop pixels, the final crop's [468, 2] landmarks or None,
+    status: "ok", "no_face", or "face_mismatch" when a crop shows another face).
+  """
+  for _ in range(2):
+    crop, matrix = align.align_face(photo_rgb, landmarks, size)
+    faces = mesh.detect(crop)
+    if not faces:
+      return crop, matrix, None, "no_face"
+    expected_centre = align.transform_points(matrix, landmarks).mean(axis=0)
+    if np.linalg.norm(faces[0].mean(axis=0) - expected_centre) > _OTHER_FACE_OFFSET * size:
+      return crop, matrix, None, "face_mismatch"
+    landmarks = align.transform_points(align.invert(matrix), faces[0])
+  return crop, matrix, faces[0], dataset.OK
 
 
 def _label_chunk(settings, names):
