@@ -12,7 +12,17 @@ and for two yardsticks computed on the same images:
   mean shape     the training split's mean keypoints predicted for every face;
   teacher floor  MediaPipe against itself: each image and its mirror annotated, the mirror's
                  points mapped back; no student can be judged finer than its labels.
-Writes workdir/metrics.json and workdir/pictures/*.png, and prints a table.
+The share of the gap between the two yardsticks that the model closes is the headline figure.
+
+workdir/metrics.json: workdir, data_dir, split, num_faces, image_size, keypoint_names,
+huber_delta; "aligned" and "perturbed" (the latter with its "perturbation" parameters), each
+holding "model", "model_flip_tta" (with --tta_flip), "mean_shape", "teacher_floor" (None when
+MediaPipe found no face; "num_left_out" counts the images it missed) and "gap_closed_mae_px",
+"gap_closed_nme"; every predictor has num_faces, mae, mae_px, huber, mean_point_error_px,
+per_keypoint_mae_px, nme, failure_rate_0.10, failure_rate_0.05, auc_0.10. "ced" holds the
+curves (share of faces with NME <= each threshold) behind pictures/ced.png.
+workdir/pictures/: test_faces.png, test_faces_perturbed.png, worst_faces.png, ced.png and
+training_curves.png (when history.csv exists).
 """
 import json
 
@@ -336,10 +346,11 @@ def draw_pictures(picture_dir, arrays, pred, perturbed, pred_perturbed, nme, nme
                   title="perturbed protocol: label (green, hollow) and prediction (red)")
   if "model" in nme:
     worst = np.argsort(-nme["model"])[:PICTURE_FACES]
+    captions = [f"{str(arrays['image_names'][i])[-18:]} NME {100 * nme['model'][i]:.1f}%"
+                for i in worst]
     plots.face_grid(f"{picture_dir}/worst_faces.png", arrays["images"][worst],
                     arrays["keypoints"][worst] * size, pred[worst] * size, names,
-                    captions=[f"{str(arrays['image_names'][i])[-18:]} NME {100 * nme['model'][i]:.1f}%"
-                              for i in worst],
+                    captions=captions,
                     title="worst test faces by NME: label (green, hollow), prediction (red)")
     plots.ced_curves(f"{picture_dir}/ced.png",
                      [("aligned test faces", nme), ("perturbed test faces", nme_perturbed)],

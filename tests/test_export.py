@@ -69,8 +69,8 @@ def test_saved_model_signature_takes_uint8_and_returns_pixels(exported):
   np.testing.assert_allclose(out["keypoints_px"], out["keypoints"] * SIZE, rtol=1e-6)
 
 
-@pytest.mark.parametrize("name", ["model.keras", "export/saved_model", "export/model_float32.tflite",
-                                  "."])
+@pytest.mark.parametrize(
+    "name", ["model.keras", "export/saved_model", "export/model_float32.tflite", "."])
 def test_load_reads_every_format(exported, name):
   workdir, _ = exported
   model = export.load(str(workdir / name))
