@@ -179,12 +179,11 @@ def train_mean_keypoints(data_dir):
   return (total / count).astype(np.float32)
 
 
-def _nearest_face(faces, mesh, target_px):
-  """The detected face whose schema points lie nearest the target points, or None."""
+def _nearest_face(faces, target_px):
+  """The detected face whose points lie nearest the target points, or None."""
   if not faces:
     return None
-  return min((face[mesh] for face in faces),
-             key=lambda points: np.linalg.norm(points - target_px, axis=-1).mean())
+  return min(faces, key=lambda points: np.linalg.norm(points - target_px, axis=-1).mean())
 
 
 def teacher_pairs(images, keypoints, schema):
@@ -202,9 +201,8 @@ def teacher_pairs(images, keypoints, schema):
       width = image.shape[1]
       label_px = label * image.shape[1::-1]
       mirror_label_px = unmirror_keypoints(label_px[None], schema.flip_permutation, width)[0]
-      found = _nearest_face(face_mesh.detect(image), mesh, label_px)
-      found_mirror = _nearest_face(face_mesh.detect(np.ascontiguousarray(image[:, ::-1])), mesh,
-                                   mirror_label_px)
+      found = _nearest_face(face_mesh.detect(image, mesh), label_px)
+      found_mirror = _nearest_face(face_mesh.detect(image[:, ::-1], mesh), mirror_label_px)
       if (i + 1) % 1000 == 0:
         logging.info("teacher floor: %d / %d images annotated", i + 1, len(images))
       if found is None or found_mirror is None:

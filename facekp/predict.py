@@ -6,19 +6,22 @@
 --images is one photo or a folder (searched recursively; the formats facekp.images reads).
 
 Each photo is read with facekp.images.load_rgb; MediaPipe Face Mesh finds the faces; each face is
-aligned by facekp.align.align_face at the model's input size (the crop `make_tfrecords --align`
-writes), the model predicts on the crop, and the inverse of the alignment takes the points back
-into the photo's pixels. Written into --out:
+cropped by facekp.annotate.crop_face at the model's input size (the FFHQ-style crop of
+facekp.align that `make_tfrecords --align` writes, placed by Face Mesh on a first crop), the
+model predicts on the crop, and the inverse of the crop's matrix takes the points back into the
+photo's pixels. Written into --out:
   predictions.csv  the columns of face_keypoints.csv: image_name, width, height,
                    point_1_x ... point_K_y (pixels of the photo), status. One row per photo for
                    its largest face; with --max_faces=N up to N faces, largest first, the second
-                   and later named "<image_name>#face<k>". status is "ok", "no_face" (points -1)
-                   or the reason facekp.images gave for a file it could not read (points -1,
-                   width and height 0), as make_tfrecords writes them.
+                   and later named "<image_name>#face<k>". status is "ok"; "no_face" (points
+                   -1); "face_mismatch" or "no_face" for a face whose crop make_tfrecords would
+                   drop too; or the reason facekp.images gave for a file it could not read
+                   (points -1, width and height 0), as make_tfrecords writes them.
   overlays/<image_name>.png  the photo with each face's points and its aligned crop's outline
                    (--nooverlays skips them: they take most of the time).
 A photo that fails never stops the rest of the folder.
 """
+import collections
 import csv
 import io
 import json
@@ -63,23 +66,23 @@ def face_size(landmarks_px):
   return float(np.hypot(*half_side))
 
 
-def predict_faces(model, face_mesh, image, max_faces):
-  """Points of up to `max_faces` faces (largest first) in the photo's pixels.
+def predict_faces(model, photo_mesh, crop_mesh, image, max_faces):
+  """Up to `max_faces` faces of a photo, largest first, each cropped as make_tfrecords --align does.
 
-  Returns a list of (points [K, 2], crop outline [4, 2]) in the photo's pixel coordinates.
+  Returns a list of (status, points [K, 2] in the photo's pixels or None, crop outline [4, 2]);
+  status is "ok" or why annotate.crop_face rejected the face ("no_face", "face_mismatch").
   """
   size = model.image_size
-  faces = sorted(face_mesh.detect(image), key=face_size, reverse=True)[:max_faces]
-  if not faces:
-    return []
-  crops, matrices = zip(*(align.align_face(image, landmarks, size=size) for landmarks in faces))
-  keypoints = model(np.stack(crops)) * size
+  faces = sorted(photo_mesh.detect(image), key=face_size, reverse=True)[:max_faces]
   corners = np.array([[0, 0], [size, 0], [size, size], [0, size]], np.float64)
+  crops = [annotate.crop_face(crop_mesh, image, landmarks, size) for landmarks in faces]
+  good = [crop for crop, _, _, status in crops if status == dataset.OK]
+  keypoints = iter(model(np.stack(good)) * size if good else [])
   results = []
-  for points, matrix in zip(keypoints, matrices):
+  for _, matrix, _, status in crops:
     to_photo = align.invert(matrix)
-    results.append((align.transform_points(to_photo, points),
-                    align.transform_points(to_photo, corners)))
+    points = align.transform_points(to_photo, next(keypoints)) if status == dataset.OK else None
+    results.append((status, points, align.transform_points(to_photo, corners)))
   return results
 
 
@@ -87,12 +90,12 @@ def overlay_path(out_dir, name):
   return f"{out_dir}/overlays/{name}.png"
 
 
-def predict_photo(model, face_mesh, path, name, out_dir, max_faces, names, overlays):
+def predict_photo(model, meshes, path, name, out_dir, max_faces, names, overlays):
   """dataset.KeypointRow per face of one photo (overlay written); a bad photo gives its reason."""
   k = len(names)
   try:
     image = images_lib.load_rgb(path)
-    faces = predict_faces(model, face_mesh, image, max_faces)
+    faces = predict_faces(model, *meshes, image, max_faces)
   except images_lib.ImageError as e:
     logging.warning("skipping %s", e)
     return [dataset.missing_row(name, k, e.reason)]
@@ -103,13 +106,18 @@ def predict_photo(model, face_mesh, path, name, out_dir, max_faces, names, overl
   height, width = image.shape[:2]
   if not faces:
     return [dataset.missing_row(name, k, "no_face", width, height)]
-  if overlays:
+  found = [(points, outline) for status, points, outline in faces if status == dataset.OK]
+  if overlays and found:
     overlay = overlay_path(out_dir, name)
     tf.io.gfile.makedirs(os.path.dirname(overlay))
-    plots.photo_overlay(overlay, image, faces, names)
-  return [dataset.KeypointRow(name if i == 0 else f"{name}#face{i + 1}", width, height,
-                              tuple(points.ravel()), dataset.OK)
-          for i, (points, _) in enumerate(faces)]
+    plots.photo_overlay(overlay, image, found, names)
+  rows = []
+  for i, (status, points, _) in enumerate(faces):
+    face_name = name if i == 0 else f"{name}#face{i + 1}"
+    rows.append(dataset.KeypointRow(face_name, width, height, tuple(points.ravel()), status)
+                if status == dataset.OK else
+                dataset.missing_row(face_name, k, status, width, height))
+  return rows
 
 
 def photo_list(images_path):
@@ -137,9 +145,11 @@ def predict_images(model_path, images_path, out_dir, max_faces=1, overlays=True)
     columns = tuple(f"point_{k + 1}_{axis}" for k in range(num_keypoints) for axis in "xy")
   tf.io.gfile.makedirs(out_dir)
   rows = []
-  with annotate.FaceMesh(max_faces=max(max_faces, FACE_SEARCH_LIMIT)) as face_mesh:
+  with annotate.FaceMesh(max_faces=max(max_faces, FACE_SEARCH_LIMIT)) as photo_mesh, \
+      annotate.FaceMesh(max_faces=1) as crop_mesh:
     for i, (path, name) in enumerate(photos):
-      rows += predict_photo(model, face_mesh, path, name, out_dir, max_faces, names, overlays)
+      rows += predict_photo(model, (photo_mesh, crop_mesh), path, name, out_dir, max_faces,
+                            names, overlays)
       if (i + 1) % 100 == 0 or i + 1 == len(photos):
         logging.info("predicted %d / %d photos", i + 1, len(photos))
   text = io.StringIO()
@@ -148,11 +158,9 @@ def predict_images(model_path, images_path, out_dir, max_faces=1, overlays=True)
   writer.writerows(dataset.format_csv_fields(row) for row in rows)
   with tf.io.gfile.GFile(f"{out_dir}/predictions.csv", "w") as f:
     f.write(text.getvalue())
-  statuses = [row.status for row in rows]
-  print(f"{len(photos)} photos -> {out_dir}/predictions.csv: {statuses.count('ok')} faces, "
-        f"{statuses.count('no_face')} photos without a face, "
-        f"{len(statuses) - statuses.count('ok') - statuses.count('no_face')} unreadable",
-        flush=True)
+  counts = collections.Counter(row.status for row in rows)
+  print(f"{len(photos)} photos -> {out_dir}/predictions.csv: {counts.pop(dataset.OK, 0)} faces"
+        + "".join(f", {n} {status}" for status, n in sorted(counts.items())), flush=True)
   return rows
 
 
