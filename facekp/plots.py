@@ -85,8 +85,9 @@ def face_grid(path, images, true_px, pred_px, names, captions=None, title="", co
   save_figure(fig, path)
 
 
-CURVE_STYLES = {"teacher floor": {"color": "0.45", "linestyle": "--"},
-                "mean shape": {"color": "#ff7f0e", "linestyle": ":"}}
+CURVE_STYLES = {"model": {"color": "C0"}, "model + flip TTA": {"color": "C2"},
+                "mean shape": {"color": "C1", "linestyle": ":"},
+                "teacher floor": {"color": "0.45", "linestyle": "--"}}
 
 
 def ced_curves(path, panels, limit=0.10):
