@@ -21,11 +21,15 @@ def get_config():
   config.backbone_kwargs = ml_collections.ConfigDict()  # e.g. {"alpha": 0.35} for MobileNets
   config.weights = "imagenet"  # "imagenet", "none", or a no-top weights file
   config.feature_stride = 32  # 16 or 8 cut the backbone at its last layer at that stride
-  config.head = "dense"  # "dense" (GAP -> Dense -> Dropout -> Dense) or "soft_argmax"
+  config.head = "dense"  # "dense" (GAP -> Dense -> Dropout -> Dense), "flatten", "soft_argmax"
   config.head_units = 128
   config.dropout = 0.3
-  config.init_output_at_mean = False  # dense head's output bias starts at the training mean
+  config.init_output_at_mean = False  # start at the training mean face (offsets / a prior)
+  config.output_scale = 1.0  # dense, flatten: offsets in this unit of the image size (e.g. 0.02)
   config.bn_momentum = config_dict.placeholder(float)  # None keeps the backbone's own
+  # "batch": BatchNorm on batch statistics in training (keras' default); "frozen": statistics
+  # estimated once on training images, then fixed, so training and inference agree (few images)
+  config.bn_mode = "batch"
   config.sync_batch_norm = False  # batch statistics over all replicas
 
   # Optimisation (facekp.train).

@@ -12,7 +12,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-HEADS = ("dense", "soft_argmax")
+HEADS = ("dense", "flatten", "soft_argmax")
 
 
 class WeightsUnavailableError(RuntimeError):
@@ -71,17 +71,69 @@ class SoftArgmax(keras.layers.Layer):
   """Heatmap logits [B, h, w, K] -> expected (x, y) of each softmax map, normalised [B, K, 2].
 
   Cell (i, j) stands for the point ((j + 0.5) / w, (i + 0.5) / h), so a peaked map lands on
-  its cell centre and a spread one anywhere in between (integral regression).
+  its cell centre and a spread one anywhere in between (integral regression). With `prior_mean`
+  ([K, 2] normalised) a trainable log-prior map per keypoint, a Gaussian of `prior_sigma` cells
+  around that point, is added to the logits: before it has learnt anything the head predicts
+  (about) the mean face, and the image moves each point from there.
   """
+
+  def __init__(self, prior_mean=None, prior_sigma=1.0, **kwargs):
+    super().__init__(**kwargs)
+    self.prior_mean = None if prior_mean is None else np.asarray(prior_mean, np.float32).tolist()
+    self.prior_sigma = float(prior_sigma)
+
+  def build(self, input_shape):
+    _, h, w, _ = input_shape
+    self.grid = _cell_centres(h, w)
+    if self.prior_mean is not None:
+      cells = self.grid * np.array([w, h], np.float32)  # [h*w, 2] in cell units
+      centres = np.asarray(self.prior_mean, np.float32) * np.array([w, h], np.float32)
+      d2 = ((cells[:, None, :] - centres[None, :, :]) ** 2).sum(-1)  # [h*w, K]
+      self.prior = self.add_weight(
+          name="prior", shape=(h * w, len(centres)),
+          initializer=keras.initializers.Constant(-0.5 * d2 / self.prior_sigma ** 2))
 
   def call(self, logits):
     logits = keras.ops.cast(logits, "float32")
     _, h, w, k = logits.shape
-    flat = keras.ops.reshape(keras.ops.transpose(logits, (0, 3, 1, 2)), (-1, k, h * w))
-    probs = keras.ops.softmax(flat, axis=-1)
-    ys, xs = np.meshgrid((np.arange(h) + 0.5) / h, (np.arange(w) + 0.5) / w, indexing="ij")
-    grid = np.stack([xs.ravel(), ys.ravel()], axis=-1).astype(np.float32)  # [h*w, 2]
-    return keras.ops.matmul(probs, keras.ops.convert_to_tensor(grid))
+    flat = keras.ops.reshape(logits, (-1, h * w, k))
+    if self.prior_mean is not None:
+      flat = flat + self.prior
+    probs = keras.ops.softmax(flat, axis=1)  # [B, h*w, K]
+    return keras.ops.einsum("bnk,nc->bkc", probs, keras.ops.convert_to_tensor(self.grid))
+
+  def get_config(self):
+    return {**super().get_config(), "prior_mean": self.prior_mean,
+            "prior_sigma": self.prior_sigma}
+
+
+def _cell_centres(h, w):
+  """[h*w, 2] normalised (x, y) of the cell centres, row-major like a reshaped [h, w] map."""
+  ys, xs = np.meshgrid((np.arange(h) + 0.5) / h, (np.arange(w) + 0.5) / w, indexing="ij")
+  return np.stack([xs.ravel(), ys.ravel()], axis=-1).astype(np.float32)
+
+
+@keras.saving.register_keras_serializable(package="facekp")
+class MeanOffset(keras.layers.Layer):
+  """mean + scale * x: the head predicts each point's offset from the mean face in units of
+  `scale` (of the image size), so its outputs are O(1) however tightly the faces are aligned.
+  The mean is a (non-trainable) weight, so it travels with the weights."""
+
+  def __init__(self, mean, scale, **kwargs):
+    super().__init__(**kwargs)
+    self.initial_mean = np.asarray(mean, np.float32).tolist()
+    self.scale = float(scale)
+
+  def build(self, input_shape):
+    self.mean = self.add_weight(
+        name="mean", shape=np.shape(self.initial_mean), trainable=False,
+        initializer=keras.initializers.Constant(self.initial_mean))
+
+  def call(self, offsets):
+    return keras.ops.cast(offsets, "float32") * self.scale + self.mean
+
+  def get_config(self):
+    return {**super().get_config(), "mean": self.initial_mean, "scale": self.scale}
 
 
 def _load_backbone(config):
@@ -122,37 +174,54 @@ def _truncate(backbone, image_size, stride):
 
 
 def _dense_head(features, config, num_keypoints, mean_keypoints):
+  """The seed's head: GAP -> Dense(head_units, relu) -> Dropout -> Dense(2K)."""
   x = keras.layers.GlobalAveragePooling2D(name="pool")(features)
   x = keras.layers.Dense(config.head_units, activation="relu", name="fc")(x)
   x = keras.layers.Dropout(config.dropout, name="dropout")(x)
-  bias = "zeros"
-  if mean_keypoints is not None:
-    bias = keras.initializers.Constant(np.asarray(mean_keypoints, np.float32).ravel().tolist())
-  x = keras.layers.Dense(2 * num_keypoints, bias_initializer=bias, name="keypoints_flat")(x)
+  return _keypoints_out(x, config, num_keypoints, mean_keypoints)
+
+
+def _flatten_head(features, config, num_keypoints, mean_keypoints):
+  """A linear read-out of the whole feature map (Flatten -> Dropout -> Dense(2K)): one weight per
+  position and channel, so where a feature fires counts, unlike after global pooling."""
+  x = keras.layers.Flatten(name="flatten")(features)
+  x = keras.layers.Dropout(config.dropout, name="dropout")(x)
+  return _keypoints_out(x, config, num_keypoints, mean_keypoints)
+
+
+def _keypoints_out(x, config, num_keypoints, mean_keypoints):
+  """Dense(2K) -> [K, 2] in float32; with a mean face, offsets from it in output_scale units,
+  from a zero kernel: every face starts at the mean (random initial offsets of a whole image
+  width would make silencing the ReLUs below the fastest way down the loss)."""
+  kernel = "glorot_uniform" if mean_keypoints is None else "zeros"
+  x = keras.layers.Dense(2 * num_keypoints, kernel_initializer=kernel, name="keypoints_flat")(x)
   x = keras.layers.Reshape((num_keypoints, 2), name="keypoints_xy")(x)
-  return keras.layers.Activation("linear", dtype="float32", name="keypoints")(x)
+  if mean_keypoints is None and config.output_scale == 1.0:
+    return keras.layers.Activation("linear", dtype="float32", name="keypoints")(x)
+  if mean_keypoints is None:
+    mean_keypoints = np.zeros((num_keypoints, 2), np.float32)
+  return MeanOffset(mean_keypoints, config.output_scale, dtype="float32", name="keypoints")(x)
 
 
-def _soft_argmax_head(features, config, num_keypoints):
+def _soft_argmax_head(features, config, num_keypoints, mean_keypoints):
   if features.shape[1] < 2:
     raise ValueError(f"the soft_argmax head needs a feature map of 2x2 or more, the backbone "
                      f"gives {features.shape[1]}x{features.shape[2]} at {config.image_size} px: "
                      "use a larger image_size or a smaller feature_stride")
   x = keras.layers.Dropout(config.dropout, name="dropout")(features)
   logits = keras.layers.Conv2D(num_keypoints, 1, name="heatmaps")(x)
-  return SoftArgmax(dtype="float32", name="keypoints")(logits)
+  return SoftArgmax(mean_keypoints, dtype="float32", name="keypoints")(logits)
 
 
 def create_model(config, num_keypoints, mean_keypoints=None):
   """Backbone `config.backbone` (weights `config.weights`) with head `config.head`.
 
-  mean_keypoints: [K, 2] training mean; when given the dense head's output bias starts there,
-  so the head learns offsets from the mean face.
+  mean_keypoints: [K, 2] training mean; when given the dense and flatten heads predict offsets
+  from it (in units of config.output_scale) and the soft-argmax head starts from a prior
+  around it.
   """
   if config.head not in HEADS:
     raise ValueError(f"head={config.head!r}: choose one of {HEADS}")
-  if mean_keypoints is not None and config.head != "dense":
-    raise ValueError("init_output_at_mean applies to the dense head only")
   backbone = _truncate(_load_backbone(config), config.image_size, config.feature_stride)
   backbone.name = "backbone"
   if config.get("bn_momentum") is not None:
@@ -161,15 +230,30 @@ def create_model(config, num_keypoints, mean_keypoints=None):
         layer.momentum = float(config.bn_momentum)
   images = keras.Input((config.image_size, config.image_size, 3), name="images")
   features = backbone(BackbonePreprocessing(config.backbone, name="preprocess")(images))
-  if config.head == "dense":
-    keypoints = _dense_head(features, config, num_keypoints, mean_keypoints)
-  else:
-    keypoints = _soft_argmax_head(features, config, num_keypoints)
+  head = {"dense": _dense_head, "flatten": _flatten_head, "soft_argmax": _soft_argmax_head}
+  keypoints = head[config.head](features, config, num_keypoints, mean_keypoints)
   return keras.Model(images, keypoints, name=f"facekp_{_normalise(config.backbone)}")
 
 
 def backbone_of(model):
   return model.get_layer("backbone")
+
+
+def estimate_batch_norm_statistics(model, images):
+  """Sets every backbone BatchNorm's moving statistics to those of `images` (one batch)."""
+  layers = batch_norm_layers(model)
+  momenta = [layer.momentum for layer in layers]
+  for layer in layers:
+    layer.momentum = 0.0
+  backbone_of(model)(model.get_layer("preprocess")(images), training=True)
+  for layer, momentum in zip(layers, momenta):
+    layer.momentum = momentum
+
+
+def freeze_batch_norm(model):
+  """BatchNorm in inference mode with fixed statistics and affine parameters, in training too."""
+  for layer in batch_norm_layers(model):
+    layer.trainable = False
 
 
 def batch_norm_layers(model):

@@ -32,6 +32,8 @@ from facekp import models
 
 STRATEGIES = ("auto", "one_device", "mirrored", "multi_worker", "tpu")
 PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
+BN_MODES = ("batch", "frozen")
+BN_ESTIMATION_IMAGES = 256  # bn_mode "frozen": statistics of the first training images
 
 
 # Hardware.
@@ -269,20 +271,27 @@ class StopOnNonFiniteLoss(keras.callbacks.Callback):
           "again: the run resumes from the backup.")
 
 
-class FreezeBackbone(keras.callbacks.Callback):
-  """Keeps the backbone frozen (BatchNorm in inference mode) for the first `epochs` epochs."""
+def set_backbone_trainable(net, config, trainable):
+  """Freezes or unfreezes the backbone; with bn_mode "frozen" its BatchNorms stay frozen."""
+  models.backbone_of(net).trainable = trainable
+  if config.bn_mode == "frozen":
+    models.freeze_batch_norm(net)
 
-  def __init__(self, backbone, epochs):
+
+class FreezeBackbone(keras.callbacks.Callback):
+  """Keeps the backbone frozen (BatchNorm in inference mode) for the first N epochs."""
+
+  def __init__(self, net, config):
     super().__init__()
-    self.backbone = backbone
-    self.epochs = epochs
+    self.net = net
+    self.config = config
 
   def on_epoch_begin(self, epoch, logs=None):
-    frozen = epoch < self.epochs
-    if self.backbone.trainable == frozen:
-      self.backbone.trainable = not frozen
+    trainable = epoch >= self.config.freeze_backbone_epochs
+    if models.backbone_of(self.net).trainable != trainable:
+      set_backbone_trainable(self.net, self.config, trainable)
       self.model.make_train_function(force=True)
-      logging.info("epoch %d: backbone %s", epoch + 1, "frozen" if frozen else "trainable")
+      logging.info("epoch %d: backbone %s", epoch + 1, "trainable" if trainable else "frozen")
 
 
 class Progress(keras.callbacks.Callback):
@@ -328,6 +337,8 @@ def _check(config, strategy):
                      "written by `python -m tools.make_tfrecords`")
   if not tf.io.gfile.isdir(config.data_dir):
     raise FileNotFoundError(f"config.data_dir={config.data_dir}: no such directory")
+  if config.bn_mode not in BN_MODES:
+    raise ValueError(f"bn_mode={config.bn_mode!r}: choose one of {BN_MODES}")
   if config.batch_size % strategy.num_replicas_in_sync:
     raise ValueError(f"batch_size={config.batch_size} (global) is not divisible by the "
                      f"{strategy.num_replicas_in_sync} replicas")
@@ -359,11 +370,12 @@ def _datasets(config, strategy, initial_epoch):
   return train, validation
 
 
-def _build(config, strategy, schema, steps_per_epoch):
+def build_trainer(config, strategy, schema, steps_per_epoch, mean=None):
   """The inference model inside a compiled KeypointTrainer, its optimizer built on every weight."""
-  mean = evaluate.train_mean_keypoints(config.data_dir) if config.init_output_at_mean else None
   with strategy.scope():
     net = models.create_model(config, schema.num_keypoints, mean)
+    if config.bn_mode == "frozen":  # a resumed run's backup overwrites these statistics
+      models.estimate_batch_norm_statistics(net, _first_train_images(config))
     if config.sync_batch_norm:
       for layer in models.batch_norm_layers(net):
         layer.synchronized = True
@@ -387,6 +399,12 @@ def _quiet_end_of_data():
   with warnings.catch_warnings():
     warnings.filterwarnings("ignore", message="Your input ran out of data")
     yield
+
+
+def _first_train_images(config, count=BN_ESTIMATION_IMAGES):
+  batch = input_pipeline.create_split(config.data_dir, "train", batch_size=count, train=False,
+                                      image_size=config.image_size, cache=False)
+  return next(iter(batch))[0]
 
 
 def _write_config(config, workdir):
@@ -421,9 +439,9 @@ def train_and_evaluate(config, workdir):
   initial_epoch = _backup_epoch(backup_dir)
   past = [float(row["val_loss"]) for row in _history_up_to(history_path, initial_epoch)]
   best, best_epoch, _, stopped = early_stopping_state(past, config.early_stopping_patience)
-  net, trainer = _build(config, strategy, schema, steps_per_epoch)
-  backbone = models.backbone_of(net)
-  backbone.trainable = initial_epoch >= config.freeze_backbone_epochs
+  mean = evaluate.train_mean_keypoints(config.data_dir) if config.init_output_at_mean else None
+  net, trainer = build_trainer(config, strategy, schema, steps_per_epoch, mean)
+  set_backbone_trainable(net, config, initial_epoch >= config.freeze_backbone_epochs)
 
   train_ds, val_ds = _datasets(config, strategy, initial_epoch)
   if stopped or initial_epoch >= config.num_epochs:
@@ -435,7 +453,7 @@ def train_and_evaluate(config, workdir):
     callbacks = [
         StopOnNonFiniteLoss(),
         Progress(config.num_epochs, steps_per_epoch, config.batch_size, config.log_every_steps),
-        FreezeBackbone(backbone, config.freeze_backbone_epochs),
+        FreezeBackbone(net, config),
         keras.callbacks.ModelCheckpoint(best_path, monitor="val_loss", mode="min",
                                         save_best_only=True, save_weights_only=True,
                                         initial_value_threshold=best),
@@ -462,21 +480,23 @@ def train_and_evaluate(config, workdir):
   logging.info("best weights (epoch %d of %d): val_loss %.5f, val MAE %.2f px",
                metrics["best_epoch"], metrics["epochs"], metrics["val_loss"],
                metrics["val_mae_px"])
-  save_inference_model(config, schema.num_keypoints, net, f"{out_dir}/model.keras")
+  save_inference_model(config, schema.num_keypoints, net, f"{out_dir}/model.keras", mean)
   if config.evaluate_at_end and _is_chief(strategy):
     metrics["test"] = evaluate.evaluate_workdir(workdir)
   return metrics
 
 
-def save_inference_model(config, num_keypoints, net, path):
+def save_inference_model(config, num_keypoints, net, path, mean_keypoints=None):
   """Saves net's weights in a float32 copy of the model, whatever policy it trained under."""
   policy = keras.mixed_precision.global_policy()
   keras.mixed_precision.set_global_policy("float32")
   try:
-    model = models.create_model(_with_weights_none(config), num_keypoints)
+    model = models.create_model(_with_weights_none(config), num_keypoints, mean_keypoints)
   finally:
     keras.mixed_precision.set_global_policy(policy)
   model.set_weights(net.get_weights())
+  if config.bn_mode == "frozen":
+    models.freeze_batch_norm(model)
   model.save(path)
   logging.info("saved the inference model to %s", path)
 

@@ -39,7 +39,7 @@ def test_dense_head_takes_uint8_and_starts_at_the_mean():
   out = model(x)
   assert out.shape == (2, 5, 2) and out.dtype == tf.float32
   np.testing.assert_allclose(model(x.astype(np.float32)), out, rtol=1e-6)
-  np.testing.assert_allclose(model.get_layer("keypoints_flat").bias.numpy(), MEAN.ravel())
+  np.testing.assert_allclose(out, np.broadcast_to(MEAN, (2, 5, 2)), rtol=1e-6)
 
 
 def test_backbone_preprocessing_is_the_backbones_own():
@@ -76,10 +76,35 @@ def test_soft_argmax_head_on_a_stride_16_cut_under_mixed_bfloat16():
   out = model(images())
   assert out.dtype == tf.float32
   assert np.all((out.numpy() > 0) & (out.numpy() < 1))
-  with pytest.raises(ValueError, match="dense head only"):
-    models.create_model(small_config(head="soft_argmax"), 5, mean_keypoints=MEAN)
   with pytest.raises(ValueError, match="2x2 or more, the backbone gives 1x1 at 32 px"):
     models.create_model(small_config(head="soft_argmax"), 5)
+
+
+def test_soft_argmax_prior_starts_at_the_mean_face():
+  layer = models.SoftArgmax(prior_mean=MEAN)
+  np.testing.assert_allclose(layer(np.zeros((2, 8, 8, 5), np.float32)),
+                             np.broadcast_to(MEAN, (2, 5, 2)), atol=0.01)
+  assert len(layer.trainable_weights) == 1
+
+
+def test_flatten_head_starts_at_the_mean_and_reads_positions():
+  model = models.create_model(small_config(head="flatten", feature_stride=8,
+                                           output_scale=0.02), 5, mean_keypoints=MEAN)
+  np.testing.assert_allclose(model(images()), np.broadcast_to(MEAN, (2, 5, 2)), atol=1e-6)
+  features = models.backbone_of(model).output.shape
+  assert model.get_layer("keypoints_flat").kernel.shape == (features[1] * features[2] *
+                                                           features[3], 10)
+
+
+def test_frozen_batch_norm_makes_training_and_inference_agree():
+  model = models.create_model(small_config(head="flatten", feature_stride=8, dropout=0.0), 5)
+  x = images(8)
+  assert not np.allclose(model(x, training=True), model(x, training=False), atol=1e-4)
+  models.estimate_batch_norm_statistics(model, x)
+  np.testing.assert_allclose(model(x, training=True), model(x, training=False), atol=1e-5)
+  models.freeze_batch_norm(model)
+  np.testing.assert_allclose(model(x[:2], training=True), model(x[:2], training=False),
+                             atol=1e-6)
 
 
 def test_bn_momentum_applies_to_every_backbone_batch_norm():
