@@ -22,11 +22,10 @@ import mediapipe as mp
 
 from facekp import annotate
 from facekp import images
+import tools
 
-_SHARED_FACES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                             os.pardir, "shared", "data", "aligned128")
 _IMAGES = flags.DEFINE_string(
-    "images", _SHARED_FACES, "Folder of face images (default: ../shared/data/aligned128, "
+    "images", tools.SHARED_FACES, "Folder of face images (default: ../shared/data/aligned128, "
     "or the sample faces in facekp/sample when that is absent).")
 _WORKERS = flags.DEFINE_integer("workers", 0, "N for the N-worker run (0: one per CPU core).")
 _MIN_IMAGES = flags.DEFINE_integer(

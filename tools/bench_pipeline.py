@@ -33,12 +33,12 @@ from facekp import augment
 from facekp import dataset as dataset_lib
 from facekp import input_pipeline
 from facekp import schema as schema_lib
+import tools
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FLAGS = flags.FLAGS
-flags.DEFINE_string("images", os.path.normpath(f"{_ROOT}/../shared/data/aligned128"),
-                    "Folder of 128x128 face crops (PNG).")
-flags.DEFINE_string("labels", "/tmp/shared_kp",
+flags.DEFINE_string("images", tools.SHARED_FACES, "Folder of 128x128 face crops (PNG).")
+flags.DEFINE_string("labels", None,
                     "A facekp dataset of those crops (tools/make_tfrecords): its keypoints label "
                     "the benchmark's examples. Absent: a constant placeholder shape.")
 flags.DEFINE_integer("epoch_size", 20_000, "Images per epoch (the crops repeated).")
@@ -58,7 +58,7 @@ def _source_faces(workdir):
   if not paths:
     return _sample_faces(os.path.join(workdir, "faces"))
   blobs = [open(p, "rb").read() for p in paths]
-  if tf.io.gfile.exists(f"{FLAGS.labels}/dataset_info.json"):
+  if FLAGS.labels and tf.io.gfile.exists(f"{FLAGS.labels}/dataset_info.json"):
     labels = {}
     for split in dataset_lib.SPLITS:
       arrays = input_pipeline.load_arrays(FLAGS.labels, split, image_size=FLAGS.image_size)
@@ -69,7 +69,7 @@ def _source_faces(workdir):
     return ([paths[i] for i in kept], [blobs[i] for i in kept], keypoints,
             dataset_lib.load_schema(FLAGS.labels),
             f"{len(kept)} real crops from {FLAGS.images}, MediaPipe keypoints from {FLAGS.labels}")
-  print(f"[bench] no labelled dataset at {FLAGS.labels}: placeholder keypoints")
+  print(f"[bench] no labelled dataset (--labels={FLAGS.labels}): placeholder keypoints")
   return (paths, blobs, np.tile(_PLACEHOLDER, (len(paths), 1, 1)), _derived_schema(),
           f"{len(paths)} real crops from {FLAGS.images}, placeholder keypoints")
 

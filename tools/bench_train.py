@@ -23,10 +23,10 @@ from absl import flags
 from absl import logging
 import numpy as np
 
+import tools
+
 FLAGS = flags.FLAGS
-DEFAULT_IMAGES = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data",
-                              "aligned128")
-flags.DEFINE_string("images", DEFAULT_IMAGES, "Folder of 128x128 PNG faces.")
+flags.DEFINE_string("images", tools.SHARED_FACES, "Folder of 128x128 PNG faces.")
 flags.DEFINE_list("backbones", ["mobilenet_v2", "efficientnet_v2_b0"], "Backbones to time.")
 flags.DEFINE_list("replicas", ["1", "2"], "Replica counts for facekp's way.")
 flags.DEFINE_list("precisions", ["float32", "mixed"], "float32 and/or mixed.")
