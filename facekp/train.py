@@ -71,6 +71,16 @@ def resolve_precision(precision, strategy):
   return "mixed_float16" if tf.config.list_logical_devices("GPU") else "mixed_bfloat16"
 
 
+def jit_compile_problem(jit_compile, num_replicas):
+  """Why XLA cannot compile this setting here, or None."""
+  if jit_compile and num_replicas > 1 and not tf.config.list_logical_devices("GPU"):
+    return ("jit_compile=True with several replicas on (logical) CPU devices fails in "
+            "TensorFlow 2.19: XLA compiles the step for one device and a replica's variables "
+            "live on another (tensorflow.org/xla/known_issues). Use --config.jit_compile=False "
+            "or one replica; on several GPUs it works.")
+  return None
+
+
 def _is_chief(strategy):
   resolver = getattr(strategy, "cluster_resolver", None)
   return resolver is None or not resolver.task_type or (
@@ -339,6 +349,9 @@ def _check(config, strategy):
     raise FileNotFoundError(f"config.data_dir={config.data_dir}: no such directory")
   if config.bn_mode not in BN_MODES:
     raise ValueError(f"bn_mode={config.bn_mode!r}: choose one of {BN_MODES}")
+  problem = jit_compile_problem(config.jit_compile, strategy.num_replicas_in_sync)
+  if problem:
+    raise ValueError(problem)
   if config.batch_size % strategy.num_replicas_in_sync:
     raise ValueError(f"batch_size={config.batch_size} (global) is not divisible by the "
                      f"{strategy.num_replicas_in_sync} replicas")

@@ -188,7 +188,7 @@ def _python(code, timeout=300):
   return result.stdout
 
 
-def test_mirrored_over_two_cpus_matches_one_device(data_dir, tmp_path):
+def test_mirrored_over_two_cpus_matches_one_device_and_refuses_xla(data_dir, tmp_path):
   out = _python(f"""
       import json, tensorflow as tf
       cpu = tf.config.list_physical_devices("CPU")[0]
@@ -205,10 +205,17 @@ def test_mirrored_over_two_cpus_matches_one_device(data_dir, tmp_path):
         train.train_and_evaluate(config, {str(tmp_path)!r} + "/" + strategy)
         rows = open({str(tmp_path)!r} + "/" + strategy + "/history.csv").read().splitlines()[1:]
         losses[strategy] = [[float(v) for v in row.split(",")[2:]] for row in rows]
+      config.update(jit_compile=True, strategy="mirrored")
+      try:
+        train.train_and_evaluate(config, {str(tmp_path)!r} + "/xla")
+      except ValueError as e:
+        losses["xla_error"] = str(e)
       print(json.dumps(losses))
       """)
   losses = json.loads(out.splitlines()[-1])
   np.testing.assert_allclose(losses["mirrored"], losses["one_device"], rtol=2e-3, atol=1e-6)
+  # XLA cannot compile one step over logical CPU devices in TF 2.19: said before training.
+  assert "jit_compile=True with several replicas" in losses["xla_error"]
 
 
 def test_a_run_killed_mid_epoch_resumes_and_ends_at_the_same_epoch(data_dir, tmp_path):

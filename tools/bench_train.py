@@ -167,6 +167,7 @@ def main(argv):
   del argv
   device = _split_devices()
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from facekp import train  # pylint: disable=g-import-not-at-top
   mixed = "mixed_float16" if device == "GPU" else "mixed_bfloat16"
   results = {"device": device, "machine": platform.processor() or platform.machine(),
              "cpu_count": os.cpu_count(), "tensorflow": tf.__version__,
@@ -190,11 +191,15 @@ def main(argv):
         for xla in FLAGS.xla:
           for replicas in (int(r) for r in FLAGS.replicas):
             name = "float32" if precision == "float32" else mixed
+            error = train.jit_compile_problem(xla == "on", replicas)
             try:
+              if error:
+                raise ValueError(error)
               speed = facekp_way(backbone, name, xla == "on", replicas, data_dir, schema)
-              error = None
             except Exception as e:  # a setting that fails is reported, the others still run
-              logging.exception("%s %s XLA %s %d replicas failed", backbone, name, xla, replicas)
+              if not error:
+                logging.exception("%s %s XLA %s %d replicas failed", backbone, name, xla,
+                                  replicas)
               speed, error = float("nan"), f"{type(e).__name__}: {str(e).splitlines()[0]}"
             results["settings"].append(dict(
                 backbone=backbone, way="facekp", precision=name, xla=xla == "on",
