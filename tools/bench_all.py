@@ -7,6 +7,7 @@ Each benchmark runs in its own process (bench_train splits the CPU into logical 
 writes its figures with --json; this script gathers them.
 """
 import json
+import math
 import os
 import platform
 import subprocess
@@ -42,7 +43,7 @@ def table_rows(figures):
   a = figures["bench_annotate"]
   yield ("annotate", "bare MediaPipe loop (baseline)", a["bare_images_per_s"], None, None)
   yield ("annotate", "facekp, 1 worker", a["one_worker_images_per_s"], a["bare_images_per_s"],
-         1 + a["overhead"])
+         1 / (1 + a["overhead"]))
   yield ("annotate", f"facekp, {a['workers']} workers", a["n_workers_images_per_s"],
          a["one_worker_images_per_s"], a["speedup_n_workers"])
   p = figures["bench_pipeline"]
@@ -62,6 +63,16 @@ def table_rows(figures):
       yield ("train", setting, s["images_per_s"], seed_rates[s["backbone"]], s["ratio"])
 
 
+def print_table(figures):
+  print(f"\nfacekp benchmarks on {figures['machine']}")
+  print(f"{'stage':<9} {'setting':<52} {'images/s':>10} {'baseline':>10} {'ratio':>7}")
+  for stage, setting, rate, baseline, ratio in table_rows(figures):
+    rate = "failed" if math.isnan(rate) else f"{rate:,.1f}"  # bench_train says why
+    print(f"{stage:<9} {setting:<52} {rate:>10} "
+          f"{'' if baseline is None else f'{baseline:,.1f}':>10} "
+          f"{'' if ratio is None or math.isnan(ratio) else f'{ratio:.2f}x':>7}")
+
+
 def main(argv):
   del argv
   with tempfile.TemporaryDirectory() as scratch:
@@ -71,12 +82,7 @@ def main(argv):
              f"{os.cpu_count()} CPU cores, {figures['bench_train']['device']}, "
              f"TensorFlow {figures['bench_train']['tensorflow']}")
   figures["machine"] = machine
-  print(f"\nfacekp benchmarks on {machine}")
-  print(f"{'stage':<9} {'setting':<52} {'images/s':>10} {'baseline':>10} {'ratio':>7}")
-  for stage, setting, rate, baseline, ratio in table_rows(figures):
-    print(f"{stage:<9} {setting:<52} {rate:>10,.1f} "
-          f"{'' if baseline is None else f'{baseline:,.1f}':>10} "
-          f"{'' if ratio is None else f'{ratio:.2f}x':>7}")
+  print_table(figures)
   if _JSON.value:
     with open(_JSON.value, "w") as f:
       json.dump(figures, f, indent=2)
