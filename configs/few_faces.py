@@ -13,7 +13,8 @@ this one learns: 0.86 px test, 1.44 px validation, against 1.33 / 1.80 px for th
 Tried on the same split and left out (test / validation MAE px): rotation 5, scale 0.05,
 translate 0.03 (1.09 / 1.57; 1.16 / 1.60 with brightness and contrast over 80 cosine epochs):
 aligned test faces sit where the read-out looks, moved faces only dilute 357 examples; the
-soft-argmax head at stride 8 (1.37 / 1.81 at lr 1e-4; 1.10 / 1.59 at 1e-3, cosine, affine);
+soft-argmax head at stride 8 (1.37 / 1.81 at lr 1e-4; 1.10 / 1.58 at 1e-3, cosine, affine:
+configs/few_faces_robust.py, which follows moved faces);
 the flatten head at stride 8 (1.00 / 1.50); AdamW weight decay 10 (0.81 / 1.46) and 30
 (1.01 / 1.53): within the noise of 32 and 42 faces, so left off.
 """
