@@ -192,15 +192,14 @@ def main(argv):
           for replicas in (int(r) for r in FLAGS.replicas):
             name = "float32" if precision == "float32" else mixed
             error = train.jit_compile_problem(xla == "on", replicas)
-            try:
-              if error:
-                raise ValueError(error)
-              speed = facekp_way(backbone, name, xla == "on", replicas, data_dir, schema)
-            except Exception as e:  # a setting that fails is reported, the others still run
-              if not error:
+            speed = float("nan")
+            if not error:
+              try:
+                speed = facekp_way(backbone, name, xla == "on", replicas, data_dir, schema)
+              except Exception as e:  # a setting that fails is reported, the others still run
                 logging.exception("%s %s XLA %s %d replicas failed", backbone, name, xla,
                                   replicas)
-              speed, error = float("nan"), f"{type(e).__name__}: {str(e).splitlines()[0]}"
+                error = f"{type(e).__name__}: {str(e).splitlines()[0]}"
             results["settings"].append(dict(
                 backbone=backbone, way="facekp", precision=name, xla=xla == "on",
                 replicas=replicas, images_per_s=speed, ratio=speed / seed, error=error))
