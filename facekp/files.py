@@ -1,0 +1,157 @@
+"""Output files that are whole or absent, and a lock that keeps two runs out of one folder.
+
+Every file facekp writes goes through `atomic_write` (bytes or text) or `atomic_path` (for
+writers that want a path: Keras, matplotlib): the content goes to a hidden temporary name in
+the same folder, is flushed to disk, and is renamed over the target, so a kill at any moment
+leaves either the old file, the new file, or no file, never a part of one. Paths with a scheme
+(gs://, s3://) go through tf.io.gfile, whose rename is the object store's.
+"""
+import contextlib
+import errno
+import fcntl
+import json
+import os
+import posixpath
+import socket
+import sys
+import time
+
+import tensorflow as tf
+
+LOCK_FILE = ".facekp.lock"
+
+
+def _is_local(path):
+  return "://" not in str(path)
+
+
+def temporary_name(path):
+  """A hidden name beside `path` that keeps its extension (Keras and h5py look at it)."""
+  folder, name = posixpath.split(str(path))
+  return posixpath.join(folder, f".tmp{os.getpid()}.{name}")
+
+
+def is_temporary(name):
+  return posixpath.basename(name).startswith(".tmp")
+
+
+def _fsync_file(path):
+  fd = os.open(path, os.O_RDONLY)
+  try:
+    os.fsync(fd)
+  finally:
+    os.close(fd)
+
+
+def _fsync_folder(folder):
+  try:
+    _fsync_file(folder or ".")
+  except OSError:  # some file systems cannot sync a folder; the rename is still atomic
+    pass
+
+
+def commit(tmp, path):
+  """Moves a finished temporary file over `path` (flushed to disk first when local)."""
+  if _is_local(path):
+    _fsync_file(tmp)
+    os.replace(tmp, path)
+    _fsync_folder(os.path.dirname(path))
+  else:
+    tf.io.gfile.rename(tmp, path, overwrite=True)
+
+
+def remove_quietly(path):
+  try:
+    if tf.io.gfile.isdir(path):
+      tf.io.gfile.rmtree(path)
+    elif tf.io.gfile.exists(path):
+      tf.io.gfile.remove(path)
+  except (OSError, tf.errors.OpError):
+    pass
+
+
+@contextlib.contextmanager
+def atomic_path(path):
+  """Yields a temporary path to write; on success it replaces `path`, on failure it is removed."""
+  tmp = temporary_name(path)
+  try:
+    yield tmp
+    commit(tmp, path)
+  except BaseException:
+    remove_quietly(tmp)
+    raise
+
+
+def atomic_write(path, data):
+  """Writes bytes or text to `path` so that the file is either whole or absent."""
+  if isinstance(data, str):
+    data = data.encode("utf-8")
+  with atomic_path(path) as tmp:
+    with tf.io.gfile.GFile(tmp, "wb") as f:
+      f.write(data)
+
+
+def write_json(path, obj):
+  atomic_write(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def read_json(path, what="file"):
+  """A JSON file's content; a clear error naming the file when it is missing or not JSON."""
+  if not tf.io.gfile.exists(path):
+    raise FileNotFoundError(f"{path}: no such {what}")
+  with tf.io.gfile.GFile(path) as f:
+    text = f.read()
+  try:
+    return json.loads(text)
+  except json.JSONDecodeError as e:
+    raise ValueError(f"{path} is not valid JSON ({e}); it was not written by this version of "
+                     "facekp, or it was damaged: delete it and run again") from None
+
+
+def remove_temporaries(folder):
+  """Deletes temporary files left in `folder` by killed runs (not recursive)."""
+  if not tf.io.gfile.isdir(folder):
+    return 0
+  removed = 0
+  for name in tf.io.gfile.listdir(folder):
+    if is_temporary(name):
+      remove_quietly(posixpath.join(folder, name.rstrip("/")))
+      removed += 1
+  return removed
+
+
+class FolderInUseError(RuntimeError):
+  """Another facekp process holds the folder's lock."""
+
+
+@contextlib.contextmanager
+def folder_lock(folder, what="folder"):
+  """Holds an exclusive lock on a local folder for the duration of a run.
+
+  The lock is the operating system's (flock): it goes when the process ends, however it ends,
+  so a killed run never leaves a stale lock. A second run on the same folder fails at once with
+  a message naming the holder. Folders in object storage are not locked.
+  """
+  if not _is_local(folder):
+    yield
+    return
+  os.makedirs(folder, exist_ok=True)
+  path = os.path.join(folder, LOCK_FILE)
+  fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+  try:
+    try:
+      fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as e:
+      if e.errno not in (errno.EAGAIN, errno.EACCES):
+        raise
+      holder = os.pread(fd, 4096, 0).decode("utf-8", "replace").strip() or "another process"
+      raise FolderInUseError(
+          f"{folder} is in use by {holder}: wait for that run to finish (or stop it), or "
+          f"choose another {what}") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, (f"pid {os.getpid()} on {socket.gethostname()} since "
+                   f"{time.strftime('%Y-%m-%d %H:%M:%S')} ({' '.join(sys.argv)[:200]})\n"
+                   ).encode(), 0)
+    yield
+  finally:
+    os.close(fd)  # closing releases the lock
