@@ -40,6 +40,7 @@ from facekp import dataset
 from facekp import input_pipeline
 from facekp import models  # pylint: disable=unused-import  (registers the custom layers)
 from facekp import plots
+from facekp import workdir as workdir_lib
 
 FAILURE_THRESHOLDS = (0.10, 0.05)
 AUC_LIMIT = 0.10
@@ -164,20 +165,6 @@ def predict_flip_tta(model, images, flip_permutation, batch_size=64):
 
 
 # Yardsticks.
-
-def train_mean_keypoints(data_dir):
-  """Mean normalised keypoints [K, 2] of the training split, read without decoding images."""
-  ds = dataset.builder(data_dir).as_dataset(
-      split="train", decoders={"image": tfds.decode.SkipDecoding()})
-  ds = ds.map(lambda ex: ex["keypoints"]).batch(4096)
-  total, count = 0.0, 0
-  for batch in ds.as_numpy_iterator():
-    total = total + batch.astype(np.float64).sum(axis=0)
-    count += len(batch)
-  if not count:
-    raise ValueError(f"the train split of {data_dir} is empty: no mean shape")
-  return (total / count).astype(np.float32)
-
 
 def _nearest_face(faces, target_px):
   """The detected face whose points lie nearest the target points, or None."""
@@ -359,25 +346,9 @@ def draw_pictures(picture_dir, arrays, pred, perturbed, pred_perturbed, nme, nme
 
 # The workdir.
 
-def read_config(workdir):
-  path = f"{workdir}/config.json"
-  if not tf.io.gfile.exists(path):
-    raise FileNotFoundError(f"{workdir} is not a facekp workdir: config.json is missing")
-  with tf.io.gfile.GFile(path) as f:
-    return json.load(f)
-
-
-def load_model(workdir):
-  path = f"{workdir}/model.keras"
-  if not tf.io.gfile.exists(path):
-    raise FileNotFoundError(f"{workdir} has no model.keras: train it first "
-                            "(python -m facekp.main --workdir=... --config=...)")
-  return keras.models.load_model(path)
-
-
 def evaluate_workdir(workdir, data_dir=None, split="test", *, tta_flip=False, pictures=True):
   """Evaluates workdir/model.keras on a split; writes metrics.json and pictures; returns metrics."""
-  config = read_config(workdir)
+  config = workdir_lib.read_config(workdir)
   data_dir = data_dir or config["data_dir"]
   image_size = int(config.get("image_size", 128))
   huber_delta = float(config.get("huber_delta", 1.0))
@@ -385,8 +356,8 @@ def evaluate_workdir(workdir, data_dir=None, split="test", *, tta_flip=False, pi
   arrays = input_pipeline.load_arrays(data_dir, split, image_size=image_size)
   if not len(arrays["images"]):
     raise ValueError(f"the {split} split of {data_dir} is empty")
-  model = load_model(workdir)
-  mean_shape = train_mean_keypoints(data_dir)
+  model = workdir_lib.load_model(workdir)
+  mean_shape = input_pipeline.train_mean_keypoints(data_dir)
   logging.info("evaluating %s on %d %s faces of %s", workdir, len(arrays["images"]), split,
                data_dir)
 

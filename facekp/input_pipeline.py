@@ -200,3 +200,17 @@ def load_arrays(data_dir, split, image_size=128):
                     else np.zeros((0, num_keypoints, 2), np.float32)),
       "image_names": np.array(names, dtype=str),
   }
+
+
+def train_mean_keypoints(data_dir):
+  """Mean normalised keypoints [K, 2] of the training split, read without decoding images."""
+  ds = dataset_lib.builder(data_dir).as_dataset(
+      split="train", decoders={"image": tfds.decode.SkipDecoding()})
+  ds = ds.map(lambda ex: ex["keypoints"]).batch(4096)
+  total, count = 0.0, 0
+  for batch in ds.as_numpy_iterator():
+    total = total + batch.astype(np.float64).sum(axis=0)
+    count += len(batch)
+  if not count:
+    raise ValueError(f"the train split of {data_dir} is empty: no mean shape")
+  return (total / count).astype(np.float32)

@@ -452,7 +452,7 @@ def train_and_evaluate(config, workdir):
   initial_epoch = _backup_epoch(backup_dir)
   past = [float(row["val_loss"]) for row in _history_up_to(history_path, initial_epoch)]
   best, best_epoch, _, stopped = early_stopping_state(past, config.early_stopping_patience)
-  mean = evaluate.train_mean_keypoints(config.data_dir) if config.init_output_at_mean else None
+  mean = input_pipeline.train_mean_keypoints(config.data_dir) if config.init_output_at_mean else None
   net, trainer = build_trainer(config, strategy, schema, steps_per_epoch, mean)
   set_backbone_trainable(net, config, initial_epoch >= config.freeze_backbone_epochs)
 
