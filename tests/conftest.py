@@ -66,3 +66,30 @@ def image_folder(tmp_path, image_files):
     (folder / name).write_bytes(data)
   (folder / "README.txt").write_text("not listed: no image extension")
   return str(folder)
+
+
+def write_labelled_dataset(data_dir, faces, splits=("train", "validation", "test"), seed=0):
+  """The faces as a facekp dataset of the given splits, with made-up plausible keypoints."""
+  from facekp import dataset  # pylint: disable=g-import-not-at-top  (TFDS: only when used)
+  from facekp import keypoints as keypoints_lib  # pylint: disable=g-import-not-at-top
+  schema = schema_lib.Schema(schema_lib.DEFAULT_MESH_INDICES, (1, 263, 291, 33, 61))
+  keypoints = np.array([[0.5, 0.55], [0.3, 0.4], [0.35, 0.7], [0.7, 0.4], [0.65, 0.7]],
+                       np.float32)
+  rng = np.random.default_rng(seed)
+  spec = dataset.features(schema.num_keypoints)
+  size = faces.shape[1]
+  for split in splits:
+    examples = []
+    for i, face in enumerate(faces):
+      points = keypoints + rng.normal(0, 0.01, keypoints.shape).astype(np.float32)
+      examples.append({"image": face, "image_name": f"{split}_{i}.png", "height": size,
+                       "width": size, "keypoints": points,
+                       "keypoints_px": keypoints_lib.to_pixels(points, size).astype(np.float32)})
+    dataset.write_shard(dataset.shard_path(data_dir, split, 0, 1), examples, spec)
+  dataset.write_metadata(data_dir, spec, schema)
+
+
+@pytest.fixture(scope="session")
+def labelled_dataset():
+  """write_labelled_dataset, for tests that need a facekp dataset on disk."""
+  return write_labelled_dataset
