@@ -182,10 +182,11 @@ def draw_pictures(picture_dir, name, title, arrays, pred, perturbed, pred_pertur
     paths += [f"{picture_dir}/{name}_worst_faces.png", f"{picture_dir}/{name}_ced.png"]
     plots.face_grid(paths[2], arrays["images"][worst], px(arrays["keypoints"][worst]),
                     px(pred[worst]), names,
-                    captions=[f"{captions[i]}  NME {100 * nme['model'][i]:.1f}%" for i in worst],
+                    captions=[f"{captions[i]}\nNME {100 * nme['model'][i]:.1f}%" for i in worst],
                     title=f"{title}, worst by NME: {LEGEND}", total=len(pred), chosen="worst")
-    plots.ced_curves(paths[3], [(f"{title}, aligned", nme),
-                                (f"{title}, perturbed", nme_perturbed)],
+    faces = f"{len(pred)} face{'s' if len(pred) > 1 else ''}"
+    plots.ced_curves(paths[3], [(f"{title}, aligned ({faces})", nme),
+                                (f"{title}, perturbed ({faces})", nme_perturbed)],
                      limit=metrics_lib.AUC_LIMIT)
   if tf.io.gfile.exists(history_path):
     paths.append(f"{picture_dir}/training_curves.png")

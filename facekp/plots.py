@@ -90,12 +90,13 @@ def _draw_points(ax, points_px, colour, size=28, filled=True, linewidth=1.2):
 
 def grid_heading(title, shown, total, chosen="first"):
   """The title of a face grid and a line saying which faces of how many it shows."""
+  faces = "face" if (total or shown) == 1 else "faces"
   if total is None or total == shown:
-    count = f"all {shown} faces"
+    count = "the only face" if shown == 1 else f"all {shown} faces"
   elif chosen == "worst":
-    count = f"the {shown} worst of {total} faces"
+    count = f"the {shown} worst of {total} {faces}"
   else:
-    count = f"{shown} of {total} faces ({chosen} in stored order)"
+    count = f"{shown} of {total} {faces} ({chosen} in stored order)"
   return f"{title}\n{count}" if title else count
 
 
@@ -217,7 +218,7 @@ def _log_scale(ax):
   ax.set_yscale("log")
   ax.yaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
   low, high = ax.get_ylim()
-  if high / low < 30:
+  if high / low < 100:
     ax.yaxis.set_minor_locator(ticker.LogLocator(subs=(2.0, 5.0)))
     ax.yaxis.set_minor_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
   else:

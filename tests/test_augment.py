@@ -6,6 +6,7 @@ import pytest
 import tensorflow as tf
 
 from facekp import augment
+from facekp import keypoints as keypoints_lib
 from facekp import schema as schema_lib
 
 SCHEMA = schema_lib.Schema((1, 33, 61, 263, 291), (1, 263, 291, 33, 61))
@@ -22,7 +23,7 @@ def _paint(keypoints, size):
   """Images [B,S,S,3] uint8, black with a Gaussian dot of slot k's colour at keypoint k."""
   centres = np.arange(size) + 0.5
   images = np.zeros((len(keypoints), size, size, 3), np.float32)
-  for image, points in zip(images, keypoints * size):
+  for image, points in zip(images, keypoints_lib.to_pixels(keypoints, size)):
     for colour, (x, y) in zip(COLOURS, points):
       blob = np.exp(-((centres[None, :] - x) ** 2 + (centres[:, None] - y) ** 2) / (2 * 1.2**2))
       image += blob[..., None] * colour * 255
@@ -32,7 +33,7 @@ def _paint(keypoints, size):
 def _faces(batch, rng, size=SIZE, jitter=3.0):
   """Dot images of faces jittered around FACE, and their normalised keypoints [B,K,2]."""
   points = FACE * size / SIZE + rng.uniform(-jitter, jitter, (batch,) + FACE.shape)
-  keypoints = (points / size).astype(np.float32)
+  keypoints = keypoints_lib.to_normalised(points, size).astype(np.float32)
   return _paint(keypoints, size), keypoints
 
 
@@ -60,7 +61,7 @@ def _slot_colours(images, keypoints):
   the keypoint in pixels."""
   size = images.shape[2]
   colours, errors = [], []
-  for image, points in zip(np.asarray(images), np.asarray(keypoints) * size):
+  for image, points in zip(np.asarray(images), keypoints_lib.to_pixels(keypoints, size)):
     row_colours, row_errors = [], []
     for point in points:
       centroids, weights = _dot_centroids(image, point)
