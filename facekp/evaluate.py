@@ -34,7 +34,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from facekp import annotate
+from facekp import face_mesh as face_mesh_lib
 from facekp import augment
 from facekp import dataset
 from facekp import input_pipeline
@@ -182,7 +182,7 @@ def teacher_pairs(images, keypoints, schema):
   """
   mesh = list(schema.mesh_indices)
   direct, back, kept = [], [], []
-  with annotate.FaceMesh(max_faces=TEACHER_MAX_FACES) as face_mesh:
+  with face_mesh_lib.FaceMesh(max_faces=TEACHER_MAX_FACES) as face_mesh:
     for i, (image, label) in enumerate(zip(images, keypoints)):
       image = np.ascontiguousarray(image, np.uint8)
       width = image.shape[1]

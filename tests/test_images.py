@@ -6,6 +6,7 @@ import numpy as np
 from PIL import Image
 import pytest
 
+from facekp import files
 from facekp import images
 from conftest import encode
 
@@ -87,6 +88,6 @@ def test_missing_file(tmp_path):
 
 def test_encode_png_is_lossless_and_write_atomic_leaves_no_temporary(tmp_path, astronaut):
   path = str(tmp_path / "x.png")
-  images.write_atomic(path, images.encode_png(astronaut))
+  files.atomic_write(path, images.encode_png(astronaut))
   np.testing.assert_array_equal(images.load_rgb(path), astronaut)
   assert os.listdir(tmp_path) == ["x.png"]

@@ -16,6 +16,8 @@ import tensorflow_datasets as tfds
 from facekp import annotate
 from facekp import dataset
 from facekp import images
+from facekp import journal as journal_lib
+from facekp import splits as splits_lib
 from tools import make_tfrecords
 from conftest import SAMPLE_DIR
 
@@ -70,7 +72,7 @@ def test_a_folder_with_bad_inputs_becomes_a_dataset(image_folder, image_files, t
   assert len(written) == 1
   for split, found in written.items():
     for name, keypoints in found.items():
-      assert dataset.split_of(name, (0.4, 0.3, 0.3), key=dataset.group_key(ok[0])) == split
+      assert splits_lib.split_of(name, (0.4, 0.3, 0.3), key=splits_lib.group_key(ok[0])) == split
       expected = [float(cleaned[name][c]) for c in schema.csv_point_columns]
       np.testing.assert_allclose(keypoints.ravel(), expected, rtol=1e-6)
 
@@ -131,7 +133,7 @@ def test_a_run_killed_mid_annotation_resumes_without_loss_or_repeats(tmp_path, d
     time.sleep(0.005)
   os.killpg(run.pid, signal.SIGKILL)  # the whole process group: main, fork server, workers
   run.wait()
-  annotated = annotate.Journal(str(journal), annotate.Settings(
+  annotated = journal_lib.Journal(str(journal), annotate.Settings(
       str(photos), str(out), default_schema.mesh_indices).fingerprint()).read()
   assert 0 < len(annotated) < len(names)
   assert not (out / dataset.KEYPOINTS_CSV).exists()
