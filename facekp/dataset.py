@@ -74,7 +74,6 @@ def write_metadata(out_dir, feature_spec, schema, description="", crop=keypoints
       filename_template=FILENAME_TEMPLATE,
       description=description or "Face photos with MediaPipe Face Mesh keypoints (facekp).",
       metadata=tfds.core.MetadataDict(record),
-      homepage="",
   )
 
 

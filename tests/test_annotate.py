@@ -6,13 +6,15 @@ import mediapipe as mp
 import numpy as np
 import pytest
 
+from facekp import align
 from facekp import annotate
 from facekp import face_mesh as face_mesh_lib
+from facekp import faces
 from facekp import files
 from facekp import images
 from facekp import journal as journal_lib
 from facekp import keypoint_csv
-from conftest import SAMPLE_DIR
+from conftest import SAMPLE_DIR, encode
 
 
 @pytest.fixture(scope="module")
@@ -146,3 +148,36 @@ def test_align_crops_every_face_and_annotates_the_crops(tmp_path, default_schema
       np.testing.assert_array_equal(
           row.keypoints(), mesh.detect(crop)[0][list(default_schema.mesh_indices)])
   assert sum(r.status == "ok" for r in rows) >= 4
+
+
+def test_without_align_the_largest_face_is_labelled_as_predict_would(tmp_path, default_schema,
+                                                                     mesh):
+  """One face rule for annotation and prediction (facekp.faces): the largest face."""
+  shutil.copy(os.path.join(SAMPLE_DIR, "multi_face.jpg"), tmp_path / "multi_face.jpg")
+  labeller = annotate.Labeller(settings_for(tmp_path, tmp_path / "out", default_schema))
+  (row,) = labeller.rows_for("multi_face.jpg")
+  photo = images.load_rgb(str(tmp_path / "multi_face.jpg"))
+  with face_mesh_lib.FaceMesh(max_faces=faces.FACE_SEARCH_LIMIT) as several:
+    found = several.detect(photo)
+  assert len(found) >= 3
+  largest = max(found, key=faces.face_size)
+  np.testing.assert_allclose(row.keypoints(), largest[list(default_schema.mesh_indices)],
+                             atol=1.0)
+
+
+def test_a_face_hidden_by_transparency_gets_a_hint(tmp_path, default_schema, astronaut):
+  rgba = np.dstack([astronaut, np.full(astronaut.shape[:2], 255, np.uint8)])
+  rgba[:, :, 3] = 0  # all transparent: load_rgb shows it black
+  (tmp_path / "ghost.png").write_bytes(encode(rgba, "PNG"))
+  labeller = annotate.Labeller(settings_for(tmp_path, tmp_path / "out", default_schema))
+  (row,) = labeller.rows_for("ghost.png")
+  assert row.status == annotate.NO_FACE_TRANSPARENT
+
+
+def test_face_size_is_the_side_of_the_aligned_square(mesh):
+  """The crop of side S shrinks the face's square by S / face_size."""
+  photo = images.load_rgb(os.path.join(SAMPLE_DIR, "grace_hopper.jpg"))
+  (landmarks,) = mesh.detect(photo)
+  _, matrix = align.align_face(photo, landmarks, 100)
+  scale = np.sqrt(abs(np.linalg.det(matrix[:, :2])))
+  assert faces.face_size(landmarks) == pytest.approx(100 / scale)

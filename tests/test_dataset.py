@@ -10,6 +10,8 @@ import tensorflow_datasets as tfds
 from facekp import cleaning
 from facekp import dataset
 from facekp import images
+from facekp import input_pipeline
+from facekp import keypoints
 from facekp import keypoint_csv
 from facekp import splits as splits_lib
 from conftest import encode
@@ -175,3 +177,74 @@ def test_an_empty_split_is_left_out_and_old_shards_are_replaced(tmp_path, defaul
   assert len(examples(out, "train")) == 6
   with pytest.raises(ValueError, match="no usable rows"):
     dataset.write_dataset(out, {s: [] for s in splits_lib.SPLITS}, "", default_schema)
+
+
+def test_the_metadata_records_the_keypoint_convention_and_the_crop(tmp_path, default_schema):
+  names = [f"img{i}.png" for i in range(4)]
+  write_images(str(tmp_path / "imgs"), names, size=(32, 32))
+  out = str(tmp_path / "out")
+  os.makedirs(out)
+  dataset.write_dataset(out, {"train": [row(n, width=32, height=32) for n in names],
+                              "validation": [], "test": []},
+                        str(tmp_path / "imgs"), default_schema,
+                        crop=keypoints.crop_method(32), input_size=32)
+  expected = {"coordinates": "continuous", "normalised_by": "image width and height",
+              "crop": "facekp_align_32", "input_size": 32}
+  assert dataset.read_metadata(out) == expected
+  info = dataset.builder(out).info
+  assert info.metadata["keypoints"] == expected
+  # No made-up homepage in what is written (TFDS's DatasetInfo.homepage invents its catalogue
+  # URL on reading when none is stored; facekp stores none).
+  assert not any("http" in open(f"{out}/{f}").read() for f in os.listdir(out) if f.endswith(".json"))
+
+
+def test_a_damaged_shard_is_named_by_every_read(tmp_path, default_schema):
+  """The training mean reads the shards' CRCs first; a valid record with a corrupt PNG is named
+  by its shard and example."""
+  names = [f"img{i}.png" for i in range(3)]
+  write_images(str(tmp_path / "imgs"), names, size=(16, 16))
+  out = str(tmp_path / "out")
+  os.makedirs(out)
+  dataset.write_dataset(out, {"train": [row(n, [5.0] * 10, 16, 16) for n in names],
+                              "validation": [], "test": []}, str(tmp_path / "imgs"),
+                        default_schema)
+  (shard,) = [f"{out}/{f}" for f in os.listdir(out) if ".tfrecord-" in f]
+  good = open(shard, "rb").read()
+  with open(shard, "wb") as f:  # a flipped byte in the middle: a CRC error
+    f.write(good[:len(good) // 2] + bytes([good[len(good) // 2] ^ 0xFF]) + good[len(good) // 2 + 1:])
+  with pytest.raises(ValueError, match=f"{shard}: corrupt TFRecord shard"):
+    input_pipeline.train_mean_keypoints(out)
+  spec = dataset.features(5)
+  bad = dataset.make_example(str(tmp_path / "imgs"), row(names[1], [5.0] * 10, 16, 16))
+  bad["image"] = bad["image"][:40] + bytes(len(bad["image"]) - 40)  # a valid record, bad PNG
+  dataset.write_shard(shard, [dataset.make_example(str(tmp_path / "imgs"),
+                                                   row(names[0], [5.0] * 10, 16, 16)), bad], spec)
+  dataset.write_metadata(out, spec, default_schema)
+  with pytest.raises(ValueError, match=f"corrupt image in {shard}, record 1 \\(img1.png\\)"):
+    input_pipeline.load_arrays(out, "train", image_size=16)
+
+
+def test_a_users_csv_names_stay_inside_the_image_folder(tmp_path):
+  folder = tmp_path / "imgs"
+  assert keypoint_csv.relative_name("./a/b.png", str(folder)) == "a/b.png"
+  assert keypoint_csv.relative_name(f"{folder}/a/b.png", str(folder)) == "a/b.png"
+  for name in ("../b.png", "a/../../b.png", "/etc/passwd"):
+    with pytest.raises(ValueError, match="outside the image folder"):
+      keypoint_csv.relative_name(name, str(folder))
+
+
+def test_a_csv_with_a_byte_order_mark_reads(tmp_path, default_schema):
+  path = tmp_path / "k.csv"
+  header = ",".join(("image_name",) + default_schema.csv_point_columns)
+  path.write_bytes(("\ufeff" + header + "\na.png," + ",".join(["5"] * 10) + "\n").encode())
+  (only,) = keypoint_csv.read_keypoints_csv(str(path), default_schema)
+  assert only.image_name == "a.png"
+
+
+def test_normalised_points_are_detected_and_converted(tmp_path):
+  write_images(str(tmp_path / "imgs"), ["a.png"], size=(30, 40))
+  rows = [row("a.png", [0.5, 0.25] * 5, None, None)]
+  assert cleaning.looks_normalised(rows)
+  assert not cleaning.looks_normalised([row("a.png")])
+  (converted,) = cleaning.normalised_to_pixels(rows, str(tmp_path / "imgs"))
+  np.testing.assert_allclose(converted.keypoints(), [[20.0, 7.5]] * 5)
