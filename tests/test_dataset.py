@@ -14,7 +14,7 @@ from facekp import input_pipeline
 from facekp import keypoints
 from facekp import keypoint_csv
 from facekp import splits as splits_lib
-from conftest import encode
+from conftest import encode, user_csv
 
 
 def row(name, points=None, width=40, height=30, status="ok"):
@@ -49,9 +49,7 @@ def test_seed_format_csv_gets_sizes_from_the_images(tmp_path, default_schema):
   folder = tmp_path / "imgs"
   folder.mkdir()
   (folder / "a.png").write_bytes(encode(np.zeros((30, 40, 3), np.uint8), "PNG"))
-  path = tmp_path / "seed.csv"
-  path.write_text(",".join(("image_name",) + default_schema.csv_point_columns) +
-                  "\na.png," + ",".join(["5"] * 10) + "\n")
+  path = user_csv(tmp_path / "seed.csv", default_schema, ["a.png," + ",".join(["5"] * 10)])
   (only,) = keypoint_csv.read_keypoints_csv(str(path), default_schema)
   assert (only.width, only.height, only.status) == (None, None, "ok")
   kept, report = cleaning.clean([only], str(folder))

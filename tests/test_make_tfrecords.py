@@ -20,7 +20,8 @@ from facekp import images
 from facekp import journal as journal_lib
 from facekp import splits as splits_lib
 from tools import make_tfrecords
-from conftest import SAMPLE_DIR, encode
+from conftest import SAMPLE_DIR, copies_of, encode
+from conftest import user_csv as write_user_csv
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -142,9 +143,7 @@ def test_a_second_run_on_the_same_out_is_refused(tmp_path, default_schema):
   folder = tmp_path / "imgs"
   folder.mkdir()
   (folder / "a.png").write_bytes(encode(np.zeros((30, 40, 3), np.uint8), "PNG"))
-  user_csv = tmp_path / "mine.csv"
-  user_csv.write_text(",".join(("image_name",) + default_schema.csv_point_columns) +
-                      "\na.png," + ",".join(["5"] * 10) + "\n")
+  user_csv = write_user_csv(tmp_path / "mine.csv", default_schema, ["a.png," + "5," * 9 + "5"])
   out = tmp_path / "out"
   with files.folder_lock(str(out), "--out"):  # another run holds it
     with pytest.raises(files.FolderInUseError, match=f"{out} is in use by pid {os.getpid()}"):
@@ -167,19 +166,22 @@ def _process_group(pgid):
   return members
 
 
-def test_killing_the_run_ends_its_workers_fork_server_and_tracker(tmp_path):
-  photos = tmp_path / "photos"
-  photos.mkdir()
-  for i in range(40):
-    shutil.copy(os.path.join(SAMPLE_DIR, "astronaut.jpg"), photos / f"p{i:02d}.jpg")
-  out = tmp_path / "out"
+def start_run(photos, out, chunk_size, commits):
+  """make_tfrecords in its own process group, once `commits` chunks are in its journal."""
   command = [sys.executable, "-m", "tools.make_tfrecords", f"--images={photos}",
-             f"--out={out}", "--workers=2", "--chunk_size=1"]
+             f"--out={out}", "--workers=2", f"--chunk_size={chunk_size}"]
   run = subprocess.Popen(command, cwd=REPO, start_new_session=True,
                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
   journal = out / annotate.JOURNAL
-  while run.poll() is None and (not journal.exists() or journal.read_text().count("#commit") < 2):
-    time.sleep(0.01)
+  while run.poll() is None and (not journal.exists() or
+                                journal.read_text().count("#commit") < commits):
+    time.sleep(0.005)
+  return run
+
+
+def test_killing_the_run_ends_its_workers_fork_server_and_tracker(tmp_path):
+  photos = copies_of(str(tmp_path / "photos"), "astronaut.jpg", 40)
+  run = start_run(photos, tmp_path / "out", chunk_size=1, commits=2)
   children = [pid for pid in _process_group(run.pid) if pid != run.pid]
   assert len(children) >= 3  # the fork server, two workers (and the resource tracker)
   run.kill()  # the main process only, as the OOM killer or `kill -9 PID` would
@@ -219,13 +221,8 @@ def test_a_run_killed_mid_annotation_resumes_without_loss_or_repeats(tmp_path, d
     shutil.copytree(SAMPLE_DIR, photos / f"copy{copy:02d}", ignore=shutil.ignore_patterns("*.md"))
   names = images.list_images(str(photos))
   out = tmp_path / "out"
-  command = [sys.executable, "-m", "tools.make_tfrecords", f"--images={photos}",
-             f"--out={out}", "--workers=2", "--chunk_size=2"]
-  run = subprocess.Popen(command, cwd=REPO, start_new_session=True,
-                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  run = start_run(photos, out, chunk_size=2, commits=3)
   journal = out / annotate.JOURNAL
-  while run.poll() is None and (not journal.exists() or journal.read_text().count("#commit") < 3):
-    time.sleep(0.005)
   os.killpg(run.pid, signal.SIGKILL)  # the whole process group: main, fork server, workers
   run.wait()
   annotated = journal_lib.Journal(str(journal), annotate.Settings(

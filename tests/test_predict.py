@@ -20,6 +20,7 @@ from facekp import images
 from facekp import keypoints
 from facekp import predict
 from facekp import schema as schema_lib
+from conftest import copies_of
 
 SIZE = 64
 SAMPLE = os.path.join(os.path.dirname(predict.__file__), "sample")
@@ -163,10 +164,7 @@ def test_an_interrupted_run_keeps_its_predictions_and_continues(tmp_path):
   """SIGTERM mid-folder: the run says what it kept; the same command finishes the rest."""
   model_path = tmp_path / "model.keras"
   constant_model(model_path, np.full((5, 2), 0.5, np.float32))
-  photos = tmp_path / "photos"
-  photos.mkdir()
-  for i in range(12):
-    shutil.copy(os.path.join(SAMPLE, "astronaut.jpg"), photos / f"p{i:02d}.jpg")
+  photos = copies_of(str(tmp_path / "photos"), "astronaut.jpg", 12)
   out = tmp_path / "out"
   command = [sys.executable, "-m", "facekp.predict", f"--model={model_path}",
              f"--images={photos}", f"--out={out}", "--nooverlays"]
