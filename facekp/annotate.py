@@ -28,7 +28,8 @@ JOURNAL = "face_keypoints.journal"
 ALIGNED_DIR = "aligned"
 NO_FACE_TRANSPARENT = "no_face_transparent"
 _PROGRESS_SECONDS = 10.0
-_JOURNAL_VERSION = 2  # 2: stamps of the labelled files; faces largest first
+# 2: stamps of the labelled files; faces largest first, also those of the full-range detector
+_JOURNAL_VERSION = 2
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,12 +47,13 @@ class Settings:
             "journal": _JOURNAL_VERSION}
 
 
-_meshes = {}  # this process's FaceMesh instances, by max_faces
+_meshes = {}  # this process's MediaPipe instances: FaceMesh by max_faces, the detector by None
 
 
 def _mesh(max_faces):
   if max_faces not in _meshes:
-    _meshes[max_faces] = face_mesh.FaceMesh(max_faces)
+    _meshes[max_faces] = face_mesh.FaceDetector() if max_faces is None else face_mesh.FaceMesh(
+        max_faces)
   return _meshes[max_faces]
 
 
@@ -60,14 +62,14 @@ class Labeller:
 
   def __init__(self, settings):
     self.settings = settings
-    self.crop_mesh = _mesh(1)
-    self.photo_mesh = _mesh(faces.search_limit(settings.max_faces if settings.align_size else 1))
+    max_faces = settings.max_faces if settings.align_size else 1
+    self.finder = faces.Finder(_mesh(faces.search_limit(max_faces)), _mesh(1), _mesh(None))
     self.indices = list(settings.mesh_indices)
 
   def label(self, image_name, image_rgb):
     """The row of the image's largest face (facekp.faces' order), or a no_face row."""
     height, width = image_rgb.shape[:2]
-    landmarks = faces.largest_face(self.photo_mesh, image_rgb)
+    landmarks = faces.largest_face(self.finder, image_rgb)
     if landmarks is None:
       return missing_row(image_name, len(self.indices), "no_face", width, height)
     return KeypointRow(image_name, width, height, tuple(landmarks[self.indices].ravel()), OK)
@@ -98,8 +100,7 @@ class Labeller:
 
   def _align_and_label(self, photo_name, photo_rgb):
     size = self.settings.align_size
-    found = faces.aligned_faces(self.photo_mesh, self.crop_mesh, photo_name, photo_rgb, size,
-                                self.settings.max_faces)
+    found = faces.aligned_faces(self.finder, photo_name, photo_rgb, size, self.settings.max_faces)
     if not found:
       height, width = photo_rgb.shape[:2]
       return [missing_row(photo_name, len(self.indices), "no_face", width, height)]
@@ -121,6 +122,7 @@ def _label_chunk(settings, names):
 
 def _start_worker():
   _mesh(1)
+  _mesh(None)
   return workers_lib.report_pid()
 
 

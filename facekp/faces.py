@@ -1,6 +1,8 @@
 """One face routine for annotation and prediction: find a photo's faces, order them, crop them.
 
 make_tfrecords (with and without --align) and predict see a photo's faces the same way:
+  finding Face Mesh's own faces, then those only MediaPipe's full-range detector finds (small,
+          distant or many faces), each placed by Face Mesh on a crop around its box;
   order   largest first, by the side of the face's FFHQ-style square (facekp.align);
   names   face k of photo "dir/a.jpg" is "dir/a_f<k>.png" (k from 0, in that order);
   crops   `crop_face`: the FFHQ-style crop, placed by Face Mesh on a first crop of it;
@@ -23,6 +25,21 @@ FACE_SEARCH_LIMIT = 5
 OTHER_FACE_OFFSET = 0.35
 # What MediaPipe, OpenCV or a degenerate face square raise on one odd photo.
 FACE_ERRORS = (ValueError, RuntimeError, cv2.error)
+# Around a detector's box, Face Mesh gets a square this many box sides wide, enlarged to at least
+# _BOX_MIN_SIDE pixels (Face Mesh misses faces far below its own input scale).
+_BOX_CONTEXT = 2.0
+_BOX_MIN_SIDE = 192
+# A detected face is new when its centre lies this far (in face sizes) from every face found.
+_SAME_FACE = 0.5
+_CENTRE_LANDMARKS = [33, 263, 61, 291]  # eye and mouth corners
+
+
+class Finder(typing.NamedTuple):
+  """What finds a photo's faces: Face Mesh for several faces and for one, and the full-range
+  detector (None: Face Mesh's own detector only)."""
+  photo_mesh: typing.Any
+  crop_mesh: typing.Any
+  detector: typing.Any = None
 
 
 class Face(typing.NamedTuple):
@@ -53,16 +70,49 @@ def search_limit(max_faces):
   return max(max_faces, FACE_SEARCH_LIMIT)
 
 
-def largest_face(mesh, image_rgb):
+def _landmarks_in_box(mesh, photo_rgb, box):
+  """Face Mesh's landmarks (photo pixels) of the face in a detector's box, or None."""
+  height, width = photo_rgb.shape[:2]
+  x0, y0, x1, y1 = box
+  half = _BOX_CONTEXT * max(x1 - x0, y1 - y0) / 2
+  left, top = int(max(0, (x0 + x1) / 2 - half)), int(max(0, (y0 + y1) / 2 - half))
+  right, bottom = int(min(width, (x0 + x1) / 2 + half)), int(min(height, (y0 + y1) / 2 + half))
+  if right - left < 8 or bottom - top < 8:
+    return None
+  crop = photo_rgb[top:bottom, left:right]
+  scale = max(1.0, _BOX_MIN_SIDE / max(crop.shape[:2]))
+  if scale > 1:
+    crop = cv2.resize(crop, None, fx=scale, fy=scale, interpolation=cv2.INTER_LINEAR)
+  found = mesh.detect(crop)
+  return found[0] / scale + [left, top] if found else None
+
+
+def _is_new(landmarks, faces):
+  centre = landmarks[_CENTRE_LANDMARKS].mean(axis=0)
+  return all(np.linalg.norm(centre - other[_CENTRE_LANDMARKS].mean(axis=0)) >
+             _SAME_FACE * face_size(other) for other in faces)
+
+
+def find_faces(finder, photo_rgb):
+  """[468, 2] landmarks (photo pixels) of every face found, in the order found."""
+  faces = finder.photo_mesh.detect(photo_rgb)
+  for box in finder.detector.detect(photo_rgb) if finder.detector else ():
+    landmarks = _landmarks_in_box(finder.crop_mesh, photo_rgb, box)
+    if landmarks is not None and _is_new(landmarks, faces):
+      faces.append(landmarks)
+  return faces
+
+
+def largest_face(finder, image_rgb):
   """The [468, 2] landmarks of the image's largest face, or None."""
-  faces = largest_first(mesh.detect(image_rgb), 1)
+  faces = largest_first(find_faces(finder, image_rgb), 1)
   return faces[0] if faces else None
 
 
-def aligned_faces(photo_mesh, crop_mesh, photo_name, photo_rgb, size, max_faces):
+def aligned_faces(finder, photo_name, photo_rgb, size, max_faces):
   """Up to `max_faces` faces of a photo, largest first, each cropped to size x size."""
-  faces = largest_first(photo_mesh.detect(photo_rgb), max_faces)
-  return [Face(face_name(photo_name, k), *crop_face(crop_mesh, photo_rgb, landmarks, size))
+  faces = largest_first(find_faces(finder, photo_rgb), max_faces)
+  return [Face(face_name(photo_name, k), *crop_face(finder.crop_mesh, photo_rgb, landmarks, size))
           for k, landmarks in enumerate(faces)]
 
 

@@ -127,10 +127,10 @@ class FaceResult(collections.namedtuple("FaceResult", "face points outline")):
   """A cropped face (facekp.faces.Face) and its predicted points in the photo, or None."""
 
 
-def predict_faces(model, photo_mesh, crop_mesh, image, name, max_faces):
+def predict_faces(model, finder, image, name, max_faces):
   """Up to `max_faces` faces of a photo, largest first (facekp.faces): [FaceResult]."""
   size = model.image_size
-  found = faces_lib.aligned_faces(photo_mesh, crop_mesh, name, image, size, max_faces)
+  found = faces_lib.aligned_faces(finder, name, image, size, max_faces)
   good = [face.crop for face in found if face.status == OK]
   predicted = iter(keypoints_lib.to_pixels(model(np.stack(good)), size) if good else [])
   corners = np.array([[0, 0], [size, 0], [size, size], [0, size]], np.float64)
@@ -159,13 +159,13 @@ def _face_json(photo_name, k, result, names, model_size):
   return entry
 
 
-def predict_photo(model, meshes, path, name, out_dir, max_faces, names, overlays):
+def predict_photo(model, finder, path, name, out_dir, max_faces, names, overlays):
   """(keypoint rows, JSON entries) of one photo's faces (overlay written); a bad photo gives
   one row with its reason."""
   k = len(names)
   try:
     image = images_lib.load_rgb(path)
-    results = predict_faces(model, *meshes, image, name, max_faces)
+    results = predict_faces(model, finder, image, name, max_faces)
   except images_lib.ImageError as e:
     logging.warning("skipping %s", e)
     return [keypoint_csv.missing_row(name, k, e.reason)], []
@@ -295,10 +295,11 @@ def predict_images(model_path, images_path, out_dir, max_faces=1, overlays=True)
       logging.info("%d photos: %d predicted before, %d to do", len(photos), len(done), len(todo))
     try:
       with face_mesh.FaceMesh(faces_lib.search_limit(max_faces)) as photo_mesh, \
-          face_mesh.FaceMesh(max_faces=1) as crop_mesh:
+          face_mesh.FaceMesh(max_faces=1) as crop_mesh, face_mesh.FaceDetector() as detector:
+        finder = faces_lib.Finder(photo_mesh, crop_mesh, detector)
         for i, (path, name) in enumerate(todo):
-          rows, entries = predict_photo(model, (photo_mesh, crop_mesh), path, name, out_dir,
-                                        max_faces, names, overlays)
+          rows, entries = predict_photo(model, finder, path, name, out_dir, max_faces, names,
+                                        overlays)
           journal.append(name, _stamp(path), rows, entries)
           done[name] = (None, rows, entries)
           if (i + 1) % 100 == 0 or i + 1 == len(todo):
