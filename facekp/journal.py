@@ -37,7 +37,10 @@ def stamp_of(path, data):
 
 def unchanged(path, stamp):
   """Whether the file at `path` still holds what `stamp` describes: size and mtime first, the
-  content hash when they differ (a copy or a touch keeps its labels; new content does not)."""
+  content hash when they differ (a copy or a touch keeps its labels; new content does not).
+  A file that could not be read before (no stamp) is tried again."""
+  if stamp is None:
+    return False
   try:
     st = os.stat(path)
   except OSError:

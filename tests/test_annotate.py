@@ -58,7 +58,8 @@ def test_every_image_gets_one_row_with_mediapipe_values_or_a_reason(
       np.testing.assert_array_equal(row.keypoints(), mesh.detect(photo)[0][indices])
     else:
       assert row.points == (-1.0,) * 10
-  assert keypoint_csv.read_keypoints_csv(f"{tmp_path}/out/face_keypoints.csv", default_schema) == rows
+  written = keypoint_csv.read_keypoints_csv(f"{tmp_path}/out/face_keypoints.csv", default_schema)
+  assert written == rows
 
 
 def test_a_rerun_only_annotates_what_is_new(image_folder, tmp_path, default_schema, pool):
@@ -100,6 +101,7 @@ def test_journal_drops_an_interrupted_tail_and_continues(tmp_path, default_schem
   assert done["a.png"] == (stamp._replace(sha256="cd"), [relabelled]) and done["c.png"][0] is None
   with pytest.raises(ValueError, match="other settings"):
     journal_lib.Journal(path, {"k": 2}).read()
+  assert not journal_lib.unchanged(path, None)  # not read before: tried again
 
 
 def test_a_photo_changed_under_its_name_is_labelled_again(tmp_path, default_schema, pool):

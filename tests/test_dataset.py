@@ -1,4 +1,5 @@
-"""facekp.dataset: the keypoint CSV, cleaning, the hash split and the TFDS round trip."""
+"""facekp.keypoint_csv, facekp.cleaning, facekp.splits and facekp.dataset: the keypoint CSV,
+cleaning, the hash split, the TFDS round trip and its metadata."""
 import json
 import os
 
@@ -193,7 +194,8 @@ def test_the_metadata_records_the_keypoint_convention_and_the_crop(tmp_path, def
   assert info.metadata["keypoints"] == expected
   # No made-up homepage in what is written (TFDS's DatasetInfo.homepage invents its catalogue
   # URL on reading when none is stored; facekp stores none).
-  assert not any("http" in open(f"{out}/{f}").read() for f in os.listdir(out) if f.endswith(".json"))
+  written = [open(f"{out}/{f}").read() for f in os.listdir(out) if f.endswith(".json")]
+  assert written and not any("http" in text for text in written)
 
 
 def test_a_damaged_shard_is_named_by_every_read(tmp_path, default_schema):
@@ -208,8 +210,9 @@ def test_a_damaged_shard_is_named_by_every_read(tmp_path, default_schema):
                         default_schema)
   (shard,) = [f"{out}/{f}" for f in os.listdir(out) if ".tfrecord-" in f]
   good = open(shard, "rb").read()
+  middle = len(good) // 2
   with open(shard, "wb") as f:  # a flipped byte in the middle: a CRC error
-    f.write(good[:len(good) // 2] + bytes([good[len(good) // 2] ^ 0xFF]) + good[len(good) // 2 + 1:])
+    f.write(good[:middle] + bytes([good[middle] ^ 0xFF]) + good[middle + 1:])
   with pytest.raises(ValueError, match=f"{shard}: corrupt TFRecord shard"):
     input_pipeline.train_mean_keypoints(out)
   spec = dataset.features(5)

@@ -29,7 +29,8 @@ def test_copies_are_grouped_and_different_faces_are_not(astronaut):
   }
   for other in ("multi_face.jpg", "0-f1-su-ph.jpg", "45-m7-di-ph.jpg", "15-f13-anc-ph.jpg"):
     encoded[other] = encode(sample(other), "PNG")
-  prints = {name: dedup.fingerprint(data, images.decode_rgb(data)) for name, data in encoded.items()}
+  prints = {name: dedup.fingerprint(data, images.decode_rgb(data))
+            for name, data in encoded.items()}
   groups, near = dedup.find_groups(prints)
   assert groups == [["a.jpg", "a.png", "a.webp", "a_small.png", "copy_of_a.png"],
                     ["hopper.png", "hopper_dark.png"]]

@@ -49,7 +49,7 @@ _WORKERS = flags.DEFINE_integer(
 _SPLIT = flags.DEFINE_string(
     "split", "0.8,0.1,0.1", "Fractions of photos for train, validation and test (summing to 1). "
     "Assigned by a hash of the photo name: stable when images are added or removed, and all "
-    "faces of one photo land in the same split.")
+    "faces of one photo, and all copies of an image (facekp.dedup), land in the same split.")
 _NUM_SHARDS = flags.DEFINE_integer(
     "num_shards", 0, "TFRecord shards of the train split; validation and test get shards of "
     "the same number of examples. 0: about one shard per 64 MiB of images.")
