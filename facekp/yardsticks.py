@@ -11,8 +11,8 @@ from absl import logging
 import numpy as np
 import tensorflow as tf
 
-from facekp import annotate
 from facekp import augment
+from facekp import face_mesh as face_mesh_lib
 from facekp import input_pipeline
 from facekp import keypoints as keypoints_lib
 from facekp import metrics as metrics_lib
@@ -70,7 +70,7 @@ def teacher_pairs(images, keypoints, schema):
   mesh = list(schema.mesh_indices)
   flip = schema.flip_permutation
   direct, back, kept = [], [], []
-  with annotate.FaceMesh(max_faces=TEACHER_MAX_FACES) as face_mesh:
+  with face_mesh_lib.FaceMesh(max_faces=TEACHER_MAX_FACES) as face_mesh:
     for i, (image, label) in enumerate(zip(images, keypoints)):
       image = np.ascontiguousarray(image, np.uint8)
       height, width = image.shape[:2]

@@ -93,3 +93,20 @@ def write_labelled_dataset(data_dir, faces, splits=("train", "validation", "test
 def labelled_dataset():
   """write_labelled_dataset, for tests that need a facekp dataset on disk."""
   return write_labelled_dataset
+
+
+def copies_of(folder, sample_name, count):
+  """`count` copies of a sample photo, p00.jpg, p01.jpg, ..., in a new folder."""
+  os.makedirs(folder)
+  data = open(os.path.join(SAMPLE_DIR, sample_name), "rb").read()
+  for i in range(count):
+    with open(os.path.join(folder, f"p{i:02d}.jpg"), "wb") as f:
+      f.write(data)
+  return folder
+
+
+def user_csv(path, schema, lines):
+  """A user's CSV in the seed's format: image_name and the points; `lines` are its rows."""
+  with open(path, "w") as f:
+    f.write("\n".join([",".join(("image_name",) + schema.csv_point_columns), *lines]) + "\n")
+  return path

@@ -21,6 +21,7 @@ from absl import logging
 import mediapipe as mp
 
 from facekp import annotate
+from facekp import mirror
 from facekp import images
 import tools
 
@@ -91,11 +92,11 @@ def main(argv):
     logging.info("benchmark images: %s", source)
   else:
     logging.warning("%s is absent: benchmarking on the sample faces in %s instead", source,
-                    annotate.SAMPLE_DIR)
-    source = annotate.SAMPLE_DIR
+                    mirror.SAMPLE_DIR)
+    source = mirror.SAMPLE_DIR
   workers = _WORKERS.value or len(os.sched_getaffinity(0))
   load_before = os.getloadavg()[0]
-  schema = annotate.make_schema()
+  schema = mirror.make_schema()
   with tempfile.TemporaryDirectory() as scratch:
     names = repeated_folder(source, images.list_images(source), _MIN_IMAGES.value, scratch)
     folder = scratch

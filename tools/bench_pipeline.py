@@ -93,8 +93,8 @@ def _sample_faces(folder):
 
 
 def _derived_schema():
-  from facekp import annotate  # MediaPipe, only when no labelled dataset gives the schema
-  return annotate.make_schema(schema_lib.DEFAULT_MESH_INDICES)
+  from facekp import mirror  # MediaPipe, only when no labelled dataset gives the schema
+  return mirror.make_schema(schema_lib.DEFAULT_MESH_INDICES)
 
 
 def _write_dataset(out, blobs, keypoints, schema, num_shards=16):
