@@ -28,15 +28,24 @@ def _debug_requested(argv, environ):
 
 
 DEBUG = _debug_requested(sys.argv[1:], os.environ)
-# Known start-up noise of TensorFlow's C++ on a machine without a GPU (duplicate plugin
-# registrations, cuInit) and of absl's C++ logging; every other line printed during the import
-# of TensorFlow is passed on.
+# Lines TensorFlow's, TFLite's and MediaPipe's C++ print on every run, which say nothing about
+# this run (duplicate plugin registrations and the CUDA probe on a machine without a GPU,
+# MediaPipe's graph set-up, the TFLite converter's ignored options). Every other line passes.
 _NOISE = re.compile(
     r"Unable to register cu(FFT|DNN|BLAS) factory|computation placer already registered|"
     r"All log messages before absl::InitializeLog|failed call to cuInit|"
-    r"oneDNN custom operations are on|This TensorFlow binary is optimized to use available CPU|"
+    r"This TensorFlow binary is optimized to use available CPU|"
     r"To enable the following instructions|rebuild TensorFlow with the appropriate compiler|"
-    r"Could not find cuda drivers|TF-TRT Warning")
+    r"Could not find cuda drivers|TF-TRT Warning|oneDNN custom operations are on|"
+    r"Created TensorFlow Lite XNNPACK delegate|inference_feedback_manager\.cc|"
+    r"landmark_projection_calculator\.cc|gl_context\.cc|Ignored output_format|"
+    r"Ignored drop_control_dependency|MLIR V1 optimization pass is not enabled|"
+    r"Local rendezvous is aborting with status: OUT_OF_RANGE|"
+    r"^\s*\d+%\|.*\| \d+/\d+ \[")  # TFDS's progress bars
+
+
+def _passes(line):
+  return not _NOISE.search(line)
 
 
 def quiet_environment(environ=os.environ):
@@ -61,9 +70,65 @@ def _filtered_stderr():
       os.close(saved)
       captured.seek(0)
       for line in captured.read().decode("utf-8", "replace").splitlines(keepends=True):
-        if not _NOISE.search(line):
+        if _passes(line):
           sys.stderr.write(line)
       sys.stderr.flush()
+
+
+_FILTERING = False
+
+
+def filter_stderr_for_good():
+  """From now on the process's stderr, and that of the processes it starts (MediaPipe workers),
+  goes through a pipe whose reader drops the known noise lines. Lines end at a newline or a
+  carriage return (progress lines); a partial line is passed on once the writer pauses. At exit
+  the reader drains what is left, so no final message is lost."""
+  global _FILTERING
+  if _FILTERING:
+    return
+  _FILTERING = True
+  import atexit  # pylint: disable=import-outside-toplevel
+  import select  # pylint: disable=import-outside-toplevel
+  import threading  # pylint: disable=import-outside-toplevel
+  sys.stderr.flush()
+  original, (read_end, write_end) = os.dup(2), os.pipe()
+  os.dup2(write_end, 2)
+  os.close(write_end)
+  closing = threading.Event()
+
+  def write(segment):
+    if _passes(segment.decode("utf-8", "replace")):
+      os.write(original, segment)
+
+  def forward():
+    pending = b""
+    while True:
+      if not select.select([read_end], [], [], 0.1)[0]:
+        if pending:
+          write(pending)
+          pending = b""
+        if closing.is_set():
+          return
+        continue
+      chunk = os.read(read_end, 65536)
+      if not chunk:
+        break
+      *complete, pending = re.split(rb"(?<=[\r\n])", pending + chunk)
+      for segment in complete:
+        write(segment)
+    if pending:
+      write(pending)
+
+  reader = threading.Thread(target=forward, name="facekp-stderr", daemon=True)
+  reader.start()
+
+  def drain():
+    sys.stderr.flush()
+    os.dup2(original, 2)  # this process now writes past the pipe; its children may still hold it
+    closing.set()
+    reader.join(timeout=5)
+
+  atexit.register(drain)
 
 
 if not DEBUG and "tensorflow" not in sys.modules:
@@ -78,19 +143,26 @@ from absl import flags
 from absl import logging
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_OWN_CODE = tuple(os.path.join(ROOT, folder) + os.sep for folder in ("facekp", "tools", "configs"))
 
 
 class _OwnLinesOnly:
   """An absl log filter: INFO lines from facekp's own code, warnings and errors from any."""
 
   def filter(self, record):
-    return record.levelno >= 30 or record.pathname.startswith(ROOT + os.sep)
+    return record.levelno >= 30 or record.pathname.startswith(_OWN_CODE)
 
 
-if not DEBUG:
+def quiet_logs():
+  """INFO lines of facekp's own code only; TensorFlow's and TFDS's warnings and errors."""
   logging.get_absl_handler().addFilter(_OwnLinesOnly())
-  for _name in ("tensorflow", "tensorflow_datasets"):
-    logging.logging.getLogger(_name).setLevel(logging.logging.WARNING)
+  for name in ("tensorflow", "tensorflow_datasets"):
+    logging.logging.getLogger(name).setLevel(logging.logging.WARNING)
+  try:
+    import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
+    tfds.disable_progress_bar()
+  except ImportError:
+    pass
 
 FLAGS = flags.FLAGS
 # What a user can get wrong, as opposed to a bug: these end with their message on one line.
@@ -110,6 +182,9 @@ def _user_error_types():
   models = sys.modules.get("facekp.models")
   if models is not None:
     extra.append(models.WeightsUnavailableError)
+  tf = sys.modules.get("tensorflow")
+  if tf is not None:  # file errors raised inside tf.io.gfile name the file
+    extra += [tf.errors.NotFoundError, tf.errors.PermissionDeniedError]
   return USER_ERRORS + tuple(extra)
 
 
@@ -223,6 +298,10 @@ def parse_flags(argv):
     fail(f"error: {problem}")
   try:
     return FLAGS(argv)
+  except SystemExit as e:  # absl ends --help with status 1: asking for help is no error
+    if any(re.match(r"^--?(help|helpshort|helpfull|helpxml|h|\?)$", a) for a in argv[1:]):
+      sys.exit(0)
+    raise
   except flags.Error as e:
     fail(one_line(f"{e}; --help lists the flags"))
   except Exception as e:  # pylint: disable=broad-except  (config_flags: bad --config.X values)
@@ -247,4 +326,7 @@ def run(main, flags_parser=parse_flags):
       fail(f"{one_line(e)} {_HINT}" if not isinstance(e, app.UsageError) else one_line(e))
     except KeyboardInterrupt:
       fail("interrupted: run the same command again to continue where it stopped")
+  if not DEBUG:
+    quiet_logs()
+    filter_stderr_for_good()
   app.run(guarded, flags_parser=flags_parser)

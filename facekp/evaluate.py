@@ -26,6 +26,7 @@ training_curves.png (when history.csv exists).
 """
 import json
 
+from facekp import cli  # first: quiets the C++ start-up lines of TensorFlow and MediaPipe
 from absl import app
 from absl import flags
 from absl import logging
@@ -391,8 +392,7 @@ def evaluate_workdir(workdir, data_dir=None, split="test", *, tta_flip=False, pi
 
 def define_flags():
   """Command-line flags, defined only when run as a program (train.py imports this module)."""
-  flags.DEFINE_string("workdir", None, "Training workdir (config.json, model.keras).",
-                      required=True)
+  cli.define_workdir("Training workdir (config.json, model.keras).")
   flags.DEFINE_string("data_dir", None, "Dataset directory; default: the workdir's config.")
   flags.DEFINE_string("split", "test", "Split to evaluate on.")
   flags.DEFINE_bool("tta_flip", False, "Also report test-time flip averaging.")
@@ -406,6 +406,11 @@ def main(argv):
   evaluate_workdir(f.workdir, f.data_dir, f.split, tta_flip=f.tta_flip, pictures=f.pictures)
 
 
-if __name__ == "__main__":
+def run():
+  """The facekp-evaluate command (python -m facekp.evaluate)."""
   define_flags()
-  app.run(main)
+  cli.run(main)
+
+
+if __name__ == "__main__":
+  run()

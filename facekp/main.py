@@ -1,7 +1,9 @@
 """Trains a keypoint model: python -m facekp.main --config=configs/X.py --workdir=DIR
     [--config.data_dir=DATASET] [--config.FIELD=VALUE ...]
 
-Running the same command again resumes an interrupted run.
+Running the same command again resumes an interrupted run; a changed config is refused (a new
+--workdir, or --restart, starts afresh). --print_config lists every config field with its value
+and comment; the fields are those of configs/default.py.
 """
 from facekp import cli  # first: quiets the C++ start-up lines of TensorFlow and MediaPipe
 from absl import app  # pylint: disable=wrong-import-order
@@ -42,5 +44,10 @@ def main(argv):
   train.train_and_evaluate(config, FLAGS.workdir)
 
 
-if __name__ == "__main__":
+def run():
+  """The facekp-train command (python -m facekp.main)."""
   cli.run(main)
+
+
+if __name__ == "__main__":
+  run()
