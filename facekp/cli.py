@@ -326,6 +326,9 @@ def run(main, flags_parser=parse_flags):
       fail(f"{one_line(e)} {_HINT}" if not isinstance(e, app.UsageError) else one_line(e))
     except KeyboardInterrupt:
       fail("interrupted: run the same command again to continue where it stopped")
+  entry = sys.modules["__main__"]
+  if not entry.__doc__:  # a console script (facekp-train): --help shows the module's usage
+    entry.__doc__ = sys.modules[main.__module__].__doc__
   if not DEBUG:
     quiet_logs()
     filter_stderr_for_good()
