@@ -4,8 +4,11 @@ Import it first in an entry point, before anything that imports TensorFlow or Me
 
   from facekp import cli  # first: quiets the C++ start-up lines of TensorFlow and MediaPipe
   ...
-  if __name__ == "__main__":
+  def run():  # the console script (setup.cfg)
     cli.run(main)
+
+  if __name__ == "__main__":
+    run()
 
 By default a command shows facekp's own lines; `--verbosity=1` (or FACEKP_DEBUG=1) shows
 TensorFlow's and MediaPipe's start-up and INFO lines too, and the traceback of every error.
@@ -164,6 +167,7 @@ def quiet_logs():
   except ImportError:
     pass
 
+
 FLAGS = flags.FLAGS
 # What a user can get wrong, as opposed to a bug: these end with their message on one line.
 USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError,
@@ -189,16 +193,15 @@ def _user_error_types():
 
 
 def one_line(error):
-  """The message of a user error as one line: 'error: what is wrong, what to do'."""
-  text = " ".join(str(error).split()) or type(error).__name__
-  return f"error: {text}"
+  """The message of a user error on one line."""
+  return " ".join(str(error).split()) or type(error).__name__
 
 
-def fail(message):
-  """Ends the program with one line on stderr and exit status 1."""
+def fail(message, status=1):
+  """Ends the program with `message` as one line on stderr."""
   sys.stderr.write(message.rstrip() + "\n")
   sys.stderr.flush()
-  sys.exit(1)
+  sys.exit(status)
 
 
 def config_module_path(argv):
@@ -298,20 +301,21 @@ def parse_flags(argv):
     fail(f"error: {problem}")
   try:
     return FLAGS(argv)
-  except SystemExit as e:  # absl ends --help with status 1: asking for help is no error
+  except SystemExit:  # absl ends --help with status 1: asking for help is no error
     if any(re.match(r"^--?(help|helpshort|helpfull|helpxml|h|\?)$", a) for a in argv[1:]):
       sys.exit(0)
     raise
   except flags.Error as e:
-    fail(one_line(f"{e}; --help lists the flags"))
+    missing = re.findall(r"Flag --(\w+) must have a value other than None", str(e))
+    what = (", ".join(f"--{m}" for m in missing) + (" is" if len(missing) == 1 else " are")
+            + " required") if missing else one_line(e)
+    fail(f"error: {what}; --help lists the flags")
   except Exception as e:  # pylint: disable=broad-except  (config_flags: bad --config.X values)
-    problems = config_override_problems(argv[1:])
-    if problems and not DEBUG:
-      fail("error: " + "; ".join(problems))
     if DEBUG:
       raise
-    fail(f"error: could not load the config {config_module_path(argv[1:])}: {one_line(e)[7:]} "
-         f"{_HINT}")
+    problems = config_override_problems(argv[1:]) or [
+        f"could not load the config {config_module_path(argv[1:])}: {one_line(e)} {_HINT}"]
+    fail("error: " + "; ".join(problems))
 
 
 def run(main, flags_parser=parse_flags):
@@ -323,9 +327,9 @@ def run(main, flags_parser=parse_flags):
       if DEBUG:
         raise
       logging.flush()
-      fail(f"{one_line(e)} {_HINT}" if not isinstance(e, app.UsageError) else one_line(e))
+      fail(f"error: {one_line(e)}" + ("" if isinstance(e, app.UsageError) else f" {_HINT}"))
     except KeyboardInterrupt:
-      fail("interrupted: run the same command again to continue where it stopped")
+      fail("interrupted: run the same command again to continue where it stopped", 130)
   entry = sys.modules["__main__"]
   if not entry.__doc__:  # a console script (facekp-train): --help shows the module's usage
     entry.__doc__ = sys.modules[main.__module__].__doc__
