@@ -30,6 +30,7 @@ And pictures/: <name>_faces.png, <name>_faces_perturbed.png, <name>_worst_faces.
 import os
 import re
 
+from facekp import cli  # first: quiets the C++ start-up lines of TensorFlow and MediaPipe
 from absl import app
 from absl import flags
 from absl import logging
@@ -272,8 +273,7 @@ def evaluate_workdir(workdir, data_dir=None, split="test", *, tta_flip=False, pi
 
 def define_flags():
   """Command-line flags, defined only when run as a program (train.py imports this module)."""
-  flags.DEFINE_string("workdir", None, "Training workdir (config.json, model.keras).",
-                      required=True)
+  cli.define_workdir("Training workdir (config.json, model.keras).")
   flags.DEFINE_string("data_dir", None, "Any labelled facekp dataset; default: the one the "
                       "model was trained on (the workdir's config).")
   flags.DEFINE_string("split", "test", "Split to evaluate on.")
@@ -288,6 +288,11 @@ def main(argv):
   evaluate_workdir(f.workdir, f.data_dir, f.split, tta_flip=f.tta_flip, pictures=f.pictures)
 
 
-if __name__ == "__main__":
+def run():
+  """The facekp-evaluate command (python -m facekp.evaluate)."""
   define_flags()
-  app.run(main)
+  cli.run(main)
+
+
+if __name__ == "__main__":
+  run()

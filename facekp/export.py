@@ -24,6 +24,7 @@ import os
 import time
 import warnings
 
+from facekp import cli  # first: quiets the C++ start-up lines of TensorFlow and MediaPipe
 from absl import app
 from absl import flags
 from absl import logging
@@ -263,8 +264,7 @@ def export_workdir(workdir, *, data_dir=None, variants=TFLITE_VARIANTS, max_imag
 
 
 def define_flags():
-  flags.DEFINE_string("workdir", None, "Training workdir (config.json, model.keras).",
-                      required=True)
+  cli.define_workdir("Training workdir (config.json, model.keras).")
   flags.DEFINE_string("data_dir", None, "Dataset for the check; default: the workdir's config.")
   flags.DEFINE_list("tflite", list(TFLITE_VARIANTS), "TFLite variants to write.")
   flags.DEFINE_integer("max_images", 64, "Test images to compare the exports on.")
@@ -277,6 +277,11 @@ def main(argv):
   export_workdir(f.workdir, data_dir=f.data_dir, variants=f.tflite, max_images=f.max_images)
 
 
-if __name__ == "__main__":
+def run():
+  """The facekp-export command (python -m facekp.export)."""
   define_flags()
-  app.run(main)
+  cli.run(main)
+
+
+if __name__ == "__main__":
+  run()

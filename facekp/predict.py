@@ -37,6 +37,7 @@ import os
 import re
 import signal
 
+from facekp import cli  # first: quiets the C++ start-up lines of TensorFlow and MediaPipe
 from absl import app
 from absl import flags
 from absl import logging
@@ -339,6 +340,11 @@ def main(argv):
   predict_images(f.model, f.images, f.out, max_faces=f.max_faces, overlays=f.overlays)
 
 
-if __name__ == "__main__":
+def run():
+  """The facekp-predict command (python -m facekp.predict)."""
   define_flags()
-  app.run(main)
+  cli.run(main)
+
+
+if __name__ == "__main__":
+  run()

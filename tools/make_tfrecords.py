@@ -14,6 +14,7 @@ import json
 import os
 import time
 
+from facekp import cli  # first: quiets the C++ start-up lines of TensorFlow and MediaPipe
 from absl import app
 from absl import flags
 from absl import logging
@@ -30,38 +31,40 @@ from facekp import mirror
 from facekp import schema as schema_lib
 from facekp import splits
 
-_IMAGES = flags.DEFINE_string(
+FLAGS = flags.FLAGS
+
+flags.DEFINE_string(
     "images", None, "Folder of images, searched recursively (PNG, JPEG, WebP, BMP, GIF, TIFF, "
     "PNM by extension). Image names are paths relative to it, with '/'.")
-_OUT = flags.DEFINE_string(
+flags.DEFINE_string(
     "out", None, "Output folder: face_keypoints.csv, cleaned.csv, cleaning_report.json, "
     "schema.json, the TFRecord shards and TFDS metadata (and aligned/ with --align).")
-_ALIGN = flags.DEFINE_integer(
+flags.DEFINE_integer(
     "align", 0, "If > 0, treat --images as raw photos: crop every face found FFHQ-style to "
     "ALIGN x ALIGN pixels (lossless PNG under OUT/aligned/<name>_f<k>.png) and annotate the "
     "crops. 0: annotate the images as they are (e.g. FFHQ-128).")
-_LANDMARKS = flags.DEFINE_string(
+flags.DEFINE_string(
     "landmarks", ",".join(map(str, schema_lib.DEFAULT_MESH_INDICES)),
     "Face Mesh indices of the keypoints, in slot order. Every index's mirror partner must be "
     "among them (partners are derived by running Face Mesh on mirrored sample faces).")
-_WORKERS = flags.DEFINE_integer(
+flags.DEFINE_integer(
     "workers", 0, "Annotation worker processes, one FaceMesh each (0: one per CPU core).")
-_SPLIT = flags.DEFINE_string(
+flags.DEFINE_string(
     "split", "0.8,0.1,0.1", "Fractions of photos for train, validation and test (summing to 1). "
     "Assigned by a hash of the photo name: stable when images are added or removed, and all "
     "faces of one photo, and all copies of an image (facekp.dedup), land in the same split.")
-_NUM_SHARDS = flags.DEFINE_integer(
+flags.DEFINE_integer(
     "num_shards", 0, "TFRecord shards of the train split; validation and test get shards of "
     "the same number of examples. 0: about one shard per 64 MiB of images.")
-_MAX_FACES = flags.DEFINE_integer(
+flags.DEFINE_integer(
     "max_faces", 10, "With --align: at most this many faces per photo.")
-_CSV = flags.DEFINE_string(
+flags.DEFINE_string(
     "csv", None, "Skip annotation: build the dataset from this existing CSV (image_name and "
     "point_1_x ... point_K_y in pixels; width, height, status optional), names relative to "
     "--images.")
-_CHUNK_SIZE = flags.DEFINE_integer(
+flags.DEFINE_integer(
     "chunk_size", 16, "Images per worker task; the journal commits once per chunk.")
-_CSV_UNITS = flags.DEFINE_enum(
+flags.DEFINE_enum(
     "csv_units", "pixels", ["pixels", "normalised"], "Units of the --csv points: pixels of "
     "the image, or normalised to [0, 1] by its width and height (converted to pixels). A "
     "CSV whose points all lie in [0, 1] is refused as pixels.")
@@ -189,12 +192,17 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   make_tfrecords(
-      _IMAGES.value, _OUT.value, align=_ALIGN.value,
-      landmarks=schema_lib.parse_mesh_indices(_LANDMARKS.value), workers=_WORKERS.value,
-      split=_SPLIT.value, num_shards=_NUM_SHARDS.value, max_faces=_MAX_FACES.value,
-      csv=_CSV.value, chunk_size=_CHUNK_SIZE.value, csv_units=_CSV_UNITS.value)
+      FLAGS.images, FLAGS.out, align=FLAGS.align,
+      landmarks=schema_lib.parse_mesh_indices(FLAGS.landmarks), workers=FLAGS.workers,
+      split=FLAGS.split, num_shards=FLAGS.num_shards, max_faces=FLAGS.max_faces,
+      csv=FLAGS.csv, chunk_size=FLAGS.chunk_size, csv_units=FLAGS.csv_units)
+
+
+def run():
+  """The facekp-make-tfrecords command (python -m tools.make_tfrecords)."""
+  flags.mark_flags_as_required(["images", "out"])
+  cli.run(main)
 
 
 if __name__ == "__main__":
-  flags.mark_flags_as_required(["images", "out"])
-  app.run(main)
+  run()
