@@ -1,7 +1,10 @@
 """Trains a keypoint model: python -m facekp.main --config=configs/X.py --workdir=DIR
     [--config.data_dir=DATASET] [--config.FIELD=VALUE ...]
 
-Running the same command again resumes an interrupted run.
+The stages, in order: train (facekp.train), then, with config.evaluate_at_end, evaluate the
+best weights on the test split (facekp.evaluate, imported only then: training itself loads
+neither the teacher nor the plotting stack). Running the same command again resumes an
+interrupted run. Under several workers (TF_CONFIG) only the chief evaluates.
 """
 import difflib
 import importlib.util
@@ -13,6 +16,7 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
+from facekp import hardware
 from facekp import train
 
 FLAGS = flags.FLAGS
@@ -76,7 +80,16 @@ def main(argv):
     raise app.UsageError("config.data_dir is not set: pass --config.data_dir=DIR, a dataset "
                          "written by `python -m tools.make_tfrecords --images=... --out=DIR`")
   logging.info("config:\n%s", FLAGS.config)
-  train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+  run(FLAGS.config, FLAGS.workdir)
+
+
+def run(config, workdir):
+  """Trains, then evaluates on the test split (the chief only); returns the metrics."""
+  metrics = train.train_and_evaluate(config, workdir)
+  if config.evaluate_at_end and hardware.is_chief():
+    from facekp import evaluate  # pylint: disable=g-import-not-at-top  (MediaPipe, matplotlib)
+    metrics["test"] = evaluate.evaluate_workdir(workdir)
+  return metrics
 
 
 if __name__ == "__main__":
