@@ -115,10 +115,11 @@ class Backup(keras.callbacks.Callback):
   begins (a resumed run starts inside an epoch); `best_path` is only named in messages.
   """
 
-  def __init__(self, backup_dir, every_steps, start, best_path):
+  def __init__(self, backup_dir, every_steps, steps_per_epoch, start, best_path):
     super().__init__()
     self.backup_dir = backup_dir
     self.every_steps = every_steps
+    self.steps_per_epoch = steps_per_epoch
     self.saved = start
     self.start = start
     self.best_path = best_path
@@ -130,7 +131,7 @@ class Backup(keras.callbacks.Callback):
 
   def on_train_batch_end(self, batch, logs=None):
     done = self.offset + batch + 1
-    if self.every_steps and done % self.every_steps == 0:
+    if self.every_steps and done % self.every_steps == 0 and done < self.steps_per_epoch:
       self.save(State(self.epoch, done, self._step()))
 
   def on_epoch_end(self, epoch, logs=None):

@@ -333,8 +333,8 @@ def _fit(config, trainer, net, strategy, writer, steps_per_epoch, state, rows, v
   out = writer.path
   past = checkpointing.monitored(rows, config.monitor)
   best = checkpointing.early_stopping_state(past, 0)[0]
-  backup = checkpointing.Backup(_backup_dir(out), config.checkpoint_every_steps, state,
-                                _best_path(out))
+  backup = checkpointing.Backup(_backup_dir(out), config.checkpoint_every_steps,
+                                steps_per_epoch, state, _best_path(out))
   callbacks = [
       callbacks_lib.StopOnNonFiniteLoss(),
       callbacks_lib.FreezeBackbone(net, config),
