@@ -47,7 +47,7 @@ def get_config():
   config.loss = "huber"  # "huber", "mse" or "mae"
   config.huber_delta = 1.0
   # Model selection: the best checkpoint and early stopping follow this validation metric
-  # (lower is better): "val_mae_px" (the reported MAE in pixels), "val_loss" or "val_mae".
+  # (lower is better): "val_mae_px" (the reported MAE in pixels) or "val_loss".
   config.monitor = "val_mae_px"
   config.early_stopping_patience = 2  # epochs without a better `monitor`; 0 turns it off
   config.seed = 0

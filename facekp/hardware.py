@@ -16,8 +16,8 @@ import threading
 from absl import logging
 import tensorflow as tf
 
-STRATEGIES = ("auto", "one_device", "mirrored", "multi_worker", "tpu")
-PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
+from facekp import config_lib
+
 
 
 def tf_config():
@@ -72,8 +72,7 @@ def _multi_worker_strategy(timeout_s):
     strategy = tf.distribute.MultiWorkerMirroredStrategy(
         communication_options=tf.distribute.experimental.CommunicationOptions(
             timeout_seconds=timeout_s))
-    # The first collective returns once every worker is there.
-    strategy.reduce("SUM", strategy.run(lambda: tf.constant(1.0)), axis=None)
+    sum_over_replicas(strategy, 1.0)  # returns once every worker is there
   finally:
     watchdog.cancel()
   return strategy
@@ -101,7 +100,21 @@ def create_strategy(name, tpu="", multi_worker_timeout_s=300):
       return tf.distribute.MirroredStrategy(gpus)
     cpus = [d.name for d in tf.config.list_logical_devices("CPU")]
     return tf.distribute.MirroredStrategy(cpus, cross_device_ops=tf.distribute.ReductionToOneDevice())
-  raise ValueError(f"strategy={name!r}: choose one of {STRATEGIES}")
+  raise ValueError(f"strategy={name!r}: choose one of {config_lib.STRATEGIES}")
+
+
+def sum_over_replicas(strategy, value):
+  """The sum over every replica of every worker of `value` (a number; also a barrier)."""
+  return float(strategy.reduce(
+      "SUM", strategy.run(lambda: tf.constant(float(value))), axis=None))
+
+
+def check_same_on_every_worker(strategy, value, what):
+  """Raises unless every worker holds the same number `value`."""
+  if sum_over_replicas(strategy, value) != strategy.num_replicas_in_sync * float(value):
+    raise RuntimeError(
+        f"the workers disagree on {what} (this one: {value}): they must all read the same "
+        "--workdir (a shared file system or object storage) and run the same command")
 
 
 def is_multi_worker(strategy):
@@ -111,8 +124,6 @@ def is_multi_worker(strategy):
 
 def resolve_precision(precision, strategy):
   """"auto": mixed_float16 on GPUs, mixed_bfloat16 on TPUs and CPUs."""
-  if precision not in PRECISIONS:
-    raise ValueError(f"precision={precision!r}: choose one of {PRECISIONS}")
   if precision != "auto":
     return precision
   if isinstance(strategy, tf.distribute.TPUStrategy):

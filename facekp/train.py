@@ -26,6 +26,7 @@ import tensorflow as tf
 from facekp import augment
 from facekp import callbacks as callbacks_lib
 from facekp import checkpointing
+from facekp import config_lib
 from facekp import dataset
 from facekp import files
 from facekp import hardware
@@ -33,8 +34,6 @@ from facekp import input_pipeline
 from facekp import models
 from facekp import workdir as workdir_lib
 
-BN_MODES = ("batch", "frozen")
-MONITORS = ("val_mae_px", "val_loss", "val_mae")
 BN_ESTIMATION_IMAGES = 256  # bn_mode "frozen": statistics of the first training images
 PICTURE_FACES = 16  # validation faces shown in TensorBoard
 
@@ -92,12 +91,10 @@ class KeypointTrainer(keras.Model):
     return self._reducible(super().test_step(data))
 
 
+# The choices of the fields below are config_lib's, checked before training starts.
+
 def _loss(config):
-  if config.loss == "huber":
-    return keras.losses.Huber(delta=config.huber_delta)
-  if config.loss in ("mse", "mae"):
-    return config.loss
-  raise ValueError(f"loss={config.loss!r}: choose huber, mse or mae")
+  return keras.losses.Huber(delta=config.huber_delta) if config.loss == "huber" else config.loss
 
 
 def mae_px_metric(image_size):
@@ -109,12 +106,9 @@ def mae_px_metric(image_size):
 
 def learning_rate(config, num_replicas):
   """The base learning rate, scaled linearly with the global batch when config.lr_scaling says so."""
-  if config.lr_scaling == "none":
-    lr = config.learning_rate
-  elif config.lr_scaling == "linear":
-    lr = config.learning_rate * config.batch_size / config.lr_base_batch_size
-  else:
-    raise ValueError(f"lr_scaling={config.lr_scaling!r}: choose none or linear")
+  lr = config.learning_rate
+  if config.lr_scaling == "linear":
+    lr *= config.batch_size / config.lr_base_batch_size
   logging.info("learning rate %.3g (%s scaling; global batch %d = %d replicas x %d)", lr,
                config.lr_scaling, config.batch_size, num_replicas, config.batch_size // num_replicas)
   return lr
@@ -124,8 +118,6 @@ def lr_schedule(config, base_lr, steps_per_epoch):
   """Constant or cosine decay over the whole run, either after a linear warm-up from 0."""
   total = max(1, config.num_epochs * steps_per_epoch)
   warmup = int(round(config.warmup_epochs * steps_per_epoch))
-  if config.lr_schedule not in ("constant", "cosine"):
-    raise ValueError(f"lr_schedule={config.lr_schedule!r}: choose constant or cosine")
   if config.lr_schedule == "constant" and not warmup:
     return base_lr
   return keras.optimizers.schedules.CosineDecay(
@@ -141,23 +133,13 @@ def create_optimizer(config, lr):
     return keras.optimizers.Adam(lr)
   if config.optimizer == "adamw":
     return keras.optimizers.AdamW(lr, weight_decay=config.weight_decay)
-  if config.optimizer == "sgd":
-    return keras.optimizers.SGD(lr, momentum=0.9, nesterov=True)
-  raise ValueError(f"optimizer={config.optimizer!r}: choose adam, adamw or sgd")
+  return keras.optimizers.SGD(lr, momentum=0.9, nesterov=True)
 
 
 # The run.
 
 def _check(config, strategy):
-  if not config.data_dir:
-    raise ValueError("config.data_dir is not set: pass --config.data_dir=DIR, a dataset "
-                     "written by `python -m tools.make_tfrecords`")
-  if not tf.io.gfile.isdir(config.data_dir):
-    raise FileNotFoundError(f"config.data_dir={config.data_dir}: no such directory")
-  if config.bn_mode not in BN_MODES:
-    raise ValueError(f"bn_mode={config.bn_mode!r}: choose one of {BN_MODES}")
-  if config.monitor not in MONITORS:
-    raise ValueError(f"monitor={config.monitor!r}: choose one of {MONITORS}")
+  """What config_lib.validate cannot know: the replicas of this strategy."""
   problem = hardware.jit_compile_problem(config.jit_compile, strategy.num_replicas_in_sync)
   if problem:
     raise ValueError(problem)
@@ -246,6 +228,7 @@ def _workdir_lock(writer):
 def train_and_evaluate(config, workdir):
   """Trains config's model on config.data_dir into workdir; returns the validation metrics of
   the best weights, the number of epochs run and the best epoch (counted from 1)."""
+  config_lib.validate(config)
   strategy = hardware.create_strategy(config.strategy, config.tpu, config.multi_worker_timeout_s)
   _check(config, strategy)
   with hardware.WriterDir(workdir) as writer, _workdir_lock(writer):
@@ -278,6 +261,8 @@ def _train(config, workdir, writer, strategy):
   net, trainer = build_trainer(config, strategy, schema, steps_per_epoch,
                                mean if config.init_output_at_mean else None)
   state = checkpointing.restore(trainer, _backup_dir(workdir))
+  if hardware.is_multi_worker(strategy):
+    hardware.check_same_on_every_worker(strategy, state.step, "the step to resume from")
   rows = [row for row in checkpointing.read_history(workdir_lib.path(workdir, workdir_lib.HISTORY))
           if int(row[checkpointing.HISTORY_EPOCH]) <= state.epoch]
   callbacks_lib.set_backbone_trainable(net, config, state.epoch >= config.freeze_backbone_epochs)
@@ -309,6 +294,8 @@ def _train(config, workdir, writer, strategy):
     save_inference_model(config, schema.num_keypoints, net,
                          workdir_lib.path(out, workdir_lib.MODEL),
                          mean if config.init_output_at_mean else None)
+  if hardware.is_multi_worker(strategy):  # the others wait until the chief has saved its model
+    hardware.sum_over_replicas(strategy, 0.0)
   return metrics
 
 
