@@ -81,7 +81,7 @@ class Progress(keras.callbacks.Callback):
     self.global_batch = global_batch
     self.log_every_steps = log_every_steps
     self.first_batch = first_batch
-    self.stream = stream or sys.stdout
+    self.stream = sys.stdout if stream is None else stream
     self.interactive = self.stream.isatty()
     self.every = 0.5 if self.interactive else quiet_seconds
     self.epoch_seconds = []

@@ -14,6 +14,8 @@ import dataclasses
 import errno
 import io
 import math
+import os
+import posixpath
 
 from absl import logging
 import h5py
@@ -94,11 +96,27 @@ def is_disk_full(error):
           or "errno = 28" in text)
 
 
+def _close_h5(path):
+  """Closes the HDF5 file that a failed Keras save leaves open on `path` (left open, HDF5 later
+  flushes it on a full disk and the process dies with a segmentation fault at exit)."""
+  for file_id in h5py.h5f.get_obj_ids(types=h5py.h5f.OBJ_FILE):
+    try:
+      if os.path.abspath(file_id.name.decode()) == os.path.abspath(path):
+        h5py.File(file_id).close()
+    except (OSError, RuntimeError, ValueError):  # its last flush fails on the full disk too
+      pass
+
+
 def write_weights(model, path, what, last_good):
   """model.save_weights into `path` atomically; a full disk raises DiskFullError."""
+  tf.io.gfile.makedirs(posixpath.dirname(path))
   try:
     with files.atomic_path(path) as tmp:
-      model.save_weights(tmp)
+      try:
+        model.save_weights(tmp)
+      except OSError:
+        _close_h5(tmp)
+        raise
   except OSError as e:
     if not is_disk_full(e):
       raise
@@ -150,7 +168,6 @@ class Backup(keras.callbacks.Callback):
           "weights became NaN or inf; training stopped. The last good state is kept "
           f"({self.last_good()}); lower --config.learning_rate (or use "
           "--config.precision=float32) and run again.")
-    tf.io.gfile.makedirs(self.backup_dir)
     weights, metadata = _pair(self.backup_dir)
     tmp = files.temporary_name(weights)
     write_weights(self.model, tmp, "backup", self.last_good)
@@ -238,7 +255,7 @@ def early_stopping_state(values, patience):
 
 def monitored(rows, monitor):
   """The monitored metric of each history row."""
-  missing = [row[HISTORY_EPOCH] for row in rows if not row.get(monitor)]
+  missing = [row[HISTORY_EPOCH] for row in rows if row.get(monitor) in (None, "")]
   if missing:
     raise ValueError(f"history.csv has no {monitor} for epochs {missing}: this workdir was "
                      "trained with another monitor; use a new --workdir")

@@ -279,6 +279,8 @@ def _train(config, workdir, writer, strategy):
     if state == start:  # stopped without finishing an epoch (cannot happen with a backup)
       break
 
+  if hardware.is_multi_worker(strategy):  # until the chief has written its last checkpoint
+    hardware.sum_over_replicas(strategy, 0.0)
   best_path = _best_path(workdir)
   if tf.io.gfile.exists(best_path):
     trainer.load_weights(best_path)

@@ -257,7 +257,7 @@ def full_disk(tmp_path):
                     capture_output=True).returncode:
     pytest.skip("mounting a tmpfs needs root")
   yield folder
-  subprocess.run(["umount", str(folder)], check=True)
+  subprocess.run(["umount", str(folder)], check=True)  # fails while a file there is open
 
 
 def test_a_full_disk_stops_with_a_message_naming_it_and_the_last_good_state(full_disk):
