@@ -14,7 +14,6 @@ import dataclasses
 import errno
 import io
 import math
-import os
 import posixpath
 
 from absl import logging
@@ -96,34 +95,37 @@ def is_disk_full(error):
           or "errno = 28" in text)
 
 
-def _close_h5(path):
-  """Closes the HDF5 file that a failed Keras save leaves open on `path` (left open, HDF5 later
-  flushes it on a full disk and the process dies with a segmentation fault at exit)."""
-  for file_id in h5py.h5f.get_obj_ids(types=h5py.h5f.OBJ_FILE):
-    try:
-      if os.path.abspath(file_id.name.decode()) == os.path.abspath(path):
-        h5py.File(file_id).close()
-    except (OSError, RuntimeError, ValueError):  # its last flush fails on the full disk too
-      pass
+def _weights_bytes(model):
+  """model.save_weights' .weights.h5 content, built in memory.
+
+  HDF5 never writes the destination itself: on a full disk it fails half-way through with its
+  file left open, and the process dies with a segmentation fault when that file is flushed
+  again (Keras 3.15, h5py 3). Keras' own save_weights_only with an io.BytesIO store instead.
+  """
+  from keras.src.saving import saving_lib  # pylint: disable=g-import-not-at-top
+  buffer = io.BytesIO()
+  store = saving_lib.H5IOStore(buffer, mode="w")
+  saving_lib._save_state(  # pylint: disable=protected-access
+      model, weights_store=store, assets_store=None, inner_path="", visited_saveables=set())
+  store.close()
+  return buffer.getvalue()
 
 
 def write_weights(model, path, what, last_good):
-  """model.save_weights into `path` atomically; a full disk raises DiskFullError."""
+  """The weights of `model` into `path` (atomically, as save_weights writes them); a full disk
+  raises DiskFullError."""
+  data = _weights_bytes(model)
   tf.io.gfile.makedirs(posixpath.dirname(path))
   try:
-    with files.atomic_path(path) as tmp:
-      try:
-        model.save_weights(tmp)
-      except OSError:
-        _close_h5(tmp)
-        raise
-  except OSError as e:
+    files.atomic_write(path, data)
+  except (OSError, tf.errors.OpError) as e:
     if not is_disk_full(e):
       raise
     raise DiskFullError(
-        errno.ENOSPC, f"no space left on the disk of {path} while writing the {what}; training "
-        f"stopped. The last good state is kept ({last_good()}): free some space and run the "
-        "same command again to resume from it") from None
+        errno.ENOSPC, f"no space left on the disk of {path} while writing the {what} "
+        f"({len(data) / 2**20:.1f} MB); training stopped. The last good state is kept "
+        f"({last_good()}): free some space and run the same command again to resume "
+        "from it") from None
 
 
 class Backup(keras.callbacks.Callback):

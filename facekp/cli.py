@@ -110,6 +110,9 @@ def _user_error_types():
   models = sys.modules.get("facekp.models")
   if models is not None:
     extra.append(models.WeightsUnavailableError)
+  checkpointing = sys.modules.get("facekp.checkpointing")
+  if checkpointing is not None:  # a full disk, NaN weights: the message says what to do
+    extra.extend([checkpointing.DiskFullError, FloatingPointError])
   return USER_ERRORS + tuple(extra)
 
 
