@@ -9,9 +9,9 @@ other worker writes its identical state into a temporary folder that it deletes 
 import json
 import os
 import shutil
+import sys_tmp
 import sys
 import tempfile
-import threading
 
 from absl import logging
 import tensorflow as tf
@@ -49,14 +49,28 @@ def is_chief():
           and not config.get("cluster", {}).get("chief"))
 
 
-def _give_up(timeout_s):
-  sys.stderr.write(
+# A separate process, since TensorFlow's wait for the other workers holds the interpreter.
+_WATCHDOG = """
+import os, signal, sys, time
+pid, seconds, message = int(sys.argv[1]), float(sys.argv[2]), sys.argv[3]
+time.sleep(seconds)
+sys.stderr.write(message)
+sys.stderr.flush()
+os.kill(pid, signal.SIGTERM)
+time.sleep(10)
+os.kill(pid, signal.SIGKILL)
+"""
+
+
+def _watchdog(timeout_s):
+  """A process that stops this one, with a message naming TF_CONFIG, unless killed first."""
+  message = (
       f"FATAL the workers named in TF_CONFIG did not all join within {timeout_s:.0f} s "
-      f"(TF_CONFIG={os.environ.get('TF_CONFIG', '')}). Start every worker of the cluster with the "
-      "same cluster and its own task index, check that their addresses are reachable, or raise "
-      "--config.multi_worker_timeout_s.\n")
-  sys.stderr.flush()
-  os._exit(1)  # pylint: disable=protected-access  (TensorFlow's wait cannot be interrupted)
+      f"(TF_CONFIG={os.environ.get('TF_CONFIG', '')}). Start every worker of the cluster with "
+      "the same cluster and its own task index, check that their addresses are reachable, or "
+      "raise --config.multi_worker_timeout_s.\n")
+  return subprocess.Popen([sys.executable, "-c", _WATCHDOG, str(os.getpid()), str(timeout_s),
+                           message], stdin=subprocess.DEVNULL)
 
 
 def _multi_worker_strategy(timeout_s):
@@ -65,16 +79,15 @@ def _multi_worker_strategy(timeout_s):
     raise ValueError("strategy=multi_worker needs TF_CONFIG naming the cluster, e.g. "
                      'TF_CONFIG=\'{"cluster": {"worker": ["host1:port", "host2:port"]}, '
                      '"task": {"type": "worker", "index": 0}}\'')
-  watchdog = threading.Timer(timeout_s, _give_up, (timeout_s,))
-  watchdog.daemon = True
-  watchdog.start()
+  watchdog = _watchdog(timeout_s)
   try:
     strategy = tf.distribute.MultiWorkerMirroredStrategy(
         communication_options=tf.distribute.experimental.CommunicationOptions(
             timeout_seconds=timeout_s))
     sum_over_replicas(strategy, 1.0)  # returns once every worker is there
   finally:
-    watchdog.cancel()
+    watchdog.kill()
+    watchdog.wait()
   return strategy
 
 

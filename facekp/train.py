@@ -185,7 +185,8 @@ def build_trainer(config, strategy, schema, steps_per_epoch, mean=None):
   with strategy.scope():
     net = models.create_model(config, schema.num_keypoints, mean)
     if config.bn_mode == "frozen":  # a resumed run's backup overwrites these statistics
-      models.estimate_batch_norm_statistics(net, _first_images(config, "train"))
+      images = _first_examples(config, "train", BN_ESTIMATION_IMAGES)[0]
+      models.estimate_batch_norm_statistics(net, images)
     if config.sync_batch_norm:
       for layer in models.batch_norm_layers(net):
         layer.synchronized = True
@@ -211,12 +212,11 @@ def _quiet_end_of_data():
     yield
 
 
-def _first_images(config, split, count=BN_ESTIMATION_IMAGES):
-  """(images, keypoints) of the first `count` examples of a split, in stored order."""
+def _first_examples(config, split, count):
+  """(images, keypoints) NumPy arrays of the first `count` examples of a split, in stored order."""
   batch = input_pipeline.create_split(config.data_dir, split, batch_size=count, train=False,
                                       image_size=config.image_size, cache=False)
-  images, keypoints = next(iter(batch))
-  return images if split == "train" else (images.numpy(), keypoints.numpy())
+  return next(batch.take(1).as_numpy_iterator())
 
 
 def _workdir_lock(writer):
@@ -267,7 +267,7 @@ def _train(config, workdir, writer, strategy):
           if int(row[checkpointing.HISTORY_EPOCH]) <= state.epoch]
   callbacks_lib.set_backbone_trainable(net, config, state.epoch >= config.freeze_backbone_epochs)
   val_ds = _validation_dataset(config, strategy)
-  pictures = _first_images(config, "validation", PICTURE_FACES) if writer.chief else None
+  pictures = _first_examples(config, "validation", PICTURE_FACES) if writer.chief else None
 
   if _finished(config, state, rows):
     logging.info("%s already finished training (%d epochs run)", workdir, state.epoch)

@@ -170,6 +170,6 @@ def test_a_worker_without_its_peers_stops_naming_tf_config(data_dir, tmp_path):
       [sys.executable, "-m", "facekp.main"] + flags(
           data_dir, tmp_path / "alone", multi_worker_timeout_s=5), cwd=ROOT, env=env,
       capture_output=True, text=True, timeout=120)
-  assert result.returncode == 1
+  assert result.returncode != 0
   assert "TF_CONFIG" in result.stderr and "did not all join within 5 s" in result.stderr
   assert time.time() - start < 60
