@@ -9,7 +9,7 @@ other worker writes its identical state into a temporary folder that it deletes 
 import json
 import os
 import shutil
-import sys_tmp
+import subprocess
 import sys
 import tempfile
 
