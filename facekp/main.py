@@ -45,10 +45,10 @@ def main(argv):
   config_lib.check_dataset(config)
   logging.info("config %s (--verbosity=1 prints every field)", cli.config_arguments())
   logging.vlog(1, "config:\n%s", config)
-  run(config, FLAGS.workdir)
+  train_then_evaluate(config, FLAGS.workdir)
 
 
-def run(config, workdir):
+def train_then_evaluate(config, workdir):
   """Trains, then evaluates on the test split (the chief only); returns the metrics."""
   metrics = train.train_and_evaluate(config, workdir)
   if config.evaluate_at_end and hardware.is_chief():
