@@ -28,11 +28,11 @@ sys.meta_path.insert(0, Blocked())
 runpy.run_module("facekp.main", run_name="__main__", alter_sys=True)
 """
 # Same global batches on both sides: no shuffle (each worker reads every other record, the
-# one-process run consecutive records, so every step sees the same 4 faces), no dropout, batch
-# statistics over all replicas.
-SAME_STEPS = dict(image_size=32, feature_stride=8, evaluate_at_end=False, num_epochs=3,
+# one-process run consecutive records, so every step sees the same 4 faces), no dropout, fixed
+# BatchNorm statistics (estimated once on the same first training images).
+SAME_STEPS = dict(image_size=32, feature_stride=8, evaluate_at_end=False, num_epochs=2,
                   steps_per_epoch=4, batch_size=4, shuffle_buffer=1, dropout=0.0,
-                  sync_batch_norm=True, early_stopping_patience=0)
+                  bn_mode="frozen", early_stopping_patience=0)
 
 
 @pytest.fixture(scope="module")
@@ -128,7 +128,7 @@ train.train_and_evaluate(config, {str(tmp_path / "mirrored")!r})
     assert (workdir / name).exists(), name
   assert not list((tmp_path / "tmp_run_1").iterdir()), "worker 1 left files behind"
   history = read_history(workdir)
-  assert [int(row["epoch"]) for row in history] == [1, 2, 3]
+  assert [int(row["epoch"]) for row in history] == [1, 2]
   # The same faces in every global step; only the order of float sums differs.
   np.testing.assert_allclose(columns(history), columns(read_history(tmp_path / "mirrored")),
                              rtol=1e-3, atol=1e-6)
@@ -136,7 +136,7 @@ train.train_and_evaluate(config, {str(tmp_path / "mirrored")!r})
 
 def test_two_workers_killed_mid_epoch_resume_at_the_step(data_dir, tmp_path, processes):
   workdir = tmp_path / "mw"
-  args = flags(data_dir, workdir, num_epochs=3, steps_per_epoch=6, checkpoint_every_steps=2)
+  args = flags(data_dir, workdir, checkpoint_every_steps=2)
   workers = start_workers(processes, args, tmp_path, "killed")
   metadata = workdir / "checkpoints/backup/training_metadata.json"
   deadline = time.time() + 420
@@ -156,8 +156,8 @@ def test_two_workers_killed_mid_epoch_resume_at_the_step(data_dir, tmp_path, pro
 
   logs = wait_all(start_workers(processes, args, tmp_path, "resumed"), tmp_path, "resumed")
   assert "resuming" in logs[0]
-  assert [int(row["epoch"]) for row in read_history(workdir)] == [1, 2, 3]
-  assert json.loads(metadata.read_text())["step"] == 3 * 6  # no step done twice
+  assert [int(row["epoch"]) for row in read_history(workdir)] == [1, 2]
+  assert json.loads(metadata.read_text())["step"] == 2 * 4  # no step done twice
   assert (workdir / "model.keras").stat().st_size > 0
 
 
