@@ -46,7 +46,10 @@ def get_config():
   config.freeze_backbone_epochs = 0  # train the head alone first, then fine-tune everything
   config.loss = "huber"  # "huber", "mse" or "mae"
   config.huber_delta = 1.0
-  config.early_stopping_patience = 2  # epochs without a better val_loss; 0 turns it off
+  # Model selection: the best checkpoint and early stopping follow this validation metric
+  # (lower is better): "val_mae_px" (the reported MAE in pixels) or "val_loss".
+  config.monitor = "val_mae_px"
+  config.early_stopping_patience = 2  # epochs without a better `monitor`; 0 turns it off
   config.seed = 0
 
   # Augmentation on the accelerator (facekp.augment); 0 turns each one off.
@@ -66,9 +69,14 @@ def get_config():
   config.tpu = ""  # TPU name or address for strategy=tpu ("" = local)
   config.precision = "auto"  # "auto", "float32", "mixed_float16" or "mixed_bfloat16"
   config.jit_compile = False
+  # strategy multi_worker: seconds to wait for every worker named in TF_CONFIG to join (a
+  # worker that cannot reach its peers then stops with a message) and for each collective op
+  config.multi_worker_timeout_s = 300
 
   # Bookkeeping.
-  config.checkpoint_every_steps = 200  # mid-epoch backup for resuming after a kill
-  config.log_every_steps = 0  # progress lines within an epoch; 0: per epoch only
-  config.evaluate_at_end = True  # facekp.evaluate on the test split into the workdir
+  config.checkpoint_every_steps = 200  # mid-epoch backup (a rerun resumes at its step)
+  # progress within an epoch: 0 = a live line on a terminal, a line a minute in a log file;
+  # N = a line every N steps
+  config.log_every_steps = 0
+  config.evaluate_at_end = True  # facekp.main runs facekp.evaluate on the test split
   return config

@@ -189,6 +189,9 @@ def _user_error_types():
   tf = sys.modules.get("tensorflow")
   if tf is not None:  # file errors raised inside tf.io.gfile name the file
     extra += [tf.errors.NotFoundError, tf.errors.PermissionDeniedError]
+  checkpointing = sys.modules.get("facekp.checkpointing")
+  if checkpointing is not None:  # a full disk, NaN weights: the message says what to do
+    extra.extend([checkpointing.DiskFullError, FloatingPointError])
   return USER_ERRORS + tuple(extra)
 
 

@@ -45,11 +45,13 @@ ENUMS = {
 #   strategy, tpu, jit_compile   where and how the same steps run (the global batch is fixed), so
 #                            an interrupted run can move to another machine
 #   cache                    where decoded images are kept, not their values
-#   log_every_steps, checkpoint_every_steps, evaluate_at_end   bookkeeping
+#   log_every_steps, checkpoint_every_steps, evaluate_at_end, multi_worker_timeout_s
+#                            bookkeeping
 # Everything else (data, model, optimiser, augmentation, seed, precision, shuffle_buffer...)
 # changes the model: such a run is a new run.
 RESUMABLE = ("num_epochs", "early_stopping_patience", "strategy", "tpu", "jit_compile", "cache",
-             "log_every_steps", "checkpoint_every_steps", "evaluate_at_end")
+             "log_every_steps", "checkpoint_every_steps", "evaluate_at_end",
+             "multi_worker_timeout_s")
 PRINT_CONFIG_HINT = "list every field with its comment: --print_config"
 
 

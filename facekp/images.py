@@ -11,7 +11,6 @@ import stat
 import typing
 
 from absl import logging
-import cv2
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 import tensorflow as tf
@@ -191,6 +190,7 @@ def has_transparency(data):
 
 def encode_png(rgb):
   """Lossless PNG bytes of a uint8 [H, W, 3] RGB array."""
+  import cv2  # pylint: disable=g-import-not-at-top  (training reads datasets without OpenCV)
   ok, encoded = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
   if not ok:
     raise ValueError(f"PNG encoding failed for an array of shape {rgb.shape}")

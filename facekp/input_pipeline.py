@@ -175,11 +175,23 @@ def create_split(data_dir, split, *, batch_size, train, image_size=128, cache=Tr
   return ds.prefetch(AUTOTUNE)
 
 
-def distributed_dataset(strategy, data_dir, split, *, global_batch_size, train, **kwargs):
-  """create_split per input pipeline of `strategy`; each replica gets its share of the batch."""
-  return strategy.distribute_datasets_from_function(
-      lambda input_context: create_split(data_dir, split, batch_size=global_batch_size,
-                                         train=train, input_context=input_context, **kwargs))
+def distributed_dataset(strategy, data_dir, split, *, global_batch_size, train,
+                        split_across_workers=True, **kwargs):
+  """create_split per input pipeline of `strategy` (one per worker); each replica gets its
+  share of the batch.
+
+  With several workers each reads its part of the split (whole shard files when there are at
+  least as many shards as workers, else every n-th record), unless `split_across_workers` is
+  False: then every worker reads the whole split (evaluation: every worker runs the same number
+  of steps, whatever the shards, and the metrics averaged over workers are exactly the split's).
+  """
+  def dataset_fn(input_context):
+    if not split_across_workers:
+      input_context = tf.distribute.InputContext(
+          num_replicas_in_sync=input_context.num_replicas_in_sync)
+    return create_split(data_dir, split, batch_size=global_batch_size, train=train,
+                        input_context=input_context, **kwargs)
+  return strategy.distribute_datasets_from_function(dataset_fn)
 
 
 def _undecodable_example(data_dir, split):

@@ -1,9 +1,13 @@
 """Trains a keypoint model: python -m facekp.main --config=configs/X.py --workdir=DIR
     [--config.data_dir=DATASET] [--config.FIELD=VALUE ...]
 
-Running the same command again resumes an interrupted run; a changed config is refused (a new
---workdir, or --restart, starts afresh). --print_config lists every config field with its value
-and comment; the fields are those of configs/default.py.
+The stages, in order: check the config (and that a rerun resumes with the config it started
+with), train (facekp.train), then, with config.evaluate_at_end, evaluate the best weights on the
+test split (facekp.evaluate, imported only then: training itself loads neither the teacher nor
+the plotting stack). Running the same command again resumes an interrupted run; a changed config
+is refused (a new --workdir, or --restart, starts afresh). --print_config lists every config
+field with its value and comment. Under several workers (TF_CONFIG) only the chief deletes a run
+(--restart) and evaluates.
 """
 from facekp import cli  # first: quiets the C++ start-up lines of TensorFlow and MediaPipe
 from absl import app  # pylint: disable=wrong-import-order
@@ -12,6 +16,7 @@ from absl import logging
 from ml_collections import config_flags
 
 from facekp import config_lib
+from facekp import hardware
 from facekp import train
 
 FLAGS = flags.FLAGS
@@ -37,11 +42,21 @@ def main(argv):
     raise app.UsageError("--workdir is required: the directory for this run's checkpoints, "
                          "logs and model (a new one starts a new run)")
   config_lib.validate(config)  # before any file is read
-  config_lib.check_workdir(FLAGS.workdir, config, restart=FLAGS.restart)
+  if hardware.is_chief() or not FLAGS.restart:
+    config_lib.check_workdir(FLAGS.workdir, config, restart=FLAGS.restart)
   config_lib.check_dataset(config)
   logging.info("config %s (--verbosity=1 prints every field)", cli.config_arguments())
   logging.vlog(1, "config:\n%s", config)
-  train.train_and_evaluate(config, FLAGS.workdir)
+  train_then_evaluate(config, FLAGS.workdir)
+
+
+def train_then_evaluate(config, workdir):
+  """Trains, then evaluates on the test split (the chief only); returns the metrics."""
+  metrics = train.train_and_evaluate(config, workdir)
+  if config.evaluate_at_end and hardware.is_chief():
+    from facekp import evaluate  # pylint: disable=g-import-not-at-top  (MediaPipe, matplotlib)
+    metrics["test"] = evaluate.evaluate_workdir(workdir)
+  return metrics
 
 
 def run():

@@ -27,3 +27,24 @@ def test_missing_data_dir_says_how_to_make_one(tmp_path):
   assert "config.data_dir is not set" in result.stderr
   assert "tools.make_tfrecords" in result.stderr
   assert "Traceback" not in result.stderr
+
+
+def test_the_training_path_needs_neither_the_teacher_nor_the_plotting_stack():
+  """With mediapipe, matplotlib, cv2 and scipy unimportable the training modules import, and
+  load none of them. (Where they are installed, `import tensorflow` alone loads matplotlib,
+  cv2 and scipy through Keras' optional imports; facekp adds none of them.)"""
+  code = """
+import importlib.abc, sys
+BLOCKED = ("mediapipe", "matplotlib", "cv2", "scipy")
+class Blocked(importlib.abc.MetaPathFinder):
+  def find_spec(self, name, path, target=None):
+    if name.split(".")[0] in BLOCKED:
+      raise ImportError(name + " is blocked")
+sys.meta_path.insert(0, Blocked())
+import facekp.main, facekp.train, facekp.input_pipeline, facekp.models, facekp.augment
+print("loaded:", [m for m in BLOCKED if m in sys.modules])
+"""
+  result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "loaded: []" in result.stdout

@@ -13,11 +13,16 @@ import pytest
 import tensorflow as tf
 
 from configs import tiny
+from facekp import callbacks as callbacks_lib
+from facekp import checkpointing
 from facekp import dataset
+from facekp import files
+from facekp import hardware
 from facekp import input_pipeline
 from facekp import models
 from facekp import schema as schema_lib
 from facekp import train
+from facekp import workdir as workdir_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCHEMA = schema_lib.Schema((1, 33, 61, 263, 291), (1, 263, 291, 33, 61))
@@ -62,6 +67,19 @@ def small_config(data_dir, **overrides):
   return config
 
 
+def tensorboard_summaries(workdir):
+  """{"scalars": tag names, "images": number of image summaries} of a run's event files."""
+  scalars, images = set(), 0
+  for path in tf.io.gfile.glob(f"{workdir}/tensorboard/*/events.out.tfevents.*"):
+    for event in tf.compat.v1.train.summary_iterator(path):
+      for value in event.summary.value:
+        if value.metadata.plugin_data.plugin_name == "images":
+          images += 1
+        else:
+          scalars.add(value.tag.split("/")[-1].replace("epoch_", ""))
+  return {"scalars": scalars, "images": images}
+
+
 def read_history(workdir):
   with open(f"{workdir}/history.csv") as f:
     return list(csv.DictReader(f))
@@ -81,16 +99,23 @@ def test_tiny_model_trains_with_augmentation_and_a_rerun_trains_no_more(data_dir
   metrics = train.train_and_evaluate(config, workdir)
 
   history = read_history(workdir)
-  assert [int(row["epoch"]) for row in history] == [0, 1, 2, 3]
+  assert [int(row["epoch"]) for row in history] == [1, 2, 3, 4]
   losses = [float(row["loss"]) for row in history]
   assert losses[-1] < 0.8 * losses[0]
   assert metrics["epochs"] == 4
-  best = min(float(row["val_loss"]) for row in history)
-  assert metrics["val_loss"] == pytest.approx(best, rel=1e-4)
+  # The best weights are those of the lowest val MAE in pixels (config.monitor).
+  best = min(float(row["val_mae_px"]) for row in history)
+  assert metrics["val_mae_px"] == pytest.approx(best, rel=1e-4)
+  assert metrics["best_epoch"] == 1 + [float(r["val_mae_px"]) for r in history].index(best)
   assert metrics["val_mae_px"] == pytest.approx(metrics["val_mae"] * 32, rel=1e-4)
   for name in ("config.json", "model.keras", "checkpoints/best.weights.h5", "tensorboard"):
     assert os.path.exists(f"{workdir}/{name}"), name
   assert json.load(open(f"{workdir}/config.json"))["augment"]["flip"] == 0.5
+  np.testing.assert_allclose(workdir_lib.read_train_mean(workdir),
+                             input_pipeline.train_mean_keypoints(data_dir), rtol=1e-6)
+  summaries = tensorboard_summaries(workdir)
+  assert "learning_rate" in summaries["scalars"]
+  assert summaries["images"] == 4  # the validation faces, once per epoch
 
   model = keras.models.load_model(f"{workdir}/model.keras")
   val = input_pipeline.load_arrays(data_dir, "validation", image_size=32)
@@ -121,7 +146,7 @@ def test_frozen_backbone_stays_put_then_fine_tunes_after_a_resume(data_dir, tmp_
   workdir = str(tmp_path)
   config = small_config(data_dir, freeze_backbone_epochs=1, num_epochs=1, steps_per_epoch=3,
                         early_stopping_patience=0)
-  strategy = train.create_strategy("one_device")
+  strategy = hardware.create_strategy("one_device")
 
   def backbone_weights():
     keras.utils.set_random_seed(config.seed)
@@ -139,23 +164,29 @@ def test_frozen_backbone_stays_put_then_fine_tunes_after_a_resume(data_dir, tmp_
 
 
 def test_early_stopping_state_counts_like_keras():
-  assert train.early_stopping_state([], 2) == (None, 0, 0, False)
-  assert train.early_stopping_state([3.0, 2.0, 2.5], 2) == (2.0, 1, 1, False)
-  assert train.early_stopping_state([3.0, 2.0, 2.5, 2.1], 2) == (2.0, 1, 2, True)
-  assert train.early_stopping_state([3.0, 2.0, 2.5, 2.1], 0) == (2.0, 1, 2, False)
+  assert checkpointing.early_stopping_state([], 2) == (None, 0, 0, False)
+  assert checkpointing.early_stopping_state([3.0, 2.0, 2.5], 2) == (2.0, 1, 1, False)
+  assert checkpointing.early_stopping_state([3.0, 2.0, 2.5, 2.1], 2) == (2.0, 1, 2, True)
+  assert checkpointing.early_stopping_state([3.0, 2.0, 2.5, 2.1], 0) == (2.0, 1, 2, False)
 
-  callback = train.ResumedEarlyStopping([3.0, 2.0, 2.5], patience=2)
+  callback = checkpointing.ResumedEarlyStopping([3.0, 2.0, 2.5], 2, "val_mae_px")
   model = keras.Sequential([keras.Input((1,)), keras.layers.Dense(1)])
   callback.set_model(model)
   callback.on_train_begin()
-  callback.on_epoch_end(3, {"val_loss": 2.1})
+  callback.on_epoch_end(3, {"val_mae_px": 2.1, "val_loss": 0.1})
   assert model.stop_training and callback.best == 2.0
 
 
-def test_a_backup_never_holds_non_finite_weights(tmp_path):
+def small_model():
   model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
   model.compile("adam", "mse")
-  backup = train.FiniteBackupAndRestore(str(tmp_path), save_freq=1)
+  model.optimizer.build(model.trainable_variables)
+  return model
+
+
+def test_a_backup_never_holds_non_finite_weights(tmp_path):
+  model = small_model()
+  backup = checkpointing.Backup(str(tmp_path), 1, 10, checkpointing.State(), "best.weights.h5")
   backup.set_model(model)
   backup.on_train_batch_end(0)
   saved = os.path.getmtime(f"{tmp_path}/latest.weights.h5")
@@ -165,7 +196,131 @@ def test_a_backup_never_holds_non_finite_weights(tmp_path):
   assert os.path.getmtime(f"{tmp_path}/latest.weights.h5") == saved
 
   with pytest.raises(FloatingPointError, match="loss became nan at epoch 1, step 3"):
-    train.StopOnNonFiniteLoss().on_train_batch_end(2, {"loss": float("nan")})
+    callbacks_lib.StopOnNonFiniteLoss().on_train_batch_end(2, {"loss": float("nan")})
+
+
+def two_backups(folder):
+  """A backup at epoch 1 step 2 (kernel 1s), then one at the end of epoch 1 (kernel 2s)."""
+  model = small_model()
+  backup = checkpointing.Backup(str(folder), 2, 4, checkpointing.State(), "best.weights.h5")
+  backup.set_model(model)
+  model.layers[0].kernel.assign(np.ones((2, 1), np.float32))
+  backup.save(checkpointing.State(0, 2, 2))
+  model.layers[0].kernel.assign(np.full((2, 1), 2.0, np.float32))
+  backup.save(checkpointing.State(1, 0, 4))
+  return model
+
+
+def restored(folder, caplog):
+  model = small_model()
+  caplog.clear()
+  state = checkpointing.restore(model, str(folder))
+  return state, float(model.layers[0].kernel.numpy()[0, 0])
+
+
+@pytest.mark.parametrize("damage", ["truncated weights", "empty metadata", "weights missing",
+                                    "metadata missing", "metadata not json"])
+def test_a_damaged_latest_backup_resumes_from_the_previous_one(tmp_path, caplog, damage):
+  two_backups(tmp_path)
+  assert restored(tmp_path, caplog) == (checkpointing.State(1, 0, 4), 2.0)
+  weights, metadata = tmp_path / "latest.weights.h5", tmp_path / "training_metadata.json"
+  if damage == "truncated weights":
+    weights.write_bytes(weights.read_bytes()[:1000])
+  elif damage == "empty metadata":
+    metadata.write_bytes(b"")
+  elif damage == "weights missing":  # killed between keeping the previous pair and the rename
+    weights.unlink()
+  elif damage == "metadata missing":  # killed between the weights' rename and the metadata's
+    metadata.unlink()
+  else:
+    metadata.write_text('{"epoch": 1, "bat')
+  assert restored(tmp_path, caplog) == (checkpointing.State(0, 2, 2), 1.0)
+  if damage in ("truncated weights", "empty metadata", "metadata not json"):
+    assert "cannot be used" in caplog.text and "latest.weights.h5" in caplog.text
+
+
+def test_with_no_usable_backup_the_run_starts_again_and_says_so(tmp_path, caplog):
+  two_backups(tmp_path)
+  for name in ("latest.weights.h5", "previous.weights.h5"):
+    (tmp_path / name).write_bytes(b"")
+  state, _ = restored(tmp_path, caplog)
+  assert state == checkpointing.State()
+  assert "no complete backup" in caplog.text and "starts again from epoch 1" in caplog.text
+
+
+@pytest.fixture
+def full_disk(tmp_path):
+  """A 256 KiB tmpfs (root only; skipped elsewhere)."""
+  folder = tmp_path / "full"
+  folder.mkdir()
+  if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(folder)],
+                    capture_output=True).returncode:
+    pytest.skip("mounting a tmpfs needs root")
+  yield folder
+  subprocess.run(["umount", str(folder)], check=True)  # fails while a file there is open
+
+
+def test_a_full_disk_stops_with_a_message_naming_it_and_the_last_good_state(full_disk):
+  model = keras.Sequential([keras.Input((64,)), keras.layers.Dense(2048)])  # 512 KiB of weights
+  best = checkpointing.BestCheckpoint(str(full_disk / "best.weights.h5"), "val_mae_px", None,
+                                      lambda: "backup of epoch 3 step 2 in backup/")
+  best.set_model(model)
+  with pytest.raises(checkpointing.DiskFullError) as error:
+    best.on_epoch_end(0, {"val_mae_px": 1.0})
+  message = str(error.value)
+  assert "no space left on the disk of" in message and "best.weights.h5" in message
+  assert "backup of epoch 3 step 2" in message
+  assert os.listdir(full_disk) == []  # no partial file, no temporary left
+
+
+def test_a_second_run_on_a_workdir_in_use_says_who_holds_it(data_dir, tmp_path):
+  workdir = str(tmp_path / "run")
+  with files.folder_lock(workdir, "--workdir"):
+    with pytest.raises(files.FolderInUseError, match=f"{workdir} is in use by pid {os.getpid()}"):
+      train.train_and_evaluate(small_config(data_dir), workdir)
+
+
+def test_face_grid_centres_each_marker_on_its_point():
+  images = np.zeros((2, 32, 32, 3), np.uint8)
+  labels = np.array([[[0.25, 0.5]], [[0.5, 0.5]]])
+  predictions = np.array([[[0.75, 0.125]], [[0.1, 0.9]]])
+  grid = callbacks_lib.face_grid(images, labels, predictions, columns=2)
+  assert grid.shape == (128, 256, 3)  # faces enlarged 4x to 128 px
+  # prediction (0.75, 0.125) of face 0 at pixel (96, 16): a red cross centred there
+  assert tuple(grid[16, 96]) == callbacks_lib.PREDICTION_COLOUR
+  assert tuple(grid[16, 98]) == tuple(grid[18, 96]) == callbacks_lib.PREDICTION_COLOUR
+  assert not grid[17, 97].any()
+  # label (0.5, 0.5) of face 1 at pixel (128 + 64, 64): a green square outline around it
+  assert tuple(grid[62, 192]) == tuple(grid[64, 194]) == callbacks_lib.LABEL_COLOUR
+  assert not grid[64, 192].any()
+
+
+class FakeTerminal(list):
+  def write(self, text):
+    self.append(text)
+
+  def flush(self):
+    pass
+
+  def isatty(self):
+    return True
+
+
+def test_progress_redraws_one_line_on_a_terminal_and_stays_quiet_in_a_log(caplog):
+  terminal = FakeTerminal()
+  progress = callbacks_lib.Progress(2, 100, 8, 0, stream=terminal)
+  progress.every = 0.0
+  progress.on_epoch_begin(0)
+  time.sleep(0.01)
+  progress.on_train_batch_end(9, {"loss": 0.5, "mae_px": 3.0})
+  assert terminal[-1].startswith("\repoch 1/2 step 10/100: loss 0.50000, MAE 3.00 px")
+  assert "images/s, epoch" in terminal[-1] and "left, run at most" in terminal[-1]
+  log = FakeTerminal()
+  log.isatty = lambda: False
+  quiet = callbacks_lib.Progress(2, 100, 8, 0, stream=log)
+  quiet.on_epoch_begin(0)
+  quiet.on_train_batch_end(9, {"loss": 0.5, "mae_px": 3.0})
+  assert not log and "step 10/100" not in caplog.text
 
 
 def test_lr_schedule_and_linear_scaling(data_dir):
@@ -249,10 +404,12 @@ def test_a_run_killed_mid_epoch_resumes_and_ends_at_the_same_epoch(data_dir, tmp
   assert result.returncode == 0, result.stderr[-3000:]
   assert f"resuming {workdir} at epoch" in result.stderr
   history = read_history(workdir)
-  assert [int(row["epoch"]) for row in history] == [0, 1, 2, 3]
+  assert [int(row["epoch"]) for row in history] == [1, 2, 3, 4]
+  # Resumed at the step: 4 epochs of 6 steps, none done twice.
+  with open(metadata) as f:
+    assert json.load(f)["step"] == 24
 
   model = keras.models.load_model(f"{workdir}/model.keras")
   val = input_pipeline.load_arrays(data_dir, "validation", image_size=32)
-  val_loss = keras.losses.Huber()(val["keypoints"], model.predict(val["images"], verbose=0))
-  assert float(val_loss) == pytest.approx(min(float(row["val_loss"]) for row in history),
-                                          rel=1e-3)
+  mae_px = np.abs(val["keypoints"] - model.predict(val["images"], verbose=0)).mean() * 32
+  assert mae_px == pytest.approx(min(float(row["val_mae_px"]) for row in history), rel=1e-3)

@@ -148,11 +148,12 @@ def facekp_way(backbone, precision, xla, replicas, data_dir, schema):
   import keras  # pylint: disable=g-import-not-at-top
   from facekp import input_pipeline  # pylint: disable=g-import-not-at-top
   from facekp import models  # pylint: disable=g-import-not-at-top
+  from facekp import hardware  # pylint: disable=g-import-not-at-top
   from facekp import train  # pylint: disable=g-import-not-at-top
 
-  strategy = train.create_strategy("mirrored" if replicas > 1 else "one_device")
+  strategy = hardware.create_strategy("mirrored" if replicas > 1 else "one_device")
   config = _config(backbone, precision, xla, "")
-  keras.mixed_precision.set_global_policy(train.resolve_precision(precision, strategy))
+  keras.mixed_precision.set_global_policy(hardware.resolve_precision(precision, strategy))
   data = input_pipeline.distributed_dataset(
       strategy, data_dir, "train", global_batch_size=FLAGS.batch_size, train=True,
       image_size=IMAGE_SIZE, cache=True)
@@ -171,7 +172,7 @@ def main(argv):
   del argv
   device = _split_devices()
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  from facekp import train  # pylint: disable=g-import-not-at-top
+  from facekp import hardware  # pylint: disable=g-import-not-at-top
   mixed = "mixed_float16" if device == "GPU" else "mixed_bfloat16"
   results = {"device": device, "machine": platform.processor() or platform.machine(),
              "cpu_count": os.cpu_count(), "tensorflow": tf.__version__,
@@ -195,7 +196,7 @@ def main(argv):
         for xla in FLAGS.xla:
           for replicas in (int(r) for r in FLAGS.replicas):
             name = "float32" if precision == "float32" else mixed
-            error = train.jit_compile_problem(xla == "on", replicas)
+            error = hardware.jit_compile_problem(xla == "on", replicas)
             speed = float("nan")
             if not error:
               try:
