@@ -122,6 +122,14 @@ def duplicate_groups(data_dir):
   return files.read_json(path, "duplicate groups")["groups"]
 
 
+def identical_pixels(images, names):
+  """Groups of names whose images hold exactly the same pixels (copies the photo key misses)."""
+  by_digest = collections.defaultdict(list)
+  for image, name in zip(images, names):
+    by_digest[hashlib.sha256(np.ascontiguousarray(image).tobytes()).digest()].append(name)
+  return [group for group in by_digest.values() if len(group) > 1]
+
+
 def merge_groups(keys, linked_names, names):
   """Group ids [N]: faces sharing a key, or named together in one of linked_names, share one."""
   parent = list(range(len(names)))
@@ -176,9 +184,11 @@ def load_faces(sources, cache, description):
       linked += [[f"{name}/{n}" for n in group] for group in groups]
       duplicate_note.append(f"{name}: {len(groups)} groups of copies from {DUPLICATES_FILE}")
   names = np.array(names)
+  images = np.concatenate(images)
+  linked += identical_pixels(images, names)
   groups = merge_groups(keys, linked, list(names))
   description += "; " + "; ".join(duplicate_note)
-  return Faces(np.concatenate(images), np.concatenate(points), names, groups, rows, roots,
+  return Faces(images, np.concatenate(points), names, groups, rows, roots,
                schema, description)
 
 
@@ -426,11 +436,11 @@ def format_table(summary):
 # --- The run -------------------------------------------------------------------------------------
 
 
-def run(faces, num_folds, recipes, cache, quick=False):
+def run(faces, num_folds, recipes, cache, quick=False, only_folds=0):
   """Every predictor on every fold; returns (per-fold figures, summary, notes)."""
   schema, size = faces.schema, faces.images.shape[1]
   folds = assign_folds(faces.groups, num_folds)
-  notes = {"faces": int(len(faces.names)), "photo_groups": int(len(set(faces.groups.tolist()))),
+  notes = {"folds_run": only_folds or num_folds, "faces": int(len(faces.names)), "photo_groups": int(len(set(faces.groups.tolist()))),
            "folds": num_folds, "faces_per_fold": np.bincount(folds).tolist(),
            "data": faces.description}
   perturbed_images, perturbed_keypoints = evaluate.perturb(
@@ -446,7 +456,7 @@ def run(faces, num_folds, recipes, cache, quick=False):
     notes["dlib_face_found"] = [dlib_aligned[2], dlib_perturbed[2]]
   configs = [(path, load_config(path, _quick_overrides() if quick else {})) for path in recipes]
   per_fold = []
-  for fold in range(num_folds):
+  for fold in range(only_folds or num_folds):
     train, validation, test = split_fold(faces.groups, folds, fold)
     both = np.concatenate([train, validation])
     mean = faces.keypoints[both].mean(0)
@@ -498,6 +508,7 @@ flags.DEFINE_string("cache", "data/bench_accuracy", "Folder for the datasets and
                     "(reused by the next run).")
 flags.DEFINE_string("shared", SHARED_DATA, "Folder holding aligned128/ and raw/.")
 flags.DEFINE_list("sources", [], "Restrict to these sources (aligned128, raw; default all).")
+flags.DEFINE_integer("only_folds", 0, "Run only the first N folds (screening); 0: all.")
 flags.DEFINE_bool("quick", False, "Smoke test: 2 folds, the first faces only, 1 epoch.")
 flags.DEFINE_string("json", None, "Write every figure (per fold and summary) to this file.")
 
@@ -521,11 +532,13 @@ def main(argv):
   if len(set(faces.groups.tolist())) < num_folds:
     raise app.UsageError(f"{len(set(faces.groups.tolist()))} photo groups cannot fill "
                          f"{num_folds} folds: lower --folds")
-  per_fold, summary, notes = run(faces, num_folds, FLAGS.recipes, FLAGS.cache, FLAGS.quick)
+  per_fold, summary, notes = run(faces, num_folds, FLAGS.recipes, FLAGS.cache, FLAGS.quick,
+                                 FLAGS.only_folds)
   notes["seconds"] = round(time.time() - start, 1)
   print(f"data: {notes['data']}")
   print(f"{notes['faces']} faces from {notes['photo_groups']} photo groups, {num_folds} folds "
-        f"by photo ({notes['faces_per_fold']} test faces); mean ± std over folds")
+        f"by photo ({notes['faces_per_fold']} test faces), {notes['folds_run']} run; "
+        "mean ± std over folds")
   print(format_table(summary))
   if "dlib" in notes:
     print(f"dlib left out: {notes['dlib']}")
