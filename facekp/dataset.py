@@ -274,14 +274,15 @@ def group_key(image_name):
   return _FACE_SUFFIX.sub("", posixpath.splitext(image_name)[0])
 
 
-def split_hash(image_name):
-  """A fixed pseudo-random number in [0, 1) per photo: splits never move when others change."""
-  digest = hashlib.sha256(group_key(image_name).encode("utf-8")).digest()
+def split_hash(key):
+  """A fixed pseudo-random number in [0, 1) per split key: splits never move when others change."""
+  digest = hashlib.sha256(key.encode("utf-8", "surrogateescape")).digest()
   return int.from_bytes(digest[:8], "big") / 2.0**64
 
 
-def split_of(image_name, fractions):
-  h = split_hash(image_name)
+def split_of(image_name, fractions, key=None):
+  """The split of an image: by a hash of `key`, by default its photo's group_key."""
+  h = split_hash(group_key(image_name) if key is None else key)
   bound = 0.0
   for split, fraction in zip(SPLITS, fractions):
     bound += fraction
@@ -290,11 +291,17 @@ def split_of(image_name, fractions):
   return [split for split, fraction in zip(SPLITS, fractions) if fraction > 0][-1]  # rounding
 
 
-def assign_splits(rows, fractions):
-  """{split: rows}, each ordered by hash: a fixed shuffle that keeps a photo's faces together."""
+def assign_splits(rows, fractions, split_keys=None):
+  """{split: rows}, each ordered by hash: a fixed shuffle that keeps a photo's faces together.
+
+  `split_keys` ({image name: key}, facekp.dedup.split_keys) overrides the photo's group_key, so
+  that copies of one image under different names land in one split.
+  """
+  split_keys = split_keys or {}
+  key_of = lambda row: split_keys.get(row.image_name) or group_key(row.image_name)
   splits = {split: [] for split in SPLITS}
-  for row in sorted(rows, key=lambda r: (split_hash(r.image_name), r.image_name)):
-    splits[split_of(row.image_name, fractions)].append(row)
+  for row in sorted(rows, key=lambda r: (split_hash(key_of(r)), r.image_name)):
+    splits[split_of(row.image_name, fractions, key_of(row))].append(row)
   return splits
 
 

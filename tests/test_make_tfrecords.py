@@ -62,11 +62,15 @@ def test_a_folder_with_bad_inputs_becomes_a_dataset(image_folder, image_files, t
   assert sorted(cleaned) == ok
   schema = dataset.load_schema(out)
   assert schema.flip_permutation == (0, 3, 4, 1, 2)
+  # Every good image is the astronaut in another form: one group of copies, in one split.
+  assert read_json(f"{out}/duplicates.json") == {"groups": [ok]}
+  assert report["duplicates"]["groups"] == 1 == summary["duplicate_groups"]
   written = tfds_keypoints(out)
   assert sorted(n for split in written.values() for n in split) == ok
+  assert len(written) == 1
   for split, found in written.items():
     for name, keypoints in found.items():
-      assert dataset.split_of(name, (0.4, 0.3, 0.3)) == split
+      assert dataset.split_of(name, (0.4, 0.3, 0.3), key=dataset.group_key(ok[0])) == split
       expected = [float(cleaned[name][c]) for c in schema.csv_point_columns]
       np.testing.assert_allclose(keypoints.ravel(), expected, rtol=1e-6)
 

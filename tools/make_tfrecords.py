@@ -4,8 +4,10 @@ r"""Turns a folder of face photos into an annotated TFDS dataset of TFRecord sha
   python -m tools.make_tfrecords --images=PATH/TO/photos --out=data/photos_kp --align=128
 
 Stages: list images -> [align faces] -> annotate with MediaPipe Face Mesh (face_keypoints.csv)
--> clean (cleaned.csv, cleaning_report.json) -> split by a hash of the photo name -> shards and
-TFDS metadata. Running it again reuses the finished annotation (also after a crash or kill).
+-> clean (cleaned.csv, cleaning_report.json) -> find copies (facekp.dedup: same bytes, same
+pixels, near-identical faces; duplicates.json) -> split by a hash of the photo name, every group
+of copies in one split -> shards and TFDS metadata. Running it again reuses the finished
+annotation (also after a crash or kill).
 """
 import contextlib
 import json
@@ -18,6 +20,8 @@ import tensorflow as tf
 
 from facekp import annotate
 from facekp import dataset
+from facekp import dedup
+from facekp import files
 from facekp import schema as schema_lib
 
 _IMAGES = flags.DEFINE_string(
@@ -54,6 +58,7 @@ _CHUNK_SIZE = flags.DEFINE_integer(
 
 
 _PARALLEL_WRITE_MIN_ROWS = 5000
+DUPLICATES_JSON = "duplicates.json"
 
 
 def load_or_make_schema(out_dir, mesh_indices):
@@ -79,14 +84,20 @@ def annotate_or_read(images_dir, out_dir, schema, pool, *, align, max_faces, csv
   return rows, f"{out_dir}/{annotate.ALIGNED_DIR}" if align else settings.images_dir
 
 
-def clean_and_report(rows, images_root, out_dir, schema):
+def clean_and_report(rows, images_root, out_dir, schema, map_fn=map):
+  """Cleans the rows and finds copies among the kept images. Returns (kept rows, report,
+  {image name: split key}: copies share a key, so they land in one split)."""
   kept, report = dataset.clean(rows, images_root)
+  names = [row.image_name for row in kept]
+  groups, report["duplicates"] = dedup.find_duplicates(images_root, names, map_fn)
   dataset.write_keypoints_csv(f"{out_dir}/{dataset.CLEANED_CSV}", kept, schema)
   dataset.write_report(f"{out_dir}/{dataset.CLEANING_REPORT}", report)
-  logging.info("cleaning: kept %d of %d rows; dropped %s; missing keypoints by status %s",
+  files.write_json(f"{out_dir}/{DUPLICATES_JSON}", {"groups": groups})
+  logging.info("cleaning: kept %d of %d rows; dropped %s; missing keypoints by status %s; "
+               "%d groups of copies (%d images, kept, each group in one split)",
                report["kept"], report["rows"], report["dropped"],
-               report["missing_keypoints_by_status"])
-  return kept, report
+               report["missing_keypoints_by_status"], len(groups), sum(map(len, groups)))
+  return kept, report, dedup.split_keys(names, groups, dataset.group_key)
 
 
 @contextlib.contextmanager
@@ -113,16 +124,17 @@ def make_tfrecords(images_dir, out_dir, *, align=0, landmarks=schema_lib.DEFAULT
     with timed(timings, "annotate"):
       rows, images_root = annotate_or_read(images_dir, out_dir, schema, pool, align=align,
                                            max_faces=max_faces, csv=csv, chunk_size=chunk_size)
+    # Starting workers costs seconds; worth it for many images or when they already run.
+    parallel = lambda n: pool.map if pool.started or n >= _PARALLEL_WRITE_MIN_ROWS else map
     with timed(timings, "clean"):
-      kept, report = clean_and_report(rows, images_root, out_dir, schema)
+      kept, report, split_keys = clean_and_report(rows, images_root, out_dir, schema,
+                                                  parallel(len(rows)))
     with timed(timings, "write"):
-      # Starting workers costs seconds; worth it for many images or when they already run.
-      parallel = pool.started or len(kept) >= _PARALLEL_WRITE_MIN_ROWS
-      counts = dataset.write_dataset(out_dir, dataset.assign_splits(kept, fractions),
+      counts = dataset.write_dataset(out_dir, dataset.assign_splits(kept, fractions, split_keys),
                                      images_root, schema, num_shards or None,
-                                     map_fn=pool.map if parallel else map)
+                                     map_fn=parallel(len(kept)))
   summary = {"rows": report["rows"], "kept": report["kept"], "dropped": report["dropped"],
-             "splits": counts, **timings}
+             "duplicate_groups": report["duplicates"]["groups"], "splits": counts, **timings}
   logging.info("done: %s", json.dumps(summary))
   return summary
 
