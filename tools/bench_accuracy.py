@@ -13,7 +13,7 @@ OUT/duplicates.json ({"groups": [[image_name, ...], ...]}) when that file exists
 the test set once; the other folds train, with an inner validation part of their photos for
 choices (ridge alpha, early stopping). Predictors, each scored on the test fold:
   mean shape          the train folds' mean keypoints for every face;
-  teacher floor       MediaPipe against itself on the mirror (facekp.evaluate);
+  teacher floor       MediaPipe against itself on the mirror (facekp's yardsticks);
   HOG + ridge         OpenCV HOG (8x8 cells, 16x16 blocks) of the grey face, ridge regression,
                       alpha chosen on the inner validation part;
   dlib 68             when dlib and libdlib-data are installed: iBUG points 30, 36, 48, 45, 54
@@ -49,6 +49,12 @@ from facekp import keypoints as keypoints_lib
 from facekp import train as train_lib
 from facekp import workdir as workdir_lib
 from tools import make_tfrecords
+
+try:  # the yardsticks and metrics split out of facekp.evaluate, where that has landed
+  from facekp import metrics as metrics_lib  # pylint: disable=g-import-not-at-top
+  from facekp import yardsticks  # pylint: disable=g-import-not-at-top
+except ImportError:
+  metrics_lib = yardsticks = evaluate
 
 SHARED_DATA = os.path.normpath(os.path.join(
     os.path.dirname(os.path.abspath(__file__)), os.pardir, os.pardir, "shared", "data"))
@@ -369,7 +375,7 @@ def train_recipe(config, data_dir, workdir):
 
 
 def score(pred, true, schema, size):
-  m = evaluate.keypoint_metrics(pred, true, size, schema.names, schema.eye_slots)
+  m = metrics_lib.keypoint_metrics(pred, true, size, schema.names, schema.eye_slots)
   return {k: m[k] for k in ("mae_px", "nme", "failure_rate_0.10", "auc_0.10")}
 
 
@@ -389,7 +395,7 @@ def fold_scores(predictions, faces, perturbed_keypoints, floor, test):
     out["teacher floor"]["perturbed_nme"] = perturbed_floor["nme"]
   for name, figures in out.items():
     if figures is not None:
-      figures["gap_closed"] = evaluate.gap_closed(figures, out["mean shape"],
+      figures["gap_closed"] = metrics_lib.gap_closed(figures, out["mean shape"],
                                                   out["teacher floor"], "nme")
   return out
 
@@ -443,10 +449,10 @@ def run(faces, num_folds, recipes, cache, quick=False, only_folds=0):
   notes = {"folds_run": only_folds or num_folds, "faces": int(len(faces.names)), "photo_groups": int(len(set(faces.groups.tolist()))),
            "folds": num_folds, "faces_per_fold": np.bincount(folds).tolist(),
            "data": faces.description}
-  perturbed_images, perturbed_keypoints = evaluate.perturb(
+  perturbed_images, perturbed_keypoints = yardsticks.perturb(
       faces.images, faces.keypoints, schema.flip_permutation)
-  floor = (evaluate.teacher_pairs(faces.images, faces.keypoints, schema),
-           evaluate.teacher_pairs(perturbed_images, perturbed_keypoints, schema))
+  floor = (yardsticks.teacher_pairs(faces.images, faces.keypoints, schema),
+           yardsticks.teacher_pairs(perturbed_images, perturbed_keypoints, schema))
   hog, hog_perturbed = hog_features(faces.images), hog_features(perturbed_images)
   dlib_problem = dlib_available()
   if dlib_problem:
