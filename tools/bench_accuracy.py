@@ -93,11 +93,13 @@ class Faces:
                  self.description)
 
 
-def default_sources(shared=SHARED_DATA):
-  """[(source name, images folder, align)] and a sentence saying which data that is."""
+def default_sources(shared=SHARED_DATA, only=()):
+  """[(source name, images folder, align)] (those named in `only`, if any) and a sentence
+  saying which data that is."""
   aligned, raw = f"{shared}/aligned128", f"{shared}/raw"
   sources = [(name, path, align) for name, path, align in
-             (("aligned128", aligned, 0), ("raw", raw, 128)) if os.path.isdir(path)]
+             (("aligned128", aligned, 0), ("raw", raw, 128))
+             if os.path.isdir(path) and (not only or name in only)]
   if sources:
     return sources, f"the real faces of {shared} ({', '.join(s[0] for s in sources)})"
   return ([("sample", SAMPLE_DIR, 128)],
@@ -522,11 +524,10 @@ flags.DEFINE_string("json", None, "Write every figure (per fold and summary) to 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  sources, description = default_sources(FLAGS.shared)
-  if FLAGS.sources:
-    sources = [s for s in sources if s[0] in FLAGS.sources]
-    if not sources:
-      raise app.UsageError(f"--sources={','.join(FLAGS.sources)} names none of the data found")
+  sources, description = default_sources(FLAGS.shared, FLAGS.sources)
+  if FLAGS.sources and sources[0][0] == "sample":
+    raise app.UsageError(f"--sources={','.join(FLAGS.sources)} names none of the data found "
+                         f"in {FLAGS.shared} (aligned128, raw)")
   start = time.time()
   faces = load_faces(sources, FLAGS.cache, description)
   num_folds = FLAGS.folds
