@@ -1,4 +1,5 @@
-"""Keypoint models: a keras.applications backbone by name and a regression head.
+"""Keypoint models: a backbone by name (any keras.applications model, or facekp's own "unet",
+a small U-Net for learning from scratch at 128 px) and a keypoint head.
 
 The model takes images as they come from the input pipeline and export (0..255, any numeric
 dtype), runs the backbone's own preprocessing inside, and returns float32 keypoints [B, K, 2]
@@ -38,16 +39,79 @@ def _normalise(name):
 
 
 def backbone_names():
-  return sorted(_applications())
+  return sorted(set(_applications()) | set(CUSTOM_BACKBONES))
 
 
 def _application(name):
   try:
-    return _applications()[_normalise(name)]
+    return {**_applications(), **CUSTOM_BACKBONES}[_normalise(name)]
   except KeyError:
     raise ValueError(
         f"unknown backbone {name!r}: use a keras.applications model name such as "
         f"mobilenet_v2 or efficientnet_v2_b0 (known: {', '.join(backbone_names())})") from None
+
+
+# facekp's own backbone.
+
+def _scale_to_unit(images):
+  """0..255 -> [-1, 1], the preprocessing of facekp's own backbones."""
+  return images / 127.5 - 1.0
+
+
+def _conv_block(x, filters, name, blocks=2):
+  """(3x3 conv -> GroupNorm -> ReLU) x blocks. GroupNorm, not BatchNorm: it computes the same
+  function in training and inference, which matters with a few hundred images (11 steps an
+  epoch leave BatchNorm's moving statistics far from the trained network's)."""
+  for i in range(blocks):
+    x = keras.layers.Conv2D(filters, 3, padding="same", use_bias=False,
+                            name=f"{name}_conv{i}")(x)
+    x = keras.layers.GroupNormalization(min(8, filters), name=f"{name}_norm{i}")(x)
+    x = keras.layers.ReLU(name=f"{name}_relu{i}")(x)
+  return x
+
+
+def unet(include_top=False, weights=None, input_shape=(128, 128, 3), width=16, depth=4,
+         output_stride=4):
+  """A small U-Net: a stride-2 stem, `depth` encoder stages (width * 2^i channels, up to 8x,
+  halving the resolution after each), then a decoder that upsamples with skip connections back
+  to `output_stride`. Every output cell sees the whole face (receptive field > 128 px at depth
+  4) and keeps the position of fine detail, which a heatmap head needs; 0.6 M parameters at
+  width 16. `weights`: None or a weights file (it has no pretrained weights)."""
+  del include_top  # headless by construction
+  images = keras.Input(input_shape, name="unet_input")
+  x = keras.layers.Conv2D(width, 3, strides=2, padding="same", use_bias=False,
+                          name="stem_conv")(images)
+  x = keras.layers.ReLU(name="stem_relu")(
+      keras.layers.GroupNormalization(min(8, width), name="stem_norm")(x))
+  skips, stride = {}, 2
+  for i in range(depth):
+    if i:
+      x = keras.layers.MaxPooling2D(name=f"down{i}_pool")(x)
+      stride *= 2
+    x = _conv_block(x, width * min(2 ** i, 8), f"down{i}")
+    skips[stride] = x
+  while stride > output_stride:
+    stride //= 2
+    x = keras.layers.UpSampling2D(interpolation="bilinear", name=f"up{stride}_resize")(x)
+    x = keras.layers.Concatenate(name=f"up{stride}_concat")([x, skips[stride]])
+    x = _conv_block(x, skips[stride].shape[-1], f"up{stride}")
+  model = keras.Model(images, x, name="unet")
+  if weights is not None:
+    model.load_weights(weights)
+  return model
+
+
+CUSTOM_BACKBONES = {"unet": (unet, _scale_to_unit)}
+
+
+def render_heatmaps(points, height, width, sigma):
+  """Gaussian maps [N, height, width, K] (peak 1) of points [N, K, 2] normalised, sigma in
+  cells: the targets of heatmap regression, and what a well-trained heatmap head outputs."""
+  points = np.asarray(points, np.float64)[:, None, None]  # [N, 1, 1, K, 2]
+  cells = (_cell_centres(height, width) * [width, height]).reshape(1, height, width, 1, 2)
+  target = points * [width, height]
+  d2 = ((cells - target) ** 2).sum(-1)
+  return np.exp(-0.5 * d2 / sigma ** 2).astype(np.float32)
 
 
 @keras.saving.register_keras_serializable(package="facekp")
@@ -147,6 +211,11 @@ def _load_backbone(config):
         f"weights={weights!r}: no such file (use imagenet, none, or the path of a "
         f"{config.backbone} no-top weights file)")
   kwargs = dict(config.get("backbone_kwargs", {}))
+  if _normalise(config.backbone) in CUSTOM_BACKBONES:
+    if weights == "imagenet":
+      raise ValueError(f"backbone {config.backbone!r} has no ImageNet weights: use "
+                       "--config.weights=none (or a weights file of the same model)")
+    kwargs.setdefault("output_stride", config.feature_stride)
   try:
     return constructor(include_top=False, weights=weights,
                        input_shape=(config.image_size, config.image_size, 3), **kwargs)
@@ -209,8 +278,11 @@ def _soft_argmax_head(features, config, num_keypoints, mean_keypoints):
                      f"gives {features.shape[1]}x{features.shape[2]} at {config.image_size} px: "
                      "use a larger image_size or a smaller feature_stride")
   x = keras.layers.Dropout(config.dropout, name="dropout")(features)
-  logits = keras.layers.Conv2D(num_keypoints, 1, name="heatmaps")(x)
-  return SoftArgmax(mean_keypoints, dtype="float32", name="keypoints")(logits)
+  # From a zero kernel the prior alone decides the first predictions: the mean face.
+  kernel = "glorot_uniform" if mean_keypoints is None else "zeros"
+  logits = keras.layers.Conv2D(num_keypoints, 1, kernel_initializer=kernel, name="heatmaps")(x)
+  return SoftArgmax(mean_keypoints, config.get("heatmap_prior_sigma", 1.0), dtype="float32",
+                    name="keypoints")(logits)
 
 
 def create_model(config, num_keypoints, mean_keypoints=None):

@@ -149,3 +149,55 @@ def test_imagenet_weights_offline_say_what_to_do(tmp_path):
   assert result.returncode != 0
   assert "WeightsUnavailableError" in result.stderr
   assert "--config.weights=none" in result.stderr and "--config.weights=PATH" in result.stderr
+
+
+def unet_config(**overrides):
+  config = small_config(backbone="unet", head="soft_argmax", feature_stride=4)
+  config.backbone_kwargs = {"width": 8, "depth": 3}
+  config.update(overrides)
+  return config
+
+
+def test_unet_gives_a_stride_4_map_and_a_soft_argmax_head_starting_at_the_mean():
+  model = models.create_model(unet_config(heatmap_prior_sigma=0.5), 5, mean_keypoints=MEAN)
+  assert models.backbone_of(model).output.shape[1:] == (8, 8, 16)  # 32 px / 4; 2 x width
+  assert model.get_layer("keypoints").prior_sigma == 0.5
+  x = images()
+  out = model(x)
+  assert out.shape == (2, 5, 2) and out.dtype == tf.float32
+  np.testing.assert_allclose(out, np.broadcast_to(MEAN, (2, 5, 2)), atol=0.01)
+  # GroupNorm: training and inference compute the same function (dropout off).
+  model = models.create_model(unet_config(dropout=0.0), 5)
+  np.testing.assert_allclose(model(x, training=True), model(x, training=False), atol=1e-5)
+  assert "unet" in models.backbone_names() and not models.batch_norm_layers(model)
+
+
+def test_unet_refuses_imagenet_weights_and_loads_its_own(tmp_path):
+  with pytest.raises(ValueError, match="no ImageNet weights.*--config.weights=none"):
+    models.create_model(unet_config(weights="imagenet"), 5)
+  source = models.create_model(unet_config(), 5)
+  path = str(tmp_path / "unet.weights.h5")
+  models.backbone_of(source).save_weights(path)
+  loaded = models.create_model(unet_config(weights=path), 5)
+  x = keras.ops.convert_to_tensor(images().astype(np.float32) / 127.5 - 1.0)
+  np.testing.assert_allclose(models.backbone_of(loaded)(x), models.backbone_of(source)(x),
+                             rtol=1e-5, atol=1e-6)
+
+
+def test_soft_argmax_decodes_a_rendered_heatmap_to_its_sub_pixel_point():
+  points = np.array([[[0.4137, 0.5521], [0.3012, 0.6677]]], np.float32)  # between cell centres
+  heatmaps = models.render_heatmaps(points, 32, 32, sigma=1.5)
+  assert heatmaps.shape == (1, 32, 32, 2)
+  row, col = np.unravel_index(np.argmax(heatmaps[0, :, :, 0]), (32, 32))
+  assert (col, row) == (int(0.4137 * 32), int(0.5521 * 32))
+  # The log of a Gaussian map is a quadratic: its softmax is that Gaussian, its mean the point.
+  decoded = models.SoftArgmax()(np.log(heatmaps + 1e-30))
+  np.testing.assert_allclose(decoded, points, atol=1e-4)  # 0.004 px at 32 cells of 128 px
+
+
+def test_unet_model_saves_and_loads(tmp_path):
+  model = models.create_model(unet_config(), 5, mean_keypoints=MEAN)
+  path = str(tmp_path / "model.keras")
+  model.save(path)
+  x = images()
+  np.testing.assert_allclose(keras.models.load_model(path)(x), model(x), rtol=1e-5)

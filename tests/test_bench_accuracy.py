@@ -1,0 +1,79 @@
+"""bench_accuracy's protocol: folds that keep copies together, and its figures and table."""
+import numpy as np
+
+from facekp import schema as schema_lib
+from tools import bench_accuracy
+
+SCHEMA = schema_lib.Schema(schema_lib.DEFAULT_MESH_INDICES, (1, 263, 291, 33, 61))
+FACE = np.array([[0.5, 0.6], [0.33, 0.45], [0.38, 0.75], [0.67, 0.45], [0.62, 0.75]])
+
+
+def test_groups_join_faces_of_one_photo_copies_and_identical_pixels():
+  names = ["a/p1_f0.png", "a/p1_f1.png", "a/p2_f0.png", "b/x.png", "b/y.png", "b/z.png"]
+  keys = ["p1", "p1", "p2", "x", "y", "z"]
+  images = np.zeros((6, 4, 4, 3), np.uint8)
+  images[:, 0, 0, 0] = [1, 2, 3, 4, 5, 3]  # z is a pixel copy of p2_f0
+  linked = [["b/x.png", "b/y.png", "not/there.png"]]  # make_tfrecords' duplicates.json
+  groups = bench_accuracy.merge_groups(
+      keys, linked + bench_accuracy.identical_pixels(images, names), names)
+  assert groups[0] == groups[1] and groups[2] == groups[5] and groups[3] == groups[4]
+  assert len(set(groups.tolist())) == 3
+
+
+def test_folds_keep_every_group_in_one_fold_and_balance_the_faces():
+  rng = np.random.default_rng(0)
+  groups = np.repeat(np.arange(40), rng.integers(1, 6, 40))
+  folds = bench_accuracy.assign_folds(groups, 5)
+  for g in np.unique(groups):
+    assert len(set(folds[groups == g].tolist())) == 1
+  counts = np.bincount(folds)
+  assert counts.max() - counts.min() <= 5  # within one group of the largest size
+  np.testing.assert_array_equal(bench_accuracy.assign_folds(groups, 5), folds)  # fixed
+  train, validation, test = bench_accuracy.split_fold(groups, folds, 2)
+  assert set(np.flatnonzero(folds == 2)) == set(test)
+  assert len(validation) and len(train) and not set(groups[validation]) & set(groups[train])
+  assert len(train) + len(validation) + len(test) == len(groups)
+
+
+def test_ridge_on_features_recovers_a_linear_map_and_picks_a_small_alpha():
+  rng = np.random.default_rng(1)
+  features = rng.normal(size=(80, 30))
+  keypoints = (features @ rng.normal(size=(30, 10)) * 0.01 + FACE.ravel()).reshape(80, 5, 2)
+  predict, alpha = bench_accuracy.hog_ridge(features, keypoints, np.arange(60), np.arange(60, 70))
+  np.testing.assert_allclose(predict(features[70:]), keypoints[70:], atol=2e-3)
+  assert alpha <= 0.01
+
+
+def test_a_learned_offset_in_the_eye_frame_follows_a_turned_face():
+  eyes = np.array([[[40.0, 50.0], [80.0, 50.0]], [[50.0, 40.0], [50.0, 80.0]]])  # 2nd turned 90
+  uv = np.array([[[0.0, 0.3], [-0.5, 0.0], [-0.3, 0.7], [0.5, 0.0], [0.3, 0.7]]] * 2)
+  points = bench_accuracy.from_face_frame(uv, eyes)
+  np.testing.assert_allclose(points[1, 0], [50 - 0.3 * 40, 60.0])  # below is image-left now
+  np.testing.assert_allclose(bench_accuracy.to_face_frame(points, eyes), uv, atol=1e-12)
+  shifted = bench_accuracy.from_face_frame(uv + [0.0, 0.1], eyes)
+  offset = bench_accuracy.learned_offset(points, eyes, shifted, np.arange(2))
+  np.testing.assert_allclose(offset, np.broadcast_to([0.0, 0.1], (5, 2)), atol=1e-12)
+
+
+def test_fold_scores_and_the_table_read_against_both_yardsticks():
+  class Faces:  # the fields fold_scores reads
+    images = np.zeros((4, 128, 128, 3), np.uint8)
+    keypoints = np.broadcast_to(FACE, (4, 5, 2)) + np.linspace(-0.02, 0.02, 4)[:, None, None]
+    schema = SCHEMA
+  faces, test = Faces(), np.array([1, 2, 3])
+  truth = faces.keypoints[test]
+  floor_pairs = (truth * 128 + 0.5, truth * 128, np.array([1, 2, 3]))  # floor: 0.5 px
+  predictions = {"mean shape": (np.broadcast_to(FACE, truth.shape),) * 2,
+                 "halfway": ((truth + FACE) / 2, truth)}
+  scores = bench_accuracy.fold_scores(predictions, faces, faces.keypoints, (floor_pairs,) * 2,
+                                      test)
+  assert scores["teacher floor"]["mae_px"] == 0.5 and scores["teacher floor"]["gap_closed"] == 1
+  assert scores["mean shape"]["gap_closed"] == 0 and scores["halfway"]["perturbed_nme"] == 0
+  expected = (scores["mean shape"]["nme"] - scores["halfway"]["nme"]) / (
+      scores["mean shape"]["nme"] - scores["teacher floor"]["nme"])
+  np.testing.assert_allclose(scores["halfway"]["gap_closed"], expected)
+  summary = bench_accuracy.summarise([scores, scores])
+  assert summary["halfway"]["mae_px"][1] == 0.0 and summary["halfway"]["mae_px"][2] == 2
+  table = bench_accuracy.format_table(summary)
+  assert table.splitlines()[0].split()[:3] == ["predictor", "MAE", "px"]
+  assert "halfway" in table and f"{100 * expected:.0f}% ± 0%" in table

@@ -1,0 +1,557 @@
+r"""Accuracy on faces new to each predictor: k-fold cross-validation by source photo, one run.
+
+  python -m tools.bench_accuracy [--folds=5] [--recipes=configs/few_faces.py,...] [--json=PATH]
+  python -m tools.bench_accuracy --quick      # a smoke test: 2 folds, few faces, 1 epoch
+
+Data: every face facekp's own datasets hold, as `tools.make_tfrecords` writes them (cached under
+--cache): ../shared/data/aligned128 as it is and ../shared/data/raw through --align=128. When
+../shared is absent, facekp/sample through --align=128 (said so in the output).
+
+Folds keep together every face of one photo (dataset.group_key; a crop of aligned128 joins its
+photo in raw through aligned128/index.csv) and every group of copies that make_tfrecords lists in
+OUT/duplicates.json ({"groups": [[image_name, ...], ...]}) when that file exists. Each fold is
+the test set once; the other folds train, with an inner validation part of their photos for
+choices (ridge alpha, early stopping). Predictors, each scored on the test fold:
+  mean shape          the train folds' mean keypoints for every face;
+  teacher floor       MediaPipe against itself on the mirror (facekp's yardsticks);
+  HOG + ridge         OpenCV HOG (8x8 cells, 16x16 blocks) of the grey face, ridge regression,
+                      alpha chosen on the inner validation part;
+  dlib 68             when dlib and libdlib-data are installed: iBUG points 30, 36, 48, 45, 54
+                      (+0.5 px), on dlib's face box (the median box where dlib finds none); and
+                      the same + a per-slot offset learned on the train folds, in the frame of
+                      dlib's own eye corners (so it turns and scales with the face);
+  each --recipes      trained on the train folds by facekp.train, scored as is and with flip TTA.
+Figures: MAE px, NME (inter-ocular), FR>10 %, AUC@10 %, the share of the mean-shape -> teacher
+floor gap closed (by NME), and the NME under evaluate's perturbed protocol (the same faces
+rotated, zoomed and shifted); each as mean ± standard deviation over the folds.
+"""
+import collections
+import csv
+import hashlib
+import importlib.util
+import json
+import os
+import posixpath
+import shutil
+import time
+
+from absl import app
+from absl import flags
+from absl import logging
+import cv2
+import numpy as np
+
+from facekp import dataset
+from facekp import evaluate
+from facekp import files
+from facekp import input_pipeline
+from facekp import keypoints as keypoints_lib
+from facekp import train as train_lib
+from facekp import workdir as workdir_lib
+from tools import make_tfrecords
+
+try:  # the yardsticks and metrics split out of facekp.evaluate, where that has landed
+  from facekp import metrics as metrics_lib  # pylint: disable=g-import-not-at-top
+  from facekp import yardsticks  # pylint: disable=g-import-not-at-top
+except ImportError:
+  metrics_lib = yardsticks = evaluate
+
+SHARED_DATA = os.path.normpath(os.path.join(
+    os.path.dirname(os.path.abspath(__file__)), os.pardir, os.pardir, "shared", "data"))
+SAMPLE_DIR = os.path.normpath(os.path.join(
+    os.path.dirname(os.path.abspath(__file__)), os.pardir, "facekp", "sample"))
+DUPLICATES_FILE = "duplicates.json"
+INDEX_FILE = "index.csv"
+INNER_VALIDATION = 0.12  # share of the train folds' photos held out for choices
+RIDGE_ALPHAS = np.logspace(-3, 2, 11)  # times the mean diagonal of the Gram matrix
+DLIB_MODEL = "/usr/share/dlib/shape_predictor_68_face_landmarks.dat"
+DLIB_SLOTS = (30, 36, 48, 45, 54)  # iBUG 68 points for facekp's slots 0..4
+DLIB_EYES = (36, 45)
+QUICK_FACES = 60
+FIGURES = (("mae_px", "MAE px", 1.0, "{:.2f}"), ("nme", "NME", 100.0, "{:.2f}%"),
+           ("failure_rate_0.10", "FR>10%", 100.0, "{:.1f}%"), ("auc_0.10", "AUC@10%", 1.0,
+                                                               "{:.3f}"),
+           ("gap_closed", "gap closed", 100.0, "{:.0f}%"),
+           ("perturbed_nme", "perturbed NME", 100.0, "{:.2f}%"))
+
+
+# --- Data ----------------------------------------------------------------------------------------
+
+
+class Faces:
+  """Every face of the bench: images uint8 [N,S,S,3], keypoints normalised [N,K,2], names
+  ('<source>/<image name>'), groups (fold unit, [N] int), rows and the image roots to rewrite
+  them as facekp datasets."""
+
+  def __init__(self, images, keypoints, names, groups, rows, roots, schema, description):
+    self.images, self.keypoints, self.names, self.groups = images, keypoints, names, groups
+    self.rows, self.roots, self.schema, self.description = rows, roots, schema, description
+
+  def subset(self, index):
+    return Faces(self.images[index], self.keypoints[index], self.names[index],
+                 self.groups[index], [self.rows[i] for i in index], self.roots, self.schema,
+                 self.description)
+
+
+def default_sources(shared=SHARED_DATA, only=()):
+  """[(source name, images folder, align)] (those named in `only`, if any) and a sentence
+  saying which data that is."""
+  aligned, raw = f"{shared}/aligned128", f"{shared}/raw"
+  sources = [(name, path, align) for name, path, align in
+             (("aligned128", aligned, 0), ("raw", raw, 128))
+             if os.path.isdir(path) and (not only or name in only)]
+  if sources:
+    return sources, f"the real faces of {shared} ({', '.join(s[0] for s in sources)})"
+  return ([("sample", SAMPLE_DIR, 128)],
+          f"{shared} is absent: facekp/sample (9 photos) through --align=128 instead")
+
+
+def build_source(name, images_dir, align, cache):
+  """The facekp dataset make_tfrecords writes for this folder (reusing its annotation)."""
+  out = f"{cache}/{name}"
+  make_tfrecords.make_tfrecords(images_dir, out, align=align)
+  return out
+
+
+def photo_keys(names, images_dir):
+  """The source photo of each image: group_key, or aligned128/index.csv's photo for a crop."""
+  index = {}
+  if os.path.exists(f"{images_dir}/{INDEX_FILE}"):
+    with open(f"{images_dir}/{INDEX_FILE}", newline="") as f:
+      index = {row["crop"]: posixpath.splitext(row["photo"])[0] for row in csv.DictReader(f)}
+  return [index.get(name, dataset.group_key(name)) for name in names]
+
+
+def duplicate_groups(data_dir):
+  """make_tfrecords' groups of copies ([[image_name, ...], ...]); [] without the file."""
+  path = f"{data_dir}/{DUPLICATES_FILE}"
+  if not os.path.exists(path):
+    return None
+  return files.read_json(path, "duplicate groups")["groups"]
+
+
+def identical_pixels(images, names):
+  """Groups of names whose images hold exactly the same pixels (copies the photo key misses)."""
+  by_digest = collections.defaultdict(list)
+  for image, name in zip(images, names):
+    by_digest[hashlib.sha256(np.ascontiguousarray(image).tobytes()).digest()].append(name)
+  return [group for group in by_digest.values() if len(group) > 1]
+
+
+def merge_groups(keys, linked_names, names):
+  """Group ids [N]: faces sharing a key, or named together in one of linked_names, share one."""
+  parent = list(range(len(names)))
+
+  def find(i):
+    while parent[i] != i:
+      parent[i] = parent[parent[i]]
+      i = parent[i]
+    return i
+
+  def union(i, j):
+    parent[find(i)] = find(j)
+
+  first_of_key, position = {}, {name: i for i, name in enumerate(names)}
+  for i, key in enumerate(keys):
+    union(i, first_of_key.setdefault(key, i))
+  for group in linked_names:
+    members = [position[n] for n in group if n in position]
+    for i in members[1:]:
+      union(i, members[0])
+  roots = [find(i) for i in range(len(names))]
+  ids = {root: k for k, root in enumerate(dict.fromkeys(roots))}
+  return np.array([ids[r] for r in roots], np.int64)
+
+
+def load_faces(sources, cache, description):
+  """Builds (or reuses) each source's facekp dataset and gathers all of its splits."""
+  images, points, names, keys, rows, roots, linked = [], [], [], [], [], {}, []
+  duplicate_note = []
+  schema = None
+  for name, images_dir, align in sources:
+    data_dir = build_source(name, images_dir, align, cache)
+    schema = dataset.load_schema(data_dir)
+    by_name = {r.image_name: r for r in dataset.read_keypoints_csv(
+        f"{data_dir}/{dataset.CLEANED_CSV}", schema)}
+    roots[name] = f"{data_dir}/aligned" if align else images_dir
+    for split in dataset.SPLITS:
+      if not input_pipeline.num_examples(data_dir, split):
+        continue
+      arrays = input_pipeline.load_arrays(data_dir, split)
+      images.append(arrays["images"])
+      points.append(arrays["keypoints"])
+      split_names = list(arrays["image_names"])
+      names += [f"{name}/{n}" for n in split_names]
+      keys += photo_keys(split_names, images_dir)
+      rows += [by_name[n]._replace(image_name=f"{name}/{n}") for n in split_names]
+    groups = duplicate_groups(data_dir)
+    if groups is None:
+      duplicate_note.append(f"{name}: no {DUPLICATES_FILE} (copies under other names may "
+                            "straddle folds)")
+    else:
+      linked += [[f"{name}/{n}" for n in group] for group in groups]
+      duplicate_note.append(f"{name}: {len(groups)} groups of copies from {DUPLICATES_FILE}")
+  names = np.array(names)
+  images = np.concatenate(images)
+  linked += identical_pixels(images, names)
+  groups = merge_groups(keys, linked, list(names))
+  description += "; " + "; ".join(duplicate_note)
+  return Faces(images, np.concatenate(points), names, groups, rows, roots,
+               schema, description)
+
+
+# --- Folds ---------------------------------------------------------------------------------------
+
+
+def _hash(key):
+  return int.from_bytes(hashlib.sha256(str(key).encode()).digest()[:8], "big") / 2.0**64
+
+
+def assign_folds(groups, num_folds):
+  """Fold [N] per face: whole groups, largest first, each to the fold with fewest faces so far
+  (ties by a hash of the group: a fixed, balanced assignment)."""
+  sizes = collections.Counter(groups.tolist())
+  order = sorted(sizes, key=lambda g: (-sizes[g], _hash(g)))
+  load, fold_of = [0] * num_folds, {}
+  for g in order:
+    fold = min(range(num_folds), key=lambda f: (load[f], f))
+    fold_of[g] = fold
+    load[fold] += sizes[g]
+  return np.array([fold_of[g] for g in groups.tolist()], np.int64)
+
+
+def split_fold(groups, folds, fold):
+  """(train, validation, test) indices of one fold: the test fold, and the other folds' photos
+  split by a hash of their group into train and an inner validation part."""
+  test = np.flatnonzero(folds == fold)
+  rest = np.flatnonzero(folds != fold)
+  inner = np.array([_hash(("validation", int(groups[i]))) < INNER_VALIDATION for i in rest])
+  if not inner.any() or inner.all():  # tiny sets: one group aside all the same
+    inner = groups[rest] == groups[rest][0]
+  return rest[~inner], rest[inner], test
+
+
+# --- Predictors ----------------------------------------------------------------------------------
+
+
+def hog_features(images):
+  size = images.shape[1]
+  hog = cv2.HOGDescriptor((size, size), (16, 16), (8, 8), (8, 8), 9)
+  return np.stack([hog.compute(cv2.cvtColor(np.ascontiguousarray(im), cv2.COLOR_RGB2GRAY))
+                   .ravel() for im in images]).astype(np.float64)
+
+
+def ridge_fit(features, targets, alpha):
+  """Dual ridge on centred data; returns a predict(features) function."""
+  x_mean, y_mean = features.mean(0), targets.mean(0)
+  x = features - x_mean
+  gram = x @ x.T
+  coef = np.linalg.solve(gram + alpha * np.mean(np.diag(gram)) * np.eye(len(x)),
+                         targets - y_mean)
+  weights = x.T @ coef
+  return lambda f: (f - x_mean) @ weights + y_mean
+
+
+def hog_ridge(features, keypoints, train, validation):
+  """Ridge on HOG with alpha chosen on the inner validation part, refitted on both; returns
+  (predict function, chosen alpha)."""
+  flat = keypoints.reshape(len(keypoints), -1)
+  errors = [np.abs(ridge_fit(features[train], flat[train], a)(features[validation])
+                   - flat[validation]).mean() for a in RIDGE_ALPHAS]
+  alpha = float(RIDGE_ALPHAS[int(np.argmin(errors))])
+  both = np.concatenate([train, validation])
+  predict = ridge_fit(features[both], flat[both], alpha)
+  return lambda f: predict(f).reshape(len(f), -1, 2), alpha
+
+
+def dlib_available():
+  try:
+    import dlib  # pylint: disable=import-outside-toplevel,unused-import
+  except ImportError:
+    return "dlib is not installed (pip install dlib-bin)"
+  if not os.path.exists(DLIB_MODEL):
+    return f"{DLIB_MODEL} is missing (apt-get install libdlib-data)"
+  return None
+
+
+def dlib_points(images):
+  """dlib's five points (pixels, +0.5) and its two eye corners per image, and the share of
+  images where its detector found the face (the others use the median detected box)."""
+  import dlib  # pylint: disable=import-outside-toplevel
+  detector, predictor = dlib.get_frontal_face_detector(), dlib.shape_predictor(DLIB_MODEL)
+  boxes = []
+  for image in images:
+    found = detector(np.ascontiguousarray(image), 1)
+    boxes.append(max(found, key=lambda r: r.area()) if len(found) else None)
+  detected = [b for b in boxes if b is not None]
+  size = images.shape[1]
+  median = (np.median([[b.left(), b.top(), b.right(), b.bottom()] for b in detected], 0)
+            if detected else np.array([0.15, 0.15, 0.85, 0.85]) * size)
+  fallback = dlib.rectangle(*[int(round(v)) for v in median])
+  points, eyes = [], []
+  for image, box in zip(images, boxes):
+    shape = predictor(np.ascontiguousarray(image), box or fallback)
+    xy = np.array([[p.x + 0.5, p.y + 0.5] for p in shape.parts()], np.float64)
+    points.append(xy[list(DLIB_SLOTS)])
+    eyes.append(xy[list(DLIB_EYES)])
+  return np.array(points), np.array(eyes), len(detected) / max(1, len(images))
+
+
+def face_frame(eyes):
+  """Origin (mid-eye) and the eye vector of each face [N, 2] each."""
+  return 0.5 * (eyes[:, 0] + eyes[:, 1]), eyes[:, 1] - eyes[:, 0]
+
+
+def to_face_frame(points, eyes):
+  origin, axis = face_frame(eyes)
+  d = points - origin[:, None]
+  norm2 = (axis ** 2).sum(-1)[:, None]
+  u = (d * axis[:, None]).sum(-1) / norm2
+  v = (d[..., 0] * -axis[:, None, 1] + d[..., 1] * axis[:, None, 0]) / norm2
+  return np.stack([u, v], -1)
+
+
+def from_face_frame(uv, eyes):
+  origin, axis = face_frame(eyes)
+  normal = np.stack([-axis[:, 1], axis[:, 0]], -1)
+  return origin[:, None] + uv[..., :1] * axis[:, None] + uv[..., 1:] * normal[:, None]
+
+
+def learned_offset(dlib_px, eyes, labels_px, train):
+  """Per-slot mean of label - dlib in dlib's eye frame over the train faces: [K, 2]."""
+  return (to_face_frame(labels_px[train], eyes[train])
+          - to_face_frame(dlib_px[train], eyes[train])).mean(0)
+
+
+def load_config(path, overrides):
+  spec = importlib.util.spec_from_file_location("_bench_recipe", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = module.get_config()
+  for field, value in overrides.items():
+    config[field] = value
+  return config
+
+
+def recipe_tag(path, config):
+  digest = hashlib.sha256(config.to_json_best_effort(sort_keys=True).encode()).hexdigest()[:8]
+  return f"{posixpath.splitext(posixpath.basename(path))[0]}-{digest}"
+
+
+def fold_tag(names, train, validation, test):
+  """A name for one fold's split of the faces: the same split, the same name, in any run."""
+  text = "\n".join(",".join(sorted(names[part])) for part in (train, validation, test))
+  return f"n{len(names)}_{hashlib.sha256(text.encode()).hexdigest()[:10]}"
+
+
+def write_fold_dataset(faces, train, validation, test, out_dir):
+  """The fold as a facekp dataset (train / validation / test splits) through dataset.write_dataset,
+  its images linked from the sources' datasets."""
+  if os.path.exists(f"{out_dir}/dataset_info.json"):
+    return out_dir
+  links = f"{out_dir}/images"
+  for source, root in faces.roots.items():
+    os.makedirs(links, exist_ok=True)
+    if not os.path.lexists(f"{links}/{source}"):
+      os.symlink(os.path.abspath(root), f"{links}/{source}")
+  splits = {"train": [faces.rows[i] for i in train],
+            "validation": [faces.rows[i] for i in validation],
+            "test": [faces.rows[i] for i in test]}
+  dataset.write_dataset(out_dir, splits, links, faces.schema)
+  return out_dir
+
+
+def train_recipe(config, data_dir, workdir):
+  """facekp.train on the fold; returns the trained inference model (a finished run is reused)."""
+  config = config.copy_and_resolve_references()
+  config.data_dir = data_dir
+  config.evaluate_at_end = False
+  if not os.path.exists(f"{workdir}/model.keras"):
+    start = time.time()
+    train_lib.train_and_evaluate(config, workdir)
+    logging.info("trained %s in %.0f s", workdir, time.time() - start)
+  return workdir_lib.load_model(workdir)
+
+
+# --- Scores --------------------------------------------------------------------------------------
+
+
+def score(pred, true, schema, size):
+  m = metrics_lib.keypoint_metrics(pred, true, size, schema.names, schema.eye_slots)
+  return {k: m[k] for k in ("mae_px", "nme", "failure_rate_0.10", "auc_0.10")}
+
+
+def fold_scores(predictions, faces, perturbed_keypoints, floor, test):
+  """{predictor: figures} on one test fold. predictions: {name: (aligned [N,K,2] normalised
+  over all faces or the test fold, perturbed likewise)}; floor: (direct, back, kept) pairs of
+  both protocols."""
+  size, schema = faces.images.shape[1], faces.schema
+  out = {}
+  floor_aligned, floor_perturbed = floor
+  for name, (aligned, perturbed) in predictions.items():
+    out[name] = score(aligned, faces.keypoints[test], schema, size)
+    out[name]["perturbed_nme"] = score(perturbed, perturbed_keypoints[test], schema, size)["nme"]
+  out["teacher floor"] = _floor_scores(floor_aligned, test, schema, size)
+  perturbed_floor = _floor_scores(floor_perturbed, test, schema, size)
+  if out["teacher floor"] and perturbed_floor:
+    out["teacher floor"]["perturbed_nme"] = perturbed_floor["nme"]
+  for name, figures in out.items():
+    if figures is not None:
+      figures["gap_closed"] = metrics_lib.gap_closed(figures, out["mean shape"],
+                                                  out["teacher floor"], "nme")
+  return out
+
+
+def _floor_scores(pairs, test, schema, size):
+  direct, back, kept = pairs
+  chosen = np.isin(kept, test)
+  if not chosen.any():
+    return None
+  return score(back[chosen] / size, direct[chosen] / size, schema, size)
+
+
+def summarise(per_fold):
+  """{predictor: {figure: (mean, std, folds)}} over the folds where the figure exists."""
+  summary = {}
+  for name in dict.fromkeys(n for fold in per_fold for n in fold):
+    summary[name] = {}
+    for key, *_ in FIGURES:
+      values = [fold[name][key] for fold in per_fold
+                if fold.get(name) and fold[name].get(key) is not None]
+      if values:
+        summary[name][key] = (float(np.mean(values)),
+                              float(np.std(values, ddof=1)) if len(values) > 1 else 0.0,
+                              len(values))
+  return summary
+
+
+def format_table(summary):
+  width = max(len(n) for n in summary) + 2
+  header = f"{'predictor':<{width}}" + "".join(f"{label:>20}" for _, label, *_ in FIGURES)
+  lines = [header]
+  for name, figures in summary.items():
+    cells = []
+    for key, _, factor, fmt in FIGURES:
+      if key in figures:
+        mean, std, _ = figures[key]
+        cells.append(f"{fmt.format(factor * mean)} ± {fmt.format(factor * std)}")
+      else:
+        cells.append("-")
+    lines.append(f"{name:<{width}}" + "".join(f"{c:>20}" for c in cells))
+  return "\n".join(lines)
+
+
+# --- The run -------------------------------------------------------------------------------------
+
+
+def run(faces, num_folds, recipes, cache, quick=False, only_folds=0):
+  """Every predictor on every fold; returns (per-fold figures, summary, notes)."""
+  schema, size = faces.schema, faces.images.shape[1]
+  folds = assign_folds(faces.groups, num_folds)
+  notes = {"folds_run": only_folds or num_folds, "faces": int(len(faces.names)), "photo_groups": int(len(set(faces.groups.tolist()))),
+           "folds": num_folds, "faces_per_fold": np.bincount(folds).tolist(),
+           "data": faces.description}
+  perturbed_images, perturbed_keypoints = yardsticks.perturb(
+      faces.images, faces.keypoints, schema.flip_permutation)
+  floor = (yardsticks.teacher_pairs(faces.images, faces.keypoints, schema),
+           yardsticks.teacher_pairs(perturbed_images, perturbed_keypoints, schema))
+  hog, hog_perturbed = hog_features(faces.images), hog_features(perturbed_images)
+  dlib_problem = dlib_available()
+  if dlib_problem:
+    notes["dlib"] = dlib_problem
+  else:
+    dlib_aligned, dlib_perturbed = dlib_points(faces.images), dlib_points(perturbed_images)
+    notes["dlib_face_found"] = [dlib_aligned[2], dlib_perturbed[2]]
+  configs = [(path, load_config(path, _quick_overrides() if quick else {})) for path in recipes]
+  per_fold = []
+  for fold in range(only_folds or num_folds):
+    train, validation, test = split_fold(faces.groups, folds, fold)
+    both = np.concatenate([train, validation])
+    mean = faces.keypoints[both].mean(0)
+    predictions = {"mean shape": (np.broadcast_to(mean, faces.keypoints[test].shape),) * 2}
+    hog_predict, alpha = hog_ridge(hog, faces.keypoints, train, validation)
+    predictions["HOG + ridge"] = (hog_predict(hog[test]), hog_predict(hog_perturbed[test]))
+    notes.setdefault("ridge_alpha", []).append(alpha)
+    if not dlib_problem:
+      labels_px = faces.keypoints * size
+      offset = learned_offset(dlib_aligned[0], dlib_aligned[1], labels_px, both)
+      for label, shift in (("dlib 68", None), ("dlib 68 + learned offset", offset)):
+        predictions[label] = tuple(_dlib_prediction(d, test, shift, size)
+                                   for d in (dlib_aligned, dlib_perturbed))
+    if configs:
+      split_tag = fold_tag(faces.names, train, validation, test)
+      data_dir = write_fold_dataset(faces, train, validation, test,
+                                    f"{cache}/folds/{split_tag}")
+      for path, config in configs:
+        model = train_recipe(config, data_dir,
+                             f"{cache}/runs/{recipe_tag(path, config)}/{split_tag}")
+        label = posixpath.basename(path)
+        predictions[label] = (evaluate.predict(model, faces.images[test]),
+                              evaluate.predict(model, perturbed_images[test]))
+        predictions[f"{label} + flip TTA"] = (
+            evaluate.predict_flip_tta(model, faces.images[test], schema.flip_permutation),
+            evaluate.predict_flip_tta(model, perturbed_images[test], schema.flip_permutation))
+    per_fold.append(fold_scores(predictions, faces, perturbed_keypoints, floor, test))
+    logging.info("fold %d of %d done (%d test faces)", fold + 1, num_folds, len(test))
+  return per_fold, summarise(per_fold), notes
+
+
+def _dlib_prediction(found, test, offset, size):
+  points, eyes, _ = found
+  points, eyes = points[test], eyes[test]
+  if offset is not None:
+    points = from_face_frame(to_face_frame(points, eyes) + offset, eyes)
+  return keypoints_lib.to_normalised(points, size)
+
+
+def _quick_overrides():
+  return {"num_epochs": 1, "early_stopping_patience": 0}
+
+
+FLAGS = flags.FLAGS
+flags.DEFINE_integer("folds", 5, "Folds of the cross-validation (by source photo).")
+flags.DEFINE_list("recipes", [], "facekp config files to train on every fold, e.g. "
+                  "configs/few_faces.py,configs/few_faces_robust.py.")
+flags.DEFINE_string("cache", "data/bench_accuracy", "Folder for the datasets and runs it builds "
+                    "(reused by the next run).")
+flags.DEFINE_string("shared", SHARED_DATA, "Folder holding aligned128/ and raw/.")
+flags.DEFINE_list("sources", [], "Restrict to these sources (aligned128, raw; default all).")
+flags.DEFINE_integer("only_folds", 0, "Run only the first N folds (screening); 0: all.")
+flags.DEFINE_bool("quick", False, "Smoke test: 2 folds, the first faces only, 1 epoch.")
+flags.DEFINE_string("json", None, "Write every figure (per fold and summary) to this file.")
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  sources, description = default_sources(FLAGS.shared, FLAGS.sources)
+  if FLAGS.sources and sources[0][0] == "sample":
+    raise app.UsageError(f"--sources={','.join(FLAGS.sources)} names none of the data found "
+                         f"in {FLAGS.shared} (aligned128, raw)")
+  start = time.time()
+  faces = load_faces(sources, FLAGS.cache, description)
+  num_folds = FLAGS.folds
+  if FLAGS.quick:
+    num_folds = 2
+    keep = np.flatnonzero(np.isin(faces.groups, np.unique(faces.groups)[:QUICK_FACES]))
+    faces = faces.subset(keep[:QUICK_FACES * 2])
+    faces.description += f"; --quick: {len(faces.names)} faces"
+  if len(set(faces.groups.tolist())) < num_folds:
+    raise app.UsageError(f"{len(set(faces.groups.tolist()))} photo groups cannot fill "
+                         f"{num_folds} folds: lower --folds")
+  per_fold, summary, notes = run(faces, num_folds, FLAGS.recipes, FLAGS.cache, FLAGS.quick,
+                                 FLAGS.only_folds)
+  notes["seconds"] = round(time.time() - start, 1)
+  print(f"data: {notes['data']}")
+  print(f"{notes['faces']} faces from {notes['photo_groups']} photo groups, {num_folds} folds "
+        f"by photo ({notes['faces_per_fold']} test faces), {notes['folds_run']} run; "
+        "mean ± std over folds")
+  print(format_table(summary))
+  if "dlib" in notes:
+    print(f"dlib left out: {notes['dlib']}")
+  if FLAGS.json:
+    files.write_json(FLAGS.json, {"notes": notes, "summary": summary, "per_fold": per_fold})
+
+
+if __name__ == "__main__":
+  app.run(main)
