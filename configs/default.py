@@ -17,7 +17,7 @@ def get_config():
   config.shuffle_buffer = 10_000
 
   # Model (facekp.models).
-  config.backbone = "mobilenet_v2"  # any keras.applications name, e.g. efficientnet_v2_b0
+  config.backbone = "mobilenet_v2"  # any keras.applications name (e.g. efficientnet_v2_b0) or "unet"
   config.backbone_kwargs = ml_collections.ConfigDict()  # e.g. {"alpha": 0.35} for MobileNets
   config.weights = "imagenet"  # "imagenet", "none", or a no-top weights file
   config.feature_stride = 32  # 16 or 8 cut the backbone at its last layer at that stride
@@ -26,6 +26,7 @@ def get_config():
   config.dropout = 0.3
   config.init_output_at_mean = False  # start at the training mean face (offsets / a prior)
   config.output_scale = 1.0  # dense, flatten: offsets in this unit of the image size (e.g. 0.02)
+  config.heatmap_prior_sigma = 1.0  # soft_argmax: width (in cells) of the start around the mean
   config.bn_momentum = config_dict.placeholder(float)  # None keeps the backbone's own
   # "batch": BatchNorm on batch statistics in training (keras' default); "frozen": statistics
   # estimated once on training images, then fixed, so training and inference agree (few images)

@@ -21,7 +21,7 @@ from facekp import workdir as workdir_lib
 STRATEGIES = ("auto", "one_device", "mirrored", "multi_worker", "tpu")
 PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
 BN_MODES = ("batch", "frozen")
-HEADS = ("dense", "flatten", "soft_argmax")
+HEADS = models.HEADS  # the heads models.py builds
 LOSSES = ("huber", "mse", "mae")
 OPTIMIZERS = ("adam", "adamw", "sgd")
 LR_SCALINGS = ("none", "linear")

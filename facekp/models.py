@@ -281,7 +281,7 @@ def _soft_argmax_head(features, config, num_keypoints, mean_keypoints):
   # From a zero kernel the prior alone decides the first predictions: the mean face.
   kernel = "glorot_uniform" if mean_keypoints is None else "zeros"
   logits = keras.layers.Conv2D(num_keypoints, 1, kernel_initializer=kernel, name="heatmaps")(x)
-  return SoftArgmax(mean_keypoints, config.get("heatmap_prior_sigma", 1.0), dtype="float32",
+  return SoftArgmax(mean_keypoints, config.heatmap_prior_sigma, dtype="float32",
                     name="keypoints")(logits)
 
 
