@@ -51,6 +51,14 @@ _CSV = flags.DEFINE_string(
     "--images.")
 _CHUNK_SIZE = flags.DEFINE_integer(
     "chunk_size", 16, "Images per worker task; the journal commits once per chunk.")
+_RUNNER = flags.DEFINE_enum(
+    "runner", "local", ["local", "beam"], "local: worker processes on this machine (resumable "
+    "through a journal). beam: an Apache Beam pipeline (pip install -e '.[beam]'), on the "
+    "runner named in --beam_pipeline_options (default: Beam's FnApiRunner on this machine).")
+_BEAM_OPTIONS = flags.DEFINE_string(
+    "beam_pipeline_options", "", "With --runner=beam: Beam pipeline options as KEY=VALUE,... "
+    "e.g. direct_num_workers=2,direct_running_mode=multi_processing, or "
+    "runner=DataflowRunner,project=P,region=R,temp_location=gs://B/tmp,...")
 
 
 _PARALLEL_WRITE_MIN_ROWS = 5000
@@ -98,12 +106,15 @@ def timed(timings, stage):
 
 def make_tfrecords(images_dir, out_dir, *, align=0, landmarks=schema_lib.DEFAULT_MESH_INDICES,
                    workers=0, split="0.8,0.1,0.1", num_shards=0, max_faces=10, csv=None,
-                   chunk_size=16):
+                   chunk_size=16, runner="local", beam_options=""):
   """Runs every stage; returns a summary dict (also logged)."""
   if csv and align:
     raise ValueError("--csv builds from existing keypoints and --align annotates new crops: "
                      "give one of them (to reuse crops, pass --images=OUT/aligned --csv=...)")
   fractions = dataset.parse_fractions(split)
+  if runner == "beam":
+    return run_on_beam(images_dir, out_dir, align=align, landmarks=landmarks, fractions=fractions,
+                       num_shards=num_shards, max_faces=max_faces, csv=csv, options=beam_options)
   out_dir = out_dir.rstrip("/")
   tf.io.gfile.makedirs(out_dir)
   timings = {}
@@ -127,6 +138,19 @@ def make_tfrecords(images_dir, out_dir, *, align=0, landmarks=schema_lib.DEFAULT
   return summary
 
 
+def run_on_beam(images_dir, out_dir, *, csv, **kwargs):
+  if csv:
+    raise ValueError("--csv is not supported with --runner=beam: build from a CSV locally")
+  try:
+    from facekp import beam_pipeline  # pylint: disable=g-import-not-at-top (an optional extra)
+  except ImportError as e:
+    raise ValueError(f"--runner=beam needs Apache Beam ({e}): pip install -e '.[beam]'") from None
+  summary = beam_pipeline.make_tfrecords(images_dir, out_dir, make_schema=load_or_make_schema,
+                                         **kwargs)
+  logging.info("done: %s", json.dumps(summary))
+  return summary
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
@@ -134,7 +158,8 @@ def main(argv):
       _IMAGES.value, _OUT.value, align=_ALIGN.value,
       landmarks=schema_lib.parse_mesh_indices(_LANDMARKS.value), workers=_WORKERS.value,
       split=_SPLIT.value, num_shards=_NUM_SHARDS.value, max_faces=_MAX_FACES.value,
-      csv=_CSV.value, chunk_size=_CHUNK_SIZE.value)
+      csv=_CSV.value, chunk_size=_CHUNK_SIZE.value, runner=_RUNNER.value,
+      beam_options=_BEAM_OPTIONS.value)
 
 
 if __name__ == "__main__":

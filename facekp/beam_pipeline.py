@@ -1,0 +1,265 @@
+r"""make_tfrecords as an Apache Beam pipeline: the same stages, spread over Beam's workers.
+
+  python -m tools.make_tfrecords --images=DIR --out=OUT --runner=beam \
+      --beam_pipeline_options=direct_num_workers=2,direct_running_mode=multi_processing
+
+List the images (here) -> label each image with MediaPipe (one FaceMesh per worker, built in
+DoFn.setup; with --align the crops go to OUT/aligned) -> face_keypoints.csv -> clean each name
+-> cleaned.csv, cleaning_report.json -> split and order by the photo-name hash -> shards ->
+TFDS metadata (here). The files, splits and examples are the same as the local pool's; only
+the journal is absent: a failed Beam run starts over.
+
+Everything is written to OUT.incomplete and moved to OUT at the end, so OUT is either a
+complete dataset or absent (a non-empty OUT is refused). Without a --runner among the options,
+Beam's portable FnApiRunner runs here (Beam's own default, Prism, downloads a binary first).
+"""
+import collections
+import math
+import os
+import time
+
+import apache_beam as beam
+from apache_beam.options import pipeline_options
+from apache_beam.runners.portability import fn_api_runner
+import numpy as np
+import tensorflow as tf
+
+from facekp import annotate
+from facekp import dataset
+from facekp import files
+from facekp import images
+
+STAGING_SUFFIX = ".incomplete"
+# The file that makes a folder a dataset (dataset.builder looks for it): moved in last.
+_DATASET_INFO = "dataset_info.json"
+
+
+def parse_options(text):
+  """'k1=v1,k2=v2' (TFDS's --beam_pipeline_options) -> PipelineOptions(['--k1=v1', ...])."""
+  args = [f"--{item.strip()}" for item in (text or "").split(",") if item.strip()]
+  for arg in args:
+    if "=" not in arg:
+      raise ValueError(f"--beam_pipeline_options: {arg[2:]!r} is not KEY=VALUE (give e.g. "
+                       "direct_num_workers=2,direct_running_mode=multi_processing)")
+  return pipeline_options.PipelineOptions(args)
+
+
+def make_pipeline(options):
+  """A Beam pipeline on the named --runner, else on the FnApiRunner (nothing downloaded)."""
+  if options.view_as(pipeline_options.StandardOptions).runner:
+    return beam.Pipeline(options=options)
+  return beam.Pipeline(runner=fn_api_runner.FnApiRunner(), options=options)
+
+
+# --- The stages, as Beam transforms ------------------------------------------------------------
+
+
+class LabelImage(beam.DoFn):
+  """Image name -> its CSV rows, with this worker's FaceMesh (built once, in setup)."""
+
+  def __init__(self, settings):
+    self._settings = settings
+    self._labeller = None
+
+  def setup(self):
+    self._labeller = annotate.Labeller(self._settings)
+
+  def process(self, name):
+    yield from self._labeller.rows_for(name)
+
+
+def clean_name(name_rows, images_root):
+  """(name, its rows) -> (kept rows, cleaning report) of dataset.clean on that name alone."""
+  _, rows = name_rows
+  return dataset.clean(list(rows), images_root)
+
+
+def add_reports(a, b):
+  """The cleaning report of two disjoint sets of rows: counts added, key by key."""
+  if isinstance(a, dict) or isinstance(b, dict):
+    a, b = a or {}, b or {}
+    return {key: add_reports(a.get(key, 0), b.get(key, 0)) for key in {**a, **b}}
+  return a + b
+
+
+class SumReports(beam.CombineFn):
+
+  def create_accumulator(self):
+    return {}
+
+  def add_input(self, accumulator, report):
+    return add_reports(accumulator, report)
+
+  def merge_accumulators(self, accumulators):
+    total = {}
+    for accumulator in accumulators:
+      total = add_reports(total, accumulator)
+    return total
+
+  def extract_output(self, accumulator):
+    if "missing_keypoints_by_status" in accumulator:  # dataset.clean sorts it
+      accumulator["missing_keypoints_by_status"] = dict(
+          sorted(accumulator["missing_keypoints_by_status"].items()))
+    return accumulator
+
+
+class _Name(collections.namedtuple("_Name", "image_name size")):
+  """What dataset.assign_splits looks at in a row: the name (and the image's file size)."""
+
+
+def shard_count(rows, total_bytes, train_rows, num_shards):
+  """Shards of one split, as dataset.write_dataset chooses them."""
+  if num_shards:
+    n = math.ceil(rows / (max(1, train_rows or rows) / num_shards))
+  else:
+    n = math.ceil(total_bytes / dataset.SHARD_TARGET_BYTES)
+  return min(max(1, n), rows)
+
+
+def shard_layout(names, fractions, num_shards):
+  """[_Name] of every kept row -> (name, (split, shard, shards, position in the shard)).
+
+  dataset.assign_splits orders each split; the shards cut that order as np.array_split does.
+  Only names and sizes come to this one worker, not the rows.
+  """
+  splits = dataset.assign_splits(names, fractions)
+  for split, ordered in splits.items():
+    if not ordered:
+      continue
+    n = shard_count(len(ordered), sum(r.size for r in ordered), len(splits["train"]),
+                    num_shards)
+    for shard, part in enumerate(np.array_split(np.arange(len(ordered)), n)):
+      for position, index in enumerate(part):
+        yield ordered[index].image_name, (split, shard, n, position)
+
+
+def file_size(row, images_root, num_shards):
+  """The image's size in bytes (needed only to size shards when num_shards is not given)."""
+  return 0 if num_shards else tf.io.gfile.stat(f"{images_root}/{row.image_name}").length
+
+
+class WriteShard(beam.DoFn):
+  """((split, shard, shards), [(position, row)]) -> the shard file, its rows in order."""
+
+  def __init__(self, out_dir, images_root, num_keypoints):
+    self._out_dir = out_dir
+    self._images_root = images_root
+    self._num_keypoints = num_keypoints
+
+  def process(self, shard_rows):
+    (split, shard, n), rows = shard_rows
+    rows = [row for _, row in sorted(rows, key=lambda pr: pr[0])]
+    path = dataset.shard_path(self._out_dir, split, shard, n)
+    yield split, dataset.write_split_shard(path, rows, self._images_root, self._num_keypoints)
+
+
+def write_csv(rows, path, schema):
+  dataset.write_keypoints_csv(path, sorted(rows, key=lambda r: r.image_name), schema)
+
+
+def build(pipeline, names, settings, schema, images_root, fractions, num_shards):
+  """Adds every stage, from image names to shards, to `pipeline`."""
+  out = settings.out_dir
+  rows = (pipeline
+          | "Names" >> beam.Create(names)
+          | "Spread" >> beam.Reshuffle()
+          | "Label" >> beam.ParDo(LabelImage(settings)))
+  _ = (rows | "AllRows" >> beam.combiners.ToList()
+       | "WriteKeypointsCsv" >> beam.Map(write_csv, f"{out}/{dataset.KEYPOINTS_CSV}", schema))
+  cleaned = (rows
+             | "ByName" >> beam.Map(lambda row: (row.image_name, row))
+             | "GroupByName" >> beam.GroupByKey()
+             | "Clean" >> beam.Map(clean_name, images_root))
+  kept = cleaned | "Kept" >> beam.FlatMap(lambda kept_report: kept_report[0])
+  _ = (cleaned | "Reports" >> beam.Map(lambda kept_report: kept_report[1])
+       | "SumReports" >> beam.CombineGlobally(SumReports())
+       | "WriteReport" >> beam.Map(
+           lambda report: dataset.write_report(f"{out}/{dataset.CLEANING_REPORT}", report)))
+  _ = (kept | "AllKept" >> beam.combiners.ToList()
+       | "WriteCleanedCsv" >> beam.Map(write_csv, f"{out}/{dataset.CLEANED_CSV}", schema))
+  layout = (kept
+            | "Sizes" >> beam.Map(lambda row: _Name(
+                row.image_name, file_size(row, images_root, num_shards)))
+            | "AllNames" >> beam.combiners.ToList()
+            | "Layout" >> beam.FlatMap(shard_layout, fractions, num_shards))
+  return ({"row": kept | "KeptByName" >> beam.Map(lambda row: (row.image_name, row)),
+           "place": layout}
+          | "Join" >> beam.CoGroupByKey()
+          | "ByShard" >> beam.Map(lambda joined: (joined[1]["place"][0][:3],
+                                                  (joined[1]["place"][0][3],
+                                                   joined[1]["row"][0])))
+          | "GroupByShard" >> beam.GroupByKey()
+          | "WriteShards" >> beam.ParDo(WriteShard(out, images_root, schema.num_keypoints)))
+
+
+# --- The run: staging folder, pipeline, metadata, publishing -----------------------------------
+
+
+def _is_empty(folder):
+  return not tf.io.gfile.exists(folder) or not tf.io.gfile.listdir(folder)
+
+
+def _clear(folder):
+  """Empties a staging folder left by a failed run (the lock file stays: this run holds it)."""
+  for name in tf.io.gfile.listdir(folder):
+    if name.rstrip("/") != files.LOCK_FILE:
+      files.remove_quietly(f"{folder}/{name.rstrip('/')}")
+
+
+def publish(staging, out_dir):
+  """Moves the finished staging folder to out_dir, the dataset_info.json last."""
+  files.remove_quietly(f"{staging}/{files.LOCK_FILE}")
+  if "://" not in out_dir:
+    if os.path.isdir(out_dir):
+      os.rmdir(out_dir)  # empty: checked before the run
+    os.replace(staging, out_dir)
+    return
+  tf.io.gfile.makedirs(out_dir)
+  names = sorted(tf.io.gfile.listdir(staging), key=lambda name: name == _DATASET_INFO)
+  for name in names:
+    tf.io.gfile.rename(f"{staging}/{name}", f"{out_dir}/{name}", overwrite=True)
+  tf.io.gfile.rmtree(staging)
+
+
+def make_tfrecords(images_dir, out_dir, *, make_schema, landmarks, fractions, align=0,
+                   num_shards=0, max_faces=10, options=""):
+  """Runs every stage on Beam; returns the summary dict make_tfrecords returns."""
+  out_dir = out_dir.rstrip("/")
+  if not _is_empty(out_dir):
+    raise ValueError(f"{out_dir} is not empty: --runner=beam writes a whole new dataset (in "
+                     f"{out_dir}{STAGING_SUFFIX}, moved there at the end); choose a new --out, "
+                     "or delete it first")
+  beam_options = parse_options(options)
+  images_dir = images_dir.rstrip("/")
+  staging = out_dir + STAGING_SUFFIX
+  with files.folder_lock(staging, "--out"):
+    _clear(staging)
+    timings = {}
+    start = time.time()
+    schema = make_schema(staging, landmarks)
+    timings["schema_s"] = round(time.time() - start, 2)
+    names = images.list_images(images_dir)
+    if not names:
+      raise ValueError(f"no images under {images_dir} (looked for files ending in "
+                       f"{', '.join(images.IMAGE_EXTENSIONS)})")
+    if align:
+      names = annotate._unique_crop_stems(names)  # pylint: disable=protected-access
+    settings = annotate.Settings(images_dir, staging, schema.mesh_indices, align, max_faces)
+    images_root = f"{staging}/{annotate.ALIGNED_DIR}" if align else images_dir
+    start = time.time()
+    with make_pipeline(beam_options) as pipeline:
+      build(pipeline, names, settings, schema, images_root, fractions, num_shards)
+    timings["pipeline_s"] = round(time.time() - start, 2)
+    report = files.read_json(f"{staging}/{dataset.CLEANING_REPORT}", "cleaning report")
+    if not report["kept"]:
+      raise ValueError(f"no usable rows to write to {out_dir} (see "
+                       f"{staging}/{dataset.CLEANING_REPORT})")
+    start = time.time()
+    dataset.write_metadata(staging, dataset.features(schema.num_keypoints), schema)
+    splits = dataset.builder(staging).info.splits
+    timings["metadata_s"] = round(time.time() - start, 2)
+    publish(staging, out_dir)
+  counts = {split: splits[split].num_examples if split in splits else 0
+            for split in dataset.SPLITS}
+  return {"rows": report["rows"], "kept": report["kept"], "dropped": report["dropped"],
+          "splits": counts, **timings}
