@@ -6,6 +6,7 @@ applied, alpha composited over black, grayscale / palette / 16-bit converted to 
 """
 import io
 import os
+import struct
 
 import cv2
 import numpy as np
@@ -105,15 +106,33 @@ def load_rgb(path):
 
 def image_size(path):
   """(width, height) of the image `load_rgb` would return, read from the header only."""
-  image = _open(read_bytes(path), path)
+  data = read_bytes(path)
+  image = _open(data, path)
   width, height = image.size
   try:
-    orientation = image.getexif().get(_EXIF_ORIENTATION)
-  except (OSError, SyntaxError, ValueError):
+    exif = _png_exif(data) if image.format == "PNG" else image.getexif()
+    orientation = exif.get(_EXIF_ORIENTATION)
+  except (OSError, SyntaxError, ValueError, struct.error):
     orientation = None
   if orientation in _TRANSPOSING_ORIENTATIONS:
     width, height = height, width
   return width, height
+
+
+def _png_exif(data):
+  """The EXIF of PNG bytes, found by walking the chunks: an eXIf chunk may follow the pixels,
+  and Pillow's getexif decodes them all to reach it (0.4 ms of a 0.45 ms image_size)."""
+  exif = Image.Exif()
+  position = 8  # after the signature
+  while position + 8 <= len(data):
+    length, kind = struct.unpack(">I4s", data[position:position + 8])
+    if kind == b"eXIf":
+      exif.load(data[position + 8:position + 8 + length])
+      break
+    if kind == b"IEND":
+      break
+    position += 12 + length  # length, type, data, CRC
+  return exif
 
 
 def encode_png(rgb):
