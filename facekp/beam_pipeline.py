@@ -30,6 +30,9 @@ from facekp import files
 from facekp import images
 
 STAGING_SUFFIX = ".incomplete"
+# The listed image names, one a line, read by the workers (not held in the pipeline's graph,
+# which Dataflow limits to 10 MB); removed before the dataset is moved to OUT.
+_NAMES_FILE = "image_names.txt"
 # The file that makes a folder a dataset (dataset.builder looks for it): moved in last.
 _DATASET_INFO = "dataset_info.json"
 
@@ -79,9 +82,11 @@ class LabelImage(beam.DoFn):
 
 
 def label(pipeline, names, settings):
-  """The rows of every image, labelled in parallel."""
+  """The rows of every image, labelled in parallel. `names`: a list, or the path of a text
+  file of them, one a line."""
+  source = (beam.io.ReadFromText(names) if isinstance(names, str) else beam.Create(names))
   return (pipeline
-          | "Names" >> beam.Create(names)
+          | "Names" >> source
           | "Spread" >> beam.Reshuffle()
           | "Label" >> beam.ParDo(LabelImage(settings)))
 
@@ -183,7 +188,7 @@ def write_csv(rows, path, schema):
 
 
 def build(pipeline, names, settings, schema, images_root, fractions, num_shards):
-  """Adds every stage, from image names to shards, to `pipeline`."""
+  """Adds every stage, from image names (as for `label`) to shards, to `pipeline`."""
   out = settings.out_dir
   rows = label(pipeline, names, settings)
   _ = (rows | "AllRows" >> beam.combiners.ToList()
@@ -223,6 +228,8 @@ def _is_empty(folder):
 
 def _clear(folder):
   """Empties a staging folder left by a failed run (the lock file stays: this run holds it)."""
+  if not tf.io.gfile.exists(folder):
+    return
   for name in tf.io.gfile.listdir(folder):
     if name.rstrip("/") != files.LOCK_FILE:
       files.remove_quietly(f"{folder}/{name.rstrip('/')}")
@@ -230,16 +237,20 @@ def _clear(folder):
 
 def publish(staging, out_dir):
   """Moves the finished staging folder to out_dir, the dataset_info.json last."""
-  files.remove_quietly(f"{staging}/{files.LOCK_FILE}")
+  for name in (files.LOCK_FILE, _NAMES_FILE):
+    files.remove_quietly(f"{staging}/{name}")
   if "://" not in out_dir:
     if os.path.isdir(out_dir):
       os.rmdir(out_dir)  # empty: checked before the run
     os.replace(staging, out_dir)
     return
-  tf.io.gfile.makedirs(out_dir)
-  names = sorted(tf.io.gfile.listdir(staging), key=lambda name: name == _DATASET_INFO)
-  for name in names:
-    tf.io.gfile.rename(f"{staging}/{name}", f"{out_dir}/{name}", overwrite=True)
+  # An object store renames files, not folders: every file, the dataset_info.json last.
+  paths = [f"{folder}/{name}" for folder, _, names in tf.io.gfile.walk(staging)
+           for name in names]
+  for path in sorted(paths, key=lambda path: path.endswith(f"/{_DATASET_INFO}")):
+    target = out_dir + path[len(staging):]
+    tf.io.gfile.makedirs(os.path.dirname(target))
+    tf.io.gfile.rename(path, target, overwrite=True)
   tf.io.gfile.rmtree(staging)
 
 
@@ -266,11 +277,13 @@ def make_tfrecords(images_dir, out_dir, *, make_schema, landmarks, fractions, al
                        f"{', '.join(images.IMAGE_EXTENSIONS)})")
     if align:
       names = annotate._unique_crop_stems(names)  # pylint: disable=protected-access
+    names_file = f"{staging}/{_NAMES_FILE}"
+    files.atomic_write(names_file, "".join(f"{name}\n" for name in names))
     settings = annotate.Settings(images_dir, staging, schema.mesh_indices, align, max_faces)
     images_root = f"{staging}/{annotate.ALIGNED_DIR}" if align else images_dir
     start = time.time()
     with make_pipeline(beam_options) as pipeline:
-      build(pipeline, names, settings, schema, images_root, fractions, num_shards)
+      build(pipeline, names_file, settings, schema, images_root, fractions, num_shards)
     timings["pipeline_s"] = round(time.time() - start, 2)
     report = files.read_json(f"{staging}/{dataset.CLEANING_REPORT}", "cleaning report")
     if not report["kept"]:

@@ -115,8 +115,10 @@ def run_make_tfrecords(folder, out, workers, chunk_size):
       now = time.time()
       if match := _PROGRESS.search(line):
         points.append((now, int(match.group(1))))
+        sys.stderr.write(line)
       elif match := _DONE.search(line):
         summary, done_time = json.loads(match.group(1)), now
+        sys.stderr.write(line)
   sampler.stop()
   if process.returncode or summary is None:
     raise RuntimeError(f"{' '.join(command)} failed with exit status {process.returncode}")
