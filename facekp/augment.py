@@ -10,9 +10,13 @@ flip_permutation[j] into slot j (facekp.schema.Schema.flip_permutation).
 The operations, in order (each off when its config field is 0):
   - geometry: a horizontal flip, a rotation about the image centre, a zoom about the image centre
     and a translation, composed into ONE affine warp applied to the image (bilinear, sampled at
-    pixel centres, fill mode "reflect": the image mirrored about its edges, as in
-    keras.layers.RandomRotation) and to the keypoints by the same matrix. A flip alone is an
-    exact mirror of the pixels.
+    pixel centres) and to the keypoints by the same transform (the flip through
+    facekp.keypoints.mirror). A flip alone is an exact mirror of the pixels. Outside the frame
+    the fill mode is "reflect": the image mirrored about its edges, the edge pixel repeated
+    (... c b a | a b c ... : keras.layers.RandomRotation's "reflect", OpenCV's BORDER_REFLECT),
+    the same fill that facekp.align gives a crop reaching past its photo, so training sees
+    the borders that prediction will see, and no streaks of repeated edge pixels that the
+    model could learn as a cue.
   - keypoints never leave the frame: per example, when the drawn rotation/zoom/translation would
     push a keypoint that lies inside the frame out of it, the transform is shrunk towards the
     identity (angle, zoom - 1 and shift scaled by the largest of 1, 7/8, ..., 0 that keeps every
@@ -31,6 +35,8 @@ import math
 
 import ml_collections
 import tensorflow as tf
+
+from facekp import keypoints as keypoints_lib
 
 FIELDS = ("flip", "brightness", "contrast", "rotation", "scale", "translate", "occlusion",
           "occlusion_size")
@@ -114,27 +120,29 @@ def _geometry(images, keypoints, cfg, seed, flip_permutation):
   seeds = _split(seed, 5)
   if cfg.flip:
     flip = _uniform(seeds[0], batch, 0.0, 1.0) < cfg.flip
-    permuted = tf.gather(keypoints, list(flip_permutation), axis=1)
-    keypoints = tf.where(flip[:, None, None], permuted, keypoints)
+    keypoints = tf.where(flip[:, None, None],
+                         keypoints_lib.mirror(keypoints, flip_permutation), keypoints)
   else:
     flip = tf.zeros([batch], tf.bool)
   if not (cfg.rotation or cfg.scale or cfg.translate):
     width = tf.shape(images)[2]
     columns = tf.where(flip[:, None], tf.range(width - 1, -1, -1), tf.range(width))  # [B, W]
-    x, y = tf.unstack(keypoints, axis=-1)
-    return (tf.gather(images, columns, axis=2, batch_dims=1),
-            tf.stack([tf.where(flip[:, None], 1.0 - x, x), y], axis=-1))
+    return tf.gather(images, columns, axis=2, batch_dims=1), keypoints
 
-  size = tf.cast(tf.stack([tf.shape(images)[2], tf.shape(images)[1]]), tf.float32)  # (W, H)
+  width, height = tf.shape(images)[2], tf.shape(images)[1]
+  size = tf.cast(tf.stack([width, height]), tf.float32)
   angle = _uniform(seeds[1], batch, -cfg.rotation, cfg.rotation) * (math.pi / 180.0)
   zoom = _uniform(seeds[2], batch, -cfg.scale, cfg.scale)
   shift = tf.stack([_uniform(seeds[3], batch, -cfg.translate, cfg.translate),
                     _uniform(seeds[4], batch, -cfg.translate, cfg.translate)], axis=-1)
-  points = keypoints * size
-  shrink = _largest_shrink_in_frame(points, size, flip, angle, zoom, shift)
-  matrix, offset = _affine(size, flip, angle * shrink, zoom * shrink, shift * shrink[:, None])
-  points = _transform_points(matrix, offset, points)
-  return _warp(images, matrix, offset), points / size
+  # The keypoints are mirrored already; the image's warp mirrors its pixels first.
+  no_flip = tf.zeros_like(flip)
+  points = keypoints_lib.to_pixels(keypoints, width, height)
+  shrink = _largest_shrink_in_frame(points, size, angle, zoom, shift)
+  angle, zoom, shift = angle * shrink, zoom * shrink, shift * shrink[:, None]
+  points = _transform_points(*_affine(size, no_flip, angle, zoom, shift), points)
+  return (_warp(images, *_affine(size, flip, angle, zoom, shift)),
+          keypoints_lib.to_normalised(points, width, height))
 
 
 def _affine(size, flip, angle, zoom, shift):
@@ -149,12 +157,12 @@ def _affine(size, flip, angle, zoom, shift):
   return matrix, centre - tf.linalg.matvec(matrix, centre) + shift * size
 
 
-def _largest_shrink_in_frame(points, size, flip, angle, zoom, shift):
+def _largest_shrink_in_frame(points, size, angle, zoom, shift):
   """Per example, the largest factor in 1, 7/8, ..., 0 by which the transform can be scaled
   towards the identity and keep every keypoint that is inside the frame inside it."""
   factors = tf.linspace(1.0, 0.0, _SHRINK_STEPS + 1)  # [L]; 0 (the identity) always fits
   scaled = lambda t: factors[:, None] * t[None]  # [L, B]
-  matrix, offset = _affine(size, tf.broadcast_to(flip, tf.shape(scaled(angle))), scaled(angle),
+  matrix, offset = _affine(size, tf.zeros(tf.shape(scaled(angle)), tf.bool), scaled(angle),
                            scaled(zoom), factors[:, None, None] * shift[None])
   inside = lambda p: tf.reduce_all((p >= 0.0) & (p <= size), axis=-1)
   fits = tf.reduce_all(inside(_transform_points(matrix, offset, points)) | ~inside(points),
@@ -167,18 +175,24 @@ def _transform_points(matrix, offset, points):
   return tf.linalg.matvec(matrix[..., None, :, :], points) + offset[..., None, :]
 
 
+def _reflect(u, extent):
+  """Continuous coordinates folded into [0, extent] by mirroring about 0 and extent."""
+  return extent - tf.abs(extent - tf.math.floormod(u, 2.0 * extent))
+
+
 def _warp(images, matrix, offset):
   """Bilinear resampling: output pixel centre p shows input point matrix^-1 (p - offset); outside
-  the frame, the nearest edge pixel. Returns float32."""
+  the frame, the image mirrored about its edges (fill mode "reflect"). Returns float32."""
   shape = tf.shape(images)
   batch, height, width = shape[0], shape[1], shape[2]
   inverse = tf.linalg.inv(matrix)[..., None, None]  # [B, 2, 2, 1, 1]
   xs = (tf.range(width, dtype=tf.float32) + 0.5 - offset[:, 0:1])[:, None, :]  # [B, 1, W]
   ys = (tf.range(height, dtype=tf.float32) + 0.5 - offset[:, 1:2])[:, :, None]  # [B, H, 1]
-  # Source points in index coordinates (pixel i's centre at i) for the interpolation; clipping
-  # the neighbours' indices extends the edge pixels.
-  x = inverse[:, 0, 0] * xs + inverse[:, 0, 1] * ys - 0.5
-  y = inverse[:, 1, 0] * xs + inverse[:, 1, 1] * ys - 0.5
+  # Source points, mirrored into the frame, in index coordinates (pixel i's centre at i) for
+  # the interpolation. Within half a pixel of an edge the neighbour across it is the edge pixel
+  # itself (its mirror image), which clipping the index gives.
+  x = _reflect(inverse[:, 0, 0] * xs + inverse[:, 0, 1] * ys, tf.cast(width, tf.float32)) - 0.5
+  y = _reflect(inverse[:, 1, 0] * xs + inverse[:, 1, 1] * ys, tf.cast(height, tf.float32)) - 0.5
   x0, y0 = tf.floor(x), tf.floor(y)
   wx, wy = (x - x0)[..., None], (y - y0)[..., None]
   col0 = tf.clip_by_value(tf.cast(x0, tf.int32), 0, width - 1)

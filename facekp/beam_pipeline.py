@@ -5,16 +5,16 @@ r"""make_tfrecords as an Apache Beam pipeline: the same stages, spread over Beam
 
 List the images (here) -> label each image with MediaPipe (one FaceMesh per worker, built in
 DoFn.setup; with --align the crops go to OUT/aligned) -> face_keypoints.csv -> clean each name
--> cleaned.csv, cleaning_report.json -> split and order by the photo-name hash -> shards ->
-TFDS metadata (here). The files, splits and examples are the same as the local pool's; only
-the journal is absent: a failed Beam run starts over.
+and fingerprint each kept image (facekp.dedup) -> in one worker: the groups of copies,
+cleaned.csv, cleaning_report.json, duplicates.json, the splits (every group of copies in one)
+and their shards -> the shards written in parallel -> TFDS metadata (here). The files, splits
+and examples are the same as the local pool's; only the journal is absent: a failed Beam run
+starts over.
 
 Everything is written to OUT.incomplete and moved to OUT at the end, so OUT is either a
 complete dataset or absent (a non-empty OUT is refused). Without a --runner among the options,
 Beam's portable FnApiRunner runs here (Beam's own default, Prism, downloads a binary first).
 """
-import collections
-import math
 import os
 import time
 
@@ -25,9 +25,14 @@ import numpy as np
 import tensorflow as tf
 
 from facekp import annotate
+from facekp import cleaning
 from facekp import dataset
+from facekp import dedup
 from facekp import files
 from facekp import images
+from facekp import keypoint_csv
+from facekp import keypoints
+from facekp import splits
 
 STAGING_SUFFIX = ".incomplete"
 # The listed image names, one a line, read by the workers (not held in the pipeline's graph,
@@ -77,7 +82,7 @@ class LabelImage(beam.DoFn):
     self._clock.update(int(time.time() * 1000))
     rows = self._labeller.rows_for(name)
     self._clock.update(int(time.time() * 1000))
-    self._faces.inc(sum(row.status == dataset.OK for row in rows))
+    self._faces.inc(sum(row.status == keypoint_csv.OK for row in rows))
     yield from rows
 
 
@@ -99,9 +104,9 @@ def labelling_seconds(result):
 
 
 def clean_name(name_rows, images_root):
-  """(name, its rows) -> (kept rows, cleaning report) of dataset.clean on that name alone."""
+  """(name, its rows) -> (kept rows, cleaning report) of cleaning.clean on that name alone."""
   _, rows = name_rows
-  return dataset.clean(list(rows), images_root)
+  return cleaning.clean(list(rows), images_root)
 
 
 def add_reports(a, b):
@@ -127,64 +132,41 @@ class SumReports(beam.CombineFn):
     return total
 
   def extract_output(self, accumulator):
-    if "missing_keypoints_by_status" in accumulator:  # dataset.clean sorts it
+    if "missing_keypoints_by_status" in accumulator:  # cleaning.clean sorts it
       accumulator["missing_keypoints_by_status"] = dict(
           sorted(accumulator["missing_keypoints_by_status"].items()))
     return accumulator
 
 
-class _Name(collections.namedtuple("_Name", "image_name size")):
-  """What dataset.assign_splits looks at in a row: the name (and the image's file size)."""
+def fingerprint(row, images_root):
+  """(image path, facekp.dedup's fingerprint of the image): the per-image part of dedup."""
+  path = f"{images_root}/{row.image_name}"
+  return path, dedup.fingerprint_file(path)
 
 
-def shard_count(rows, total_bytes, train_rows, num_shards):
-  """Shards of one split, as dataset.write_dataset chooses them."""
-  if num_shards:
-    n = math.ceil(rows / (max(1, train_rows or rows) / num_shards))
-  else:
-    n = math.ceil(total_bytes / dataset.SHARD_TARGET_BYTES)
-  return min(max(1, n), rows)
+def shards(kept, report, fingerprints, out_dir, images_root, schema, fractions, num_shards):
+  """The global step, in one worker: copies among all kept rows (from the fingerprints made in
+  parallel), cleaned.csv, cleaning_report.json, duplicates.json, the splits; yields
+  (shard path, its rows) as dataset.write_dataset cuts them."""
+  kept = sorted(kept, key=lambda row: row.image_name)
+  split_keys, _ = cleaning.write_cleaned(
+      kept, report, images_root, out_dir, schema,
+      map_fn=lambda _, paths: [fingerprints[path] for path in paths])
+  split_rows = splits.assign_splits(kept, fractions, split_keys)
+  counts = dataset._shard_counts(split_rows, images_root, num_shards)  # pylint: disable=protected-access
+  for split, n in counts.items():
+    rows = split_rows[split]
+    for shard, part in enumerate(np.array_split(np.arange(len(rows)), n)):
+      yield dataset.shard_path(out_dir, split, shard, n), [rows[i] for i in part]
 
 
-def shard_layout(names, fractions, num_shards):
-  """[_Name] of every kept row -> (name, (split, shard, shards, position in the shard)).
-
-  dataset.assign_splits orders each split; the shards cut that order as np.array_split does.
-  Only names and sizes come to this one worker, not the rows.
-  """
-  splits = dataset.assign_splits(names, fractions)
-  for split, ordered in splits.items():
-    if not ordered:
-      continue
-    n = shard_count(len(ordered), sum(r.size for r in ordered), len(splits["train"]),
-                    num_shards)
-    for shard, part in enumerate(np.array_split(np.arange(len(ordered)), n)):
-      for position, index in enumerate(part):
-        yield ordered[index].image_name, (split, shard, n, position)
-
-
-def file_size(row, images_root, num_shards):
-  """The image's size in bytes (needed only to size shards when num_shards is not given)."""
-  return 0 if num_shards else tf.io.gfile.stat(f"{images_root}/{row.image_name}").length
-
-
-class WriteShard(beam.DoFn):
-  """((split, shard, shards), [(position, row)]) -> the shard file, its rows in order."""
-
-  def __init__(self, out_dir, images_root, num_keypoints):
-    self._out_dir = out_dir
-    self._images_root = images_root
-    self._num_keypoints = num_keypoints
-
-  def process(self, shard_rows):
-    (split, shard, n), rows = shard_rows
-    rows = [row for _, row in sorted(rows, key=lambda pr: pr[0])]
-    path = dataset.shard_path(self._out_dir, split, shard, n)
-    yield split, dataset.write_split_shard(path, rows, self._images_root, self._num_keypoints)
+def write_shard(path_rows, images_root, num_keypoints):
+  path, rows = path_rows
+  return dataset.write_split_shard(path, rows, images_root, num_keypoints)
 
 
 def write_csv(rows, path, schema):
-  dataset.write_keypoints_csv(path, sorted(rows, key=lambda r: r.image_name), schema)
+  keypoint_csv.write_keypoints_csv(path, sorted(rows, key=lambda r: r.image_name), schema)
 
 
 def build(pipeline, names, settings, schema, images_root, fractions, num_shards):
@@ -198,25 +180,16 @@ def build(pipeline, names, settings, schema, images_root, fractions, num_shards)
              | "GroupByName" >> beam.GroupByKey()
              | "Clean" >> beam.Map(clean_name, images_root))
   kept = cleaned | "Kept" >> beam.FlatMap(lambda kept_report: kept_report[0])
-  _ = (cleaned | "Reports" >> beam.Map(lambda kept_report: kept_report[1])
-       | "SumReports" >> beam.CombineGlobally(SumReports())
-       | "WriteReport" >> beam.Map(
-           lambda report: dataset.write_report(f"{out}/{dataset.CLEANING_REPORT}", report)))
-  _ = (kept | "AllKept" >> beam.combiners.ToList()
-       | "WriteCleanedCsv" >> beam.Map(write_csv, f"{out}/{dataset.CLEANED_CSV}", schema))
-  layout = (kept
-            | "Sizes" >> beam.Map(lambda row: _Name(
-                row.image_name, file_size(row, images_root, num_shards)))
-            | "AllNames" >> beam.combiners.ToList()
-            | "Layout" >> beam.FlatMap(shard_layout, fractions, num_shards))
-  return ({"row": kept | "KeptByName" >> beam.Map(lambda row: (row.image_name, row)),
-           "place": layout}
-          | "Join" >> beam.CoGroupByKey()
-          | "ByShard" >> beam.Map(lambda joined: (joined[1]["place"][0][:3],
-                                                  (joined[1]["place"][0][3],
-                                                   joined[1]["row"][0])))
-          | "GroupByShard" >> beam.GroupByKey()
-          | "WriteShards" >> beam.ParDo(WriteShard(out, images_root, schema.num_keypoints)))
+  report = (cleaned | "Reports" >> beam.Map(lambda kept_report: kept_report[1])
+            | "SumReports" >> beam.CombineGlobally(SumReports()))
+  fingerprints = kept | "Fingerprint" >> beam.Map(fingerprint, images_root)
+  return (kept
+          | "AllKept" >> beam.combiners.ToList()
+          | "Shards" >> beam.FlatMap(shards, beam.pvalue.AsSingleton(report),
+                                     beam.pvalue.AsDict(fingerprints), out, images_root, schema,
+                                     fractions, num_shards)
+          | "SpreadShards" >> beam.Reshuffle()
+          | "WriteShards" >> beam.Map(write_shard, images_root, schema.num_keypoints))
 
 
 # --- The run: staging folder, pipeline, metadata, publishing -----------------------------------
@@ -254,9 +227,12 @@ def publish(staging, out_dir):
   tf.io.gfile.rmtree(staging)
 
 
-def make_tfrecords(images_dir, out_dir, *, make_schema, landmarks, fractions, align=0,
-                   num_shards=0, max_faces=10, options=""):
-  """Runs every stage on Beam; returns the summary dict make_tfrecords returns."""
+def make_tfrecords(images_dir, out_dir, *, make_schema, common_size, landmarks, fractions,
+                   align=0, num_shards=0, max_faces=10, options=""):
+  """Runs every stage on Beam; returns the summary dict make_tfrecords returns.
+
+  make_schema(folder, landmarks) and common_size(kept rows) (the images' side when all are
+  one square) are make_tfrecords' own, run here on the driver."""
   out_dir = out_dir.rstrip("/")
   if not _is_empty(out_dir):
     raise ValueError(f"{out_dir} is not empty: --runner=beam writes a whole new dataset (in "
@@ -271,7 +247,7 @@ def make_tfrecords(images_dir, out_dir, *, make_schema, landmarks, fractions, al
     start = time.time()
     schema = make_schema(staging, landmarks)
     timings["schema_s"] = round(time.time() - start, 2)
-    names = images.list_images(images_dir)
+    names = images.list_images(images_dir, exclude=[staging, out_dir])
     if not names:
       raise ValueError(f"no images under {images_dir} (looked for files ending in "
                        f"{', '.join(images.IMAGE_EXTENSIONS)})")
@@ -290,11 +266,13 @@ def make_tfrecords(images_dir, out_dir, *, make_schema, landmarks, fractions, al
       raise ValueError(f"no usable rows to write to {out_dir} (see "
                        f"{staging}/{dataset.CLEANING_REPORT})")
     start = time.time()
-    dataset.write_metadata(staging, dataset.features(schema.num_keypoints), schema)
-    splits = dataset.builder(staging).info.splits
+    kept = keypoint_csv.read_keypoints_csv(f"{staging}/{dataset.CLEANED_CSV}", schema)
+    dataset.write_metadata(staging, dataset.features(schema.num_keypoints), schema,
+                           crop=keypoints.crop_method(align),
+                           input_size=align or common_size(kept))
+    infos = dataset.builder(staging).info.splits
     timings["metadata_s"] = round(time.time() - start, 2)
     publish(staging, out_dir)
-  counts = {split: splits[split].num_examples if split in splits else 0
-            for split in dataset.SPLITS}
+  counts = {split: infos[split].num_examples if split in infos else 0 for split in splits.SPLITS}
   return {"rows": report["rows"], "kept": report["kept"], "dropped": report["dropped"],
-          "splits": counts, **timings}
+          "duplicate_groups": report["duplicates"]["groups"], "splits": counts, **timings}

@@ -1,49 +1,36 @@
 """The TFDS dataset that make_tfrecords writes and the input pipeline reads.
 
 Layout of a dataset directory (`--out`):
-  face_keypoints.csv, cleaned.csv, cleaning_report.json   (annotation and cleaning)
+  face_keypoints.csv, cleaned.csv   (facekp.keypoint_csv: annotation and cleaning)
+  cleaning_report.json, duplicates.json                   (facekp.cleaning, facekp.dedup)
   schema.json                                             (facekp.schema.Schema)
   facekp-<split>.tfrecord-0000i-of-0000n                  (TFDS-serialised examples)
   dataset_info.json, features.json, metadata.json         (written by TFDS)
 `tfds.builder_from_directory(out)` loads every split with its features spec.
 
-face_keypoints.csv and cleaned.csv hold one row per image:
-  image_name,width,height,point_1_x,point_1_y,...,point_K_y,status
-in pixels of the image as `facekp.images.load_rgb` returns it, -1.0 where there is no point
-(status says why: ok, no_face, unreadable, not_an_image, ...; width and height are 0 when the
-image could not be read). A user's own CSV needs only image_name and the point columns.
 """
-import collections
-import csv
-import hashlib
-import io
-import json
 import math
-import posixpath
-import re
-import typing
 
 from absl import logging
 import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from facekp import files
 from facekp import images
+from facekp import keypoints as keypoints_lib
 from facekp import schema as schema_lib
 
-SPLITS = ("train", "validation", "test")
-MISSING = -1.0
-OK = "ok"
 KEYPOINTS_CSV = "face_keypoints.csv"
 CLEANED_CSV = "cleaned.csv"
 CLEANING_REPORT = "cleaning_report.json"
-SHARD_TARGET_BYTES = 64 << 20
-_FACE_SUFFIX = re.compile(r"_f\d+$")
-_PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-_JPEG_MAGIC = b"\xff\xd8\xff"
+DUPLICATES_JSON = "duplicates.json"
 SCHEMA_FILE = "schema.json"
+SHARD_TARGET_BYTES = 64 << 20
 FILENAME_TEMPLATE = "{DATASET}-{SPLIT}.{FILEFORMAT}-{SHARD_X_OF_Y}"
 DATASET_NAME = "facekp"
+_PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+_JPEG_MAGIC = b"\xff\xd8\xff"
 
 
 def features(num_keypoints):
@@ -67,24 +54,33 @@ def write_shard(path, examples, feature_spec):
 
   Each example is a dict with the keys of `features()`; "image" holds encoded bytes.
   """
-  tmp = path + ".incomplete"
-  with tf.io.TFRecordWriter(tmp) as writer:
-    for example in examples:
-      writer.write(feature_spec.serialize_example(example))
-  tf.io.gfile.rename(tmp, path, overwrite=True)
+  with files.atomic_path(path) as tmp:
+    with tf.io.TFRecordWriter(tmp) as writer:
+      for example in examples:
+        writer.write(feature_spec.serialize_example(example))
 
 
-def write_metadata(out_dir, feature_spec, schema, description=""):
-  """Lets TFDS compute the split infos from the shards and write its metadata beside them."""
-  schema.save(f"{out_dir}/{SCHEMA_FILE}")
+def write_metadata(out_dir, feature_spec, schema, description="", crop=keypoints_lib.CROP_AS_STORED,
+                   input_size=None):
+  """Writes schema.json and lets TFDS compute the split infos from the shards and write its
+  metadata beside them. Both record the keypoint convention and how the images were cropped
+  (`facekp.keypoints.metadata`), so predict can check that it crops faces the same way."""
+  record = dict(schema.to_dict(), keypoints=keypoints_lib.metadata(crop, input_size))
+  files.write_json(f"{out_dir}/{SCHEMA_FILE}", record)
   tfds.folder_dataset.write_metadata(
       data_dir=out_dir,
       features=feature_spec,
       split_infos=None,
       filename_template=FILENAME_TEMPLATE,
       description=description or "Face photos with MediaPipe Face Mesh keypoints (facekp).",
-      metadata=tfds.core.MetadataDict(schema.to_dict()),
+      metadata=tfds.core.MetadataDict(record),
   )
+
+
+def read_metadata(data_dir):
+  """The "keypoints" record of a dataset's schema.json (facekp.keypoints.metadata), or None for
+  a dataset written before facekp recorded it."""
+  return files.read_json(f"{data_dir}/{SCHEMA_FILE}", "dataset schema").get("keypoints")
 
 
 def load_schema(data_dir):
@@ -103,202 +99,6 @@ def builder(data_dir):
         f"{data_dir} is not a facekp dataset: dataset_info.json is missing "
         "(create one with `python -m tools.make_tfrecords --images=DIR --out=DIR`)")
   return tfds.builder_from_directory(data_dir)
-
-
-# --- The keypoint CSV -----------------------------------------------------------------------
-
-
-class KeypointRow(typing.NamedTuple):
-  """One CSV row. `points` is flat (x1, y1, ..., xK, yK); width/height are None when unknown."""
-  image_name: str
-  width: typing.Optional[int]
-  height: typing.Optional[int]
-  points: tuple
-  status: str
-
-  def keypoints(self):
-    return np.asarray(self.points, dtype=np.float64).reshape(-1, 2)
-
-
-def csv_header(schema):
-  return ("image_name", "width", "height") + schema.csv_point_columns + ("status",)
-
-
-def missing_row(image_name, num_keypoints, status, width=0, height=0):
-  return KeypointRow(image_name, width, height, (MISSING,) * (2 * num_keypoints), status)
-
-
-def format_csv_fields(row):
-  """Fields of a row as strings; floats as their shortest exact repr (reruns match exactly)."""
-  size = ["" if v is None else str(v) for v in (row.width, row.height)]
-  return [row.image_name, *size, *(repr(float(v)) for v in row.points), row.status]
-
-
-def _csv_text(rows, header):
-  buffer = io.StringIO()
-  writer = csv.writer(buffer, lineterminator="\n")
-  writer.writerow(header)
-  writer.writerows(format_csv_fields(row) for row in rows)
-  return buffer.getvalue()
-
-
-def write_keypoints_csv(path, rows, schema):
-  """Writes rows (in the given order) through a temporary name."""
-  images.write_atomic(path, _csv_text(rows, csv_header(schema)).encode())
-
-
-def _field(fields, column, name, kind, where):
-  """A number from a CSV row; None for an absent or blank size, MISSING for a blank point."""
-  text = fields[column[name]].strip() if name in column else ""
-  if not text:
-    return MISSING if kind is float else None
-  try:
-    return kind(float(text))
-  except ValueError:
-    raise ValueError(f"{where}, column {name}: {text!r} is not a number") from None
-
-
-def read_keypoints_csv(path, schema):
-  """Reads face_keypoints.csv (or a user's CSV in the seed's format) into KeypointRows.
-
-  Required columns: image_name and point_1_x ... point_K_y for the schema's K points; width,
-  height and status are optional (unknown sizes are read from the images when cleaning).
-  """
-  with tf.io.gfile.GFile(path) as f:
-    reader = csv.reader(f)
-    header = [h.strip() for h in next(reader, [])]
-    point_columns = schema.csv_point_columns
-    missing = [c for c in ("image_name",) + point_columns if c not in header]
-    if missing:
-      raise ValueError(f"{path}: missing required column(s) {', '.join(missing)} "
-                       f"(the header is {','.join(header) or 'empty'})")
-    extra = sorted(c for c in header
-                   if re.fullmatch(r"point_\d+_[xy]", c) and c not in point_columns)
-    if extra:
-      raise ValueError(f"{path}: point columns {', '.join(extra)} go beyond the "
-                       f"{schema.num_keypoints} keypoints of the schema {schema.mesh_indices}")
-    column = {name: i for i, name in enumerate(header)}
-    rows = []
-    for line_number, fields in enumerate(reader, start=2):
-      if not fields:
-        continue
-      if len(fields) != len(header):
-        raise ValueError(f"{path}, line {line_number}: {len(fields)} fields, but the header "
-                         f"has {len(header)}")
-      where = f"{path}, line {line_number}"
-      rows.append(KeypointRow(
-          image_name=fields[column["image_name"]],
-          width=_field(fields, column, "width", int, where),
-          height=_field(fields, column, "height", int, where),
-          points=tuple(_field(fields, column, c, float, where) for c in point_columns),
-          status=fields[column["status"]].strip() if "status" in column else OK))
-  return rows
-
-
-# --- Cleaning ---------------------------------------------------------------------------------
-
-DROP_REASONS = ("duplicate_name", "missing_keypoints", "missing_file", "unreadable_file",
-                "size_mismatch", "outside_image")
-
-
-def _has_missing_points(row):
-  return row.status != OK or any(v == MISSING or math.isnan(v) for v in row.points)
-
-
-def _drop_reason(row, images_dir):
-  """None for a usable row (with its size filled in), else the reason to drop it."""
-  if _has_missing_points(row):
-    return "missing_keypoints", row
-  try:
-    width, height = images.image_size(f"{images_dir}/{row.image_name}")
-  except images.ImageError as e:
-    return ("missing_file" if e.reason == "missing" else "unreadable_file"), row
-  if row.width is not None and (row.width, row.height) != (width, height):
-    return "size_mismatch", row
-  row = row._replace(width=width, height=height)
-  xy = row.keypoints()
-  if (xy < 0).any() or (xy[:, 0] > width).any() or (xy[:, 1] > height).any():
-    return "outside_image", row
-  return None, row
-
-
-def clean(rows, images_dir):
-  """Drops unusable rows. Returns (kept rows, report dict with counts per reason).
-
-  Copies of a name that agree are kept once; copies that disagree are all dropped.
-  """
-  by_name = collections.defaultdict(list)
-  for row in rows:
-    by_name[row.image_name].append(row)
-  dropped = collections.Counter({reason: 0 for reason in DROP_REASONS})
-  missing_by_status = collections.Counter()
-  kept = []
-  for name, copies in by_name.items():
-    if len(set(copies)) > 1:
-      dropped["duplicate_name"] += len(copies)
-      continue
-    dropped["duplicate_name"] += len(copies) - 1
-    reason, row = _drop_reason(copies[0], images_dir)
-    if reason is None:
-      kept.append(row)
-    else:
-      dropped[reason] += 1
-      if reason == "missing_keypoints":
-        missing_by_status[row.status] += 1
-  report = {"rows": len(rows), "kept": len(kept), "dropped": dict(dropped),
-            "missing_keypoints_by_status": dict(sorted(missing_by_status.items()))}
-  return kept, report
-
-
-def write_report(path, report):
-  images.write_atomic(path, (json.dumps(report, indent=2) + "\n").encode())
-
-
-# --- Splitting --------------------------------------------------------------------------------
-
-
-def parse_fractions(text):
-  """'0.8,0.1,0.1' -> (0.8, 0.1, 0.1): train, validation, test; non-negative, summing to 1."""
-  try:
-    fractions = tuple(float(t) for t in text.split(","))
-  except ValueError:
-    raise ValueError(f"--split must be three comma-separated numbers, got {text!r}") from None
-  if len(fractions) != len(SPLITS) or min(fractions) < 0 or abs(sum(fractions) - 1) > 1e-6:
-    raise ValueError(f"--split must give {len(SPLITS)} non-negative fractions (train, validation, "
-                     f"test) summing to 1, got {text!r}")
-  return fractions
-
-
-def group_key(image_name):
-  """Faces cropped from one photo share a key: the name without extension and '_f<k>' suffix."""
-  return _FACE_SUFFIX.sub("", posixpath.splitext(image_name)[0])
-
-
-def split_hash(image_name):
-  """A fixed pseudo-random number in [0, 1) per photo: splits never move when others change."""
-  digest = hashlib.sha256(group_key(image_name).encode("utf-8")).digest()
-  return int.from_bytes(digest[:8], "big") / 2.0**64
-
-
-def split_of(image_name, fractions):
-  h = split_hash(image_name)
-  bound = 0.0
-  for split, fraction in zip(SPLITS, fractions):
-    bound += fraction
-    if h < bound:
-      return split
-  return [split for split, fraction in zip(SPLITS, fractions) if fraction > 0][-1]  # rounding
-
-
-def assign_splits(rows, fractions):
-  """{split: rows}, each ordered by hash: a fixed shuffle that keeps a photo's faces together."""
-  splits = {split: [] for split in SPLITS}
-  for row in sorted(rows, key=lambda r: (split_hash(r.image_name), r.image_name)):
-    splits[split_of(row.image_name, fractions)].append(row)
-  return splits
-
-
-# --- Writing the TFDS dataset -----------------------------------------------------------------
 
 
 def storable_image_bytes(data, rgb):
@@ -325,7 +125,7 @@ def make_example(images_dir, row):
       "height": np.int32(height),
       "width": np.int32(width),
       "keypoints_px": keypoints.astype(np.float32),
-      "keypoints": (keypoints / [width, height]).astype(np.float32),
+      "keypoints": keypoints_lib.to_normalised(keypoints, width, height).astype(np.float32),
   }
 
 
@@ -360,7 +160,8 @@ def write_split_shard(out_path, rows, images_dir, num_keypoints):
   return len(rows)
 
 
-def write_dataset(out_dir, splits, images_dir, schema, num_shards=None, map_fn=map):
+def write_dataset(out_dir, splits, images_dir, schema, num_shards=None, map_fn=map,
+                  crop=keypoints_lib.CROP_AS_STORED, input_size=None):
   """Writes the shards of every non-empty split and the TFDS metadata. Returns {split: count}.
 
   `map_fn(function, *iterables)` runs the shard writing: the builtin map, or a process pool's.
@@ -380,5 +181,6 @@ def write_dataset(out_dir, splits, images_dir, schema, num_shards=None, map_fn=m
   for split, rows in splits.items():
     if not rows:
       logging.warning("split %r is empty: the dataset has no %r split", split, split)
-  write_metadata(out_dir, features(schema.num_keypoints), schema)
+  write_metadata(out_dir, features(schema.num_keypoints), schema, crop=crop,
+                 input_size=input_size)
   return {split: len(rows) for split, rows in splits.items()}

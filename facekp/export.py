@@ -9,17 +9,22 @@ Writes into workdir/export/:
   model_dynamic_range.tflite   weights quantised to int8, activations float
   model_float16.tflite         weights stored as float16
   schema.json                  slot names and flip permutation (predict reads it)
+  keypoints.json               what the model takes and returns (facekp.keypoints.metadata):
+                               the coordinate convention, the crop its faces were made with
+                               (from the dataset's metadata; "unknown" when it records none) and
+                               the input size, so a reader can check what it feeds the model
   export_report.json           per export: file size, max and mean |difference| from Keras in
-                               pixels on test faces, CPU latency per image
+                               pixels on test faces, CPU latency per image; and "keypoints"
+Every file is written whole or not at all (facekp.files).
 Quantised keypoint models are known to drift (tensorflow/tensorflow#39954), hence the check on
 real faces: the workdir's test split, or the sample photos when the dataset is not at hand.
 """
 import glob
-import json
 import os
 import time
 import warnings
 
+from facekp import cli  # first: quiets the C++ start-up lines of TensorFlow and MediaPipe
 from absl import app
 from absl import flags
 from absl import logging
@@ -28,13 +33,18 @@ import numpy as np
 import tensorflow as tf
 
 from facekp import dataset
+from facekp import files
 from facekp import images as images_lib
 from facekp import input_pipeline
+from facekp import keypoints as keypoints_lib
 from facekp import models  # pylint: disable=unused-import  (registers the custom layers)
+from facekp import workdir as workdir_lib
 
 TFLITE_VARIANTS = ("float32", "dynamic_range", "float16")
 SAMPLE_DIR = os.path.join(os.path.dirname(__file__), "sample")
 SERVING_SIGNATURE = "serving_default"
+KEYPOINTS_FILE = "keypoints.json"
+UNKNOWN_CROP = "unknown"
 
 
 # Writing.
@@ -48,14 +58,17 @@ def write_saved_model(model, image_size, path):
   """
   def serve(images):
     keypoints = tf.cast(model(tf.cast(images, tf.float32), training=False), tf.float32)
-    return {"keypoints_px": keypoints * float(image_size), "keypoints": keypoints}
+    return {"keypoints_px": keypoints_lib.to_pixels(keypoints, float(image_size)),
+            "keypoints": keypoints}
 
   archive = keras.export.ExportArchive()
   archive.track(model)
   archive.add_endpoint(
       SERVING_SIGNATURE, serve,
       input_signature=[tf.TensorSpec([None, image_size, image_size, 3], tf.uint8, name="images")])
-  archive.write_out(path, verbose=False)
+  with files.atomic_path(path) as tmp:
+    archive.write_out(tmp, verbose=False)
+    files.remove_quietly(path)  # a folder is not renamed over another
 
 
 def tflite_model(saved_model_dir, variant):
@@ -76,10 +89,9 @@ def tflite_model(saved_model_dir, variant):
 class KeypointModel:
   """A loaded keypoint model: `model(images uint8 [N, S, S, 3])` -> float32 [N, K, 2] in 0..1."""
 
-  def __init__(self, fn, image_size, kind, path):
+  def __init__(self, fn, image_size, path):
     self._fn = fn
     self.image_size = int(image_size)
-    self.kind = kind
     self.path = path
 
   def __call__(self, images, batch_size=32):
@@ -96,7 +108,7 @@ def keras_model(model, path=""):
   if image_size is None:
     raise ValueError(f"the model {path} does not fix its input size")
   call = tf.function(lambda x: model(tf.cast(x, tf.float32), training=False))
-  return KeypointModel(lambda x: call(tf.constant(x)), image_size, "keras", path)
+  return KeypointModel(lambda x: call(tf.constant(x)), image_size, path)
 
 
 def load_keras(path):
@@ -106,8 +118,7 @@ def load_keras(path):
 def load_saved_model(path):
   signature = tf.saved_model.load(path).signatures[SERVING_SIGNATURE]
   image_size = signature.structured_input_signature[1]["images"].shape[1]
-  return KeypointModel(lambda x: signature(images=tf.constant(x))["keypoints"], image_size,
-                       "saved_model", path)
+  return KeypointModel(lambda x: signature(images=tf.constant(x))["keypoints"], image_size, path)
 
 
 def load_tflite(path=None, content=None):
@@ -121,7 +132,7 @@ def load_tflite(path=None, content=None):
     interpreter = tf.lite.Interpreter(model_content=content)
   runner = interpreter.get_signature_runner(SERVING_SIGNATURE)
   image_size = runner.get_input_details()["images"]["shape"][1]
-  return KeypointModel(lambda x: runner(images=x)["keypoints"], image_size, "tflite", path)
+  return KeypointModel(lambda x: runner(images=x)["keypoints"], image_size, path)
 
 
 def load(path):
@@ -132,8 +143,8 @@ def load(path):
     return load_keras(path)
   if tf.io.gfile.exists(f"{path}/saved_model.pb"):
     return load_saved_model(path)
-  if tf.io.gfile.exists(f"{path}/model.keras"):
-    return load_keras(f"{path}/model.keras")
+  if tf.io.gfile.exists(workdir_lib.path(path, workdir_lib.MODEL)):
+    return keras_model(workdir_lib.load_model(path), workdir_lib.path(path, workdir_lib.MODEL))
   raise FileNotFoundError(f"{path} is not a keypoint model: expected a workdir (with "
                           "model.keras), a .keras file, a SavedModel directory or a .tflite file")
 
@@ -183,7 +194,9 @@ def path_size(path):
 
 def compare(reference, candidate, images, repeats):
   """|difference| from the reference in pixels, file size and single-image latency."""
-  diff_px = np.abs(candidate(images) - reference(images)) * candidate.image_size
+  size = candidate.image_size
+  diff_px = np.abs(keypoints_lib.to_pixels(candidate(images), size)
+                   - keypoints_lib.to_pixels(reference(images), size))
   return {"path": candidate.path, "size_bytes": int(path_size(candidate.path)),
           "max_abs_diff_px": float(diff_px.max()), "mean_abs_diff_px": float(diff_px.mean()),
           "latency_ms": latency_ms(candidate, images[:1], repeats)}
@@ -200,20 +213,35 @@ def format_report(report):
   return "\n".join(lines)
 
 
+def dataset_crop(data_dir):
+  """The crop method a dataset records (facekp.keypoints.crop_method) under "keypoints" in its
+  schema.json or TFDS metadata.json, or UNKNOWN_CROP."""
+  for name in (dataset.SCHEMA_FILE, "metadata.json"):
+    path = f"{data_dir}/{name}"
+    if data_dir and tf.io.gfile.exists(path):
+      record = files.read_json(path, "dataset metadata").get("keypoints")
+      crop = record.get("crop") if isinstance(record, dict) else record
+      if crop:
+        return str(crop)
+  return UNKNOWN_CROP
+
+
 def export_workdir(workdir, *, data_dir=None, variants=TFLITE_VARIANTS, max_images=64,
                    repeats=20):
-  """Writes workdir/export (SavedModel, TFLite variants, schema) and checks it; returns report."""
-  with tf.io.gfile.GFile(f"{workdir}/config.json") as f:
-    data_dir = data_dir or json.load(f).get("data_dir")
-  out = f"{workdir}/export"
+  """Writes workdir/export (SavedModel, TFLite variants, schema, keypoints metadata) and checks
+  it; returns the report."""
+  data_dir = data_dir or workdir_lib.read_config(workdir).get("data_dir")
+  model = workdir_lib.load_model(workdir)
+  out = workdir_lib.path(workdir, workdir_lib.EXPORT)
   tf.io.gfile.makedirs(out)
-  model = keras.models.load_model(f"{workdir}/model.keras")
-  reference = keras_model(model, f"{workdir}/model.keras")
+  reference = keras_model(model, workdir_lib.path(workdir, workdir_lib.MODEL))
   image_size = reference.image_size
   schema = None
   if data_dir and tf.io.gfile.exists(f"{data_dir}/{dataset.SCHEMA_FILE}"):
     schema = dataset.load_schema(data_dir)
-    schema.save(f"{out}/{dataset.SCHEMA_FILE}")
+    files.write_json(f"{out}/{dataset.SCHEMA_FILE}", schema.to_dict())
+  keypoints = keypoints_lib.metadata(dataset_crop(data_dir), image_size)
+  files.write_json(f"{out}/{KEYPOINTS_FILE}", keypoints)
 
   logging.info("writing %s/saved_model", out)
   write_saved_model(model, image_size, f"{out}/saved_model")
@@ -221,9 +249,7 @@ def export_workdir(workdir, *, data_dir=None, variants=TFLITE_VARIANTS, max_imag
   for variant in variants:
     path = f"{out}/model_{variant}.tflite"
     logging.info("converting to %s", path)
-    content = tflite_model(f"{out}/saved_model", variant)
-    with tf.io.gfile.GFile(path, "wb") as f:
-      f.write(content)
+    files.atomic_write(path, tflite_model(f"{out}/saved_model", variant))
     exports[f"tflite_{variant}"] = load_tflite(path)
 
   images, source = check_images(data_dir, image_size, max_images)
@@ -231,16 +257,14 @@ def export_workdir(workdir, *, data_dir=None, variants=TFLITE_VARIANTS, max_imag
                    for name, candidate in [("keras", reference), *exports.items()]}
   report = {"workdir": str(workdir), "image_size": image_size, "images": source,
             "num_images": int(len(images)), "models": report_models,
-            "schema": schema.to_dict() if schema else None}
-  with tf.io.gfile.GFile(f"{out}/export_report.json", "w") as f:
-    json.dump(report, f, indent=2)
+            "schema": schema.to_dict() if schema else None, "keypoints": keypoints}
+  files.write_json(f"{out}/export_report.json", report)
   print(format_report(report), flush=True)
   return report
 
 
 def define_flags():
-  flags.DEFINE_string("workdir", None, "Training workdir (config.json, model.keras).",
-                      required=True)
+  cli.define_workdir("Training workdir (config.json, model.keras).")
   flags.DEFINE_string("data_dir", None, "Dataset for the check; default: the workdir's config.")
   flags.DEFINE_list("tflite", list(TFLITE_VARIANTS), "TFLite variants to write.")
   flags.DEFINE_integer("max_images", 64, "Test images to compare the exports on.")
@@ -253,6 +277,11 @@ def main(argv):
   export_workdir(f.workdir, data_dir=f.data_dir, variants=f.tflite, max_images=f.max_images)
 
 
-if __name__ == "__main__":
+def run():
+  """The facekp-export command (python -m facekp.export)."""
   define_flags()
-  app.run(main)
+  cli.run(main)
+
+
+if __name__ == "__main__":
+  run()

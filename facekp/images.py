@@ -4,10 +4,13 @@ Every stage that looks at pixels (annotation, alignment, dataset writing, predic
 images through `load_rgb`, so keypoints always refer to the same pixels: EXIF orientation
 applied, alpha composited over black, grayscale / palette / 16-bit converted to 8-bit RGB.
 """
+import collections
 import io
 import os
-import struct
+import stat
+import typing
 
+from absl import logging
 import cv2
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -15,8 +18,6 @@ import tensorflow as tf
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff",
                     ".pgm", ".ppm", ".pbm", ".pnm")
-_TRANSPOSING_ORIENTATIONS = (5, 6, 7, 8)  # EXIF orientations that swap width and height
-_EXIF_ORIENTATION = 0x0112
 
 
 class ImageError(Exception):
@@ -28,20 +29,86 @@ class ImageError(Exception):
     self.reason = reason
 
 
-def list_images(root):
-  """Image files under `root` (recursive, by extension), as sorted '/'-separated relative names."""
+class Listing(typing.NamedTuple):
+  names: list  # sorted '/'-separated names relative to the root
+  skipped: dict  # reason -> [names as Python writes them]
+
+
+def _walk_local(root, exclude):
+  """Image files under a local root, following symbolic links but every real folder and file
+  once (by device and inode): a link loop or a second link to a file is skipped, as are the
+  folders in `exclude` (an output folder inside the input), files that are not regular files
+  (FIFOs, sockets, devices: reading one would hang or never end) and names that are not
+  UTF-8 (they could not be written to a CSV)."""
+  excluded = {os.path.realpath(e) for e in exclude}
+  seen_dirs, seen_files = set(), set()
+  names, skipped = [], collections.defaultdict(list)
+  for folder, dirs, file_names in os.walk(root, followlinks=True):
+    rel = os.path.relpath(folder, root)
+    st = os.stat(folder)
+    if (st.st_dev, st.st_ino) in seen_dirs or os.path.realpath(folder) in excluded:
+      skipped["link_loop" if (st.st_dev, st.st_ino) in seen_dirs else "output_folder"].append(
+          rel)
+      dirs[:] = []
+      continue
+    seen_dirs.add((st.st_dev, st.st_ino))
+    dirs.sort()
+    for file_name in sorted(file_names):
+      if not file_name.rstrip().lower().endswith(IMAGE_EXTENSIONS):
+        continue
+      name = file_name if rel == "." else f"{rel}/{file_name}".replace(os.sep, "/")
+      try:
+        name.encode("utf-8")
+        st = os.stat(os.path.join(folder, file_name))
+      except UnicodeEncodeError:
+        skipped["name_not_utf8"].append(ascii(name))
+        continue
+      except OSError:
+        skipped["broken_link"].append(name)
+        continue
+      if not stat.S_ISREG(st.st_mode):
+        skipped["not_a_regular_file"].append(name)
+      elif (st.st_dev, st.st_ino) in seen_files:
+        skipped["second_link_to_a_file"].append(name)
+      else:
+        seen_files.add((st.st_dev, st.st_ino))
+        names.append(name)
+  return Listing(sorted(names), dict(skipped))
+
+
+def scan_images(root, exclude=()):
+  """The image files under `root` (recursive, by extension) and what was skipped, and why."""
   if not tf.io.gfile.isdir(root):
     raise FileNotFoundError(f"image folder {root} does not exist or is not a folder")
-  root = root.rstrip("/")
+  root = root.rstrip("/") or "/"
+  if "://" not in root:
+    return _walk_local(root, exclude)
   names = []
-  for folder, _, files in tf.io.gfile.walk(root):
-    rel = folder[len(root):].strip("/").replace(os.sep, "/")
-    names.extend(f"{rel}/{f}" if rel else f for f in files
-                 if f.lower().endswith(IMAGE_EXTENSIONS))
-  return sorted(names)
+  for folder, _, file_names in tf.io.gfile.walk(root):
+    rel = folder[len(root):].strip("/")
+    names.extend(f"{rel}/{f}" if rel else f for f in file_names
+                 if f.rstrip().lower().endswith(IMAGE_EXTENSIONS))
+  return Listing(sorted(names), {})
+
+
+def list_images(root, exclude=()):
+  """Image files under `root` as sorted '/'-separated relative names; logs what was skipped."""
+  listing = scan_images(root, exclude)
+  for reason, names in sorted(listing.skipped.items()):
+    logging.warning("%s: skipped %d %s: %s", root, len(names), reason.replace("_", " "),
+                    ", ".join(names[:5]) + (", ..." if len(names) > 5 else ""))
+  return listing.names
 
 
 def read_bytes(path):
+  if "://" not in path:
+    try:
+      if not stat.S_ISREG(os.stat(path).st_mode):
+        raise ImageError(path, "not_a_regular_file", "a FIFO, socket, device or folder")
+    except FileNotFoundError:
+      raise ImageError(path, "missing", "no such file") from None
+    except OSError as e:
+      raise ImageError(path, "unreadable", str(e)) from None
   try:
     with tf.io.gfile.GFile(path, "rb") as f:
       return f.read()
@@ -105,34 +172,21 @@ def load_rgb(path):
 
 
 def image_size(path):
-  """(width, height) of the image `load_rgb` would return, read from the header only."""
-  data = read_bytes(path)
-  image = _open(data, path)
-  width, height = image.size
-  try:
-    exif = _png_exif(data) if image.format == "PNG" else image.getexif()
-    orientation = exif.get(_EXIF_ORIENTATION)
-  except (OSError, SyntaxError, ValueError, struct.error):
-    orientation = None
-  if orientation in _TRANSPOSING_ORIENTATIONS:
-    width, height = height, width
+  """(width, height) of the image `load_rgb` returns: its decoded pixels' size, so that every
+  format's orientation tags (EXIF, TIFF's own) count exactly as they do for the pixels."""
+  height, width = load_rgb(path).shape[:2]
   return width, height
 
 
-def _png_exif(data):
-  """The EXIF of PNG bytes, found by walking the chunks: an eXIf chunk may follow the pixels,
-  and Pillow's getexif decodes them all to reach it (0.4 ms of a 0.45 ms image_size)."""
-  exif = Image.Exif()
-  position = 8  # after the signature
-  while position + 8 <= len(data):
-    length, kind = struct.unpack(">I4s", data[position:position + 8])
-    if kind == b"eXIf":
-      exif.load(data[position + 8:position + 8 + length])
-      break
-    if kind == b"IEND":
-      break
-    position += 12 + length  # length, type, data, CRC
-  return exif
+def has_transparency(data):
+  """Whether encoded image bytes have transparent pixels (shown black by load_rgb)."""
+  try:
+    image = Image.open(io.BytesIO(data))
+    if image.mode not in ("RGBA", "LA", "PA", "RGBa", "La") and "transparency" not in image.info:
+      return False
+    return bool(np.asarray(image.convert("RGBA"))[:, :, 3].min() < 255)
+  except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError):
+    return False
 
 
 def encode_png(rgb):
@@ -141,11 +195,3 @@ def encode_png(rgb):
   if not ok:
     raise ValueError(f"PNG encoding failed for an array of shape {rgb.shape}")
   return encoded.tobytes()
-
-
-def write_atomic(path, data):
-  """Writes bytes to `path` through a temporary name, so a file that exists is whole."""
-  tmp = f"{path}.tmp{os.getpid()}"
-  with tf.io.gfile.GFile(tmp, "wb") as f:
-    f.write(data)
-  tf.io.gfile.rename(tmp, path, overwrite=True)

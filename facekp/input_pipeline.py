@@ -182,16 +182,35 @@ def distributed_dataset(strategy, data_dir, split, *, global_batch_size, train, 
                                          train=train, input_context=input_context, **kwargs))
 
 
+def _undecodable_example(data_dir, split):
+  """Where the first record whose image does not decode lies: 'shard, record i (name)'."""
+  builder, split_info = _split_info(data_dir, split)
+  decoders = {"image": tfds.decode.SkipDecoding()}
+  for path in split_info.filepaths:
+    for i, record in enumerate(tf.data.TFRecordDataset(str(path))):
+      example = builder.info.features.deserialize_example(record, decoders=decoders)
+      try:
+        tf.io.decode_image(example["image"], channels=3, expand_animations=False)
+      except tf.errors.InvalidArgumentError as e:
+        name = example["image_name"].numpy().decode("utf-8", "replace")
+        return f"{path}, record {i} ({name}): {e.message.splitlines()[0]}"
+  return f"{data_dir} {split}"
+
+
 def load_arrays(data_dir, split, image_size=128):
   """The whole split in memory, in stored order: {"images" uint8 [N,S,S,3], "keypoints" float32
   [N,K,2] normalised, "image_names" str [N]}."""
   ds = _decoded_examples(data_dir, split, image_size, cache=False, input_context=None,
                          with_names=True)
   images, keypoints, names = [], [], []
-  for image, points, name in ds.batch(1024).prefetch(AUTOTUNE).as_numpy_iterator():
-    images.append(image)
-    keypoints.append(points)
-    names.extend(n.decode("utf-8") for n in name)
+  try:
+    for image, points, name in ds.batch(1024).prefetch(AUTOTUNE).as_numpy_iterator():
+      images.append(image)
+      keypoints.append(points)
+      names.extend(n.decode("utf-8") for n in name)
+  except tf.errors.InvalidArgumentError:  # a record whose CRC holds but whose image is corrupt
+    raise ValueError(f"corrupt image in {_undecodable_example(data_dir, split)}; rewrite the "
+                     "dataset with tools/make_tfrecords") from None
   num_keypoints = ds.element_spec[1].shape[0]
   return {
       "images": (np.concatenate(images) if images
@@ -204,6 +223,9 @@ def load_arrays(data_dir, split, image_size=128):
 
 def train_mean_keypoints(data_dir):
   """Mean normalised keypoints [K, 2] of the training split, read without decoding images."""
+  shards, _, _ = _pipeline_shards(_split_info(data_dir, "train")[1], None)
+  _check_shards_exist(shards)
+  _check_shards_readable(shards)  # a damaged shard is named, not a bare DataLossError
   ds = dataset_lib.builder(data_dir).as_dataset(
       split="train", decoders={"image": tfds.decode.SkipDecoding()})
   ds = ds.map(lambda ex: ex["keypoints"]).batch(4096)

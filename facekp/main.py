@@ -1,83 +1,53 @@
 """Trains a keypoint model: python -m facekp.main --config=configs/X.py --workdir=DIR
     [--config.data_dir=DATASET] [--config.FIELD=VALUE ...]
 
-Running the same command again resumes an interrupted run.
+Running the same command again resumes an interrupted run; a changed config is refused (a new
+--workdir, or --restart, starts afresh). --print_config lists every config field with its value
+and comment; the fields are those of configs/default.py.
 """
-import difflib
-import importlib.util
-import re
-import sys
-
-from absl import app
+from facekp import cli  # first: quiets the C++ start-up lines of TensorFlow and MediaPipe
+from absl import app  # pylint: disable=wrong-import-order
 from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
+from facekp import config_lib
 from facekp import train
 
 FLAGS = flags.FLAGS
 
-flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and the trained model.")
-config_flags.DEFINE_config_file("config", None, "Training config file (configs/*.py).",
-                                lock_config=True)
-flags.mark_flags_as_required(["config", "workdir"])
-
-
-def _field_paths(config, prefix=""):
-  for key, value in config.items():
-    yield prefix + key
-    if hasattr(value, "items"):
-      yield from _field_paths(value, f"{prefix}{key}.")
-
-
-def _load_config_file(argv):
-  """The config that --config names, loaded the way config_flags does (path[:argument])."""
-  spec = next(a.split("=", 1)[1] for a in argv if re.match(r"^--?config=", a))
-  path, _, argument = spec.partition(":")
-  module_spec = importlib.util.spec_from_file_location("_facekp_config", path)
-  module = importlib.util.module_from_spec(module_spec)
-  module_spec.loader.exec_module(module)
-  return module.get_config(argument) if argument else module.get_config()
-
-
-def _unknown_overrides(argv):
-  """--config.FIELD arguments that name no field of the config, with the closest fields."""
-  try:
-    fields = list(_field_paths(_load_config_file(argv)))
-  except Exception:  # the config file itself is broken: config_flags' own error says how
-    return []
-  unknown = []
-  for arg in argv:
-    match = re.match(r"^--?(?:no)?config\.([^=]+)", arg)
-    if match and match.group(1) not in fields:
-      close = difflib.get_close_matches(match.group(1), fields, n=3, cutoff=0.6)
-      unknown.append(f"--config.{match.group(1)}: no such config field"
-                     + (f"; did you mean {', '.join(close)}?" if close else ""))
-  return unknown
-
-
-def parse_flags(argv):
-  """absl's parsing, with a short message naming any unknown --config.FIELD (and the closest
-  existing ones) in place of ml_collections' traceback."""
-  try:
-    return FLAGS(argv)
-  except (AttributeError, KeyError) as e:
-    unknown = _unknown_overrides(argv)
-    if not unknown:
-      raise
-    sys.stderr.write("FATAL Flags parsing error: " + "\n".join(unknown) + "\n")
-    sys.exit(1)
+cli.define_workdir("Directory for checkpoints, logs and the trained model.", required=False)
+config_flags.DEFINE_config_file("config", None, "Training config file (configs/*.py); "
+                                "--print_config lists its fields.", lock_config=True)
+flags.DEFINE_bool("print_config", False, "Print every config field with its value and its "
+                  "comment from configs/default.py, then exit.")
+flags.DEFINE_bool("restart", False, "Delete the run already in --workdir (checkpoints, history, "
+                  "model, evaluations) and train anew: needed to change its config.")
+flags.mark_flags_as_required(["config"])
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  if not FLAGS.config.data_dir:
-    raise app.UsageError("config.data_dir is not set: pass --config.data_dir=DIR, a dataset "
-                         "written by `python -m tools.make_tfrecords --images=... --out=DIR`")
-  logging.info("config:\n%s", FLAGS.config)
-  train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+  config = FLAGS.config
+  if FLAGS.print_config:
+    print(config_lib.listing(config))
+    return
+  if not FLAGS.workdir:
+    raise app.UsageError("--workdir is required: the directory for this run's checkpoints, "
+                         "logs and model (a new one starts a new run)")
+  config_lib.validate(config)  # before any file is read
+  config_lib.check_workdir(FLAGS.workdir, config, restart=FLAGS.restart)
+  config_lib.check_dataset(config)
+  logging.info("config %s (--verbosity=1 prints every field)", cli.config_arguments())
+  logging.vlog(1, "config:\n%s", config)
+  train.train_and_evaluate(config, FLAGS.workdir)
+
+
+def run():
+  """The facekp-train command (python -m facekp.main)."""
+  cli.run(main)
 
 
 if __name__ == "__main__":
-  app.run(main, flags_parser=parse_flags)
+  run()

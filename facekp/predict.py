@@ -5,20 +5,28 @@
 --model is a workdir, a .keras file, a SavedModel directory or a .tflite file (facekp.export).
 --images is one photo or a folder (searched recursively; the formats facekp.images reads).
 
-Each photo is read with facekp.images.load_rgb; MediaPipe Face Mesh finds the faces; each face is
-cropped by facekp.annotate.crop_face at the model's input size (the FFHQ-style crop of
-facekp.align that `make_tfrecords --align` writes, placed by Face Mesh on a first crop), the
-model predicts on the crop, and the inverse of the crop's matrix takes the points back into the
-photo's pixels. Written into --out:
+Each photo is read with facekp.images.load_rgb and its faces found, ordered (largest first),
+named and cropped by facekp.faces, the routine make_tfrecords uses: the FFHQ-style crop of
+facekp.align that `make_tfrecords --align` writes, at the model's input size. The model predicts
+on each crop, and the inverse of the crop's matrix takes the points back into the photo's
+pixels. Before the first photo, the keypoint record of the model's training data (the export's
+export_report.json or schema.json, or the workdir's dataset) is checked against this crop.
+Written into --out:
   predictions.csv  the columns of face_keypoints.csv: image_name, width, height,
-                   point_1_x ... point_K_y (pixels of the photo), status. One row per photo for
-                   its largest face; with --max_faces=N up to N faces, largest first, the second
-                   and later named "<image_name>#face<k>". status is "ok"; "no_face" (points
-                   -1); "face_mismatch" or "no_face" for a face whose crop make_tfrecords would
-                   drop too; or the reason facekp.images gave for a file it could not read
-                   (points -1, width and height 0), as make_tfrecords writes them.
+                   point_1_x ... point_K_y (pixels of the photo), status. One row per face,
+                   named as make_tfrecords --align names its crops ("dir/a_f0.png" for the
+                   largest face of "dir/a.jpg", then _f1, ...; up to --max_faces). status is
+                   "ok", or "face_mismatch" / "no_face" for a face whose crop make_tfrecords
+                   would drop too (points -1). A photo without a face has one row under its
+                   own name: "no_face", or the reason facekp.images gave for a file it could
+                   not read (points -1, width and height 0), as make_tfrecords writes them.
+  predictions.json the same faces with named points, the face's box in the photo (the aligned
+                   square's corners and their bounding box) and the crop (size and the matrix
+                   from photo to crop pixels).
   overlays/<image_name>.png  the photo with each face's points and its aligned crop's outline
                    (--nooverlays skips them: they take most of the time).
+  predictions.journal  each photo's results as they come: a run that is interrupted keeps
+                   them, and the same command continues where it stopped.
 A photo that fails never stops the rest of the folder.
 """
 import collections
@@ -26,7 +34,10 @@ import csv
 import io
 import json
 import os
+import re
+import signal
 
+from facekp import cli  # first: quiets the C++ start-up lines of TensorFlow and MediaPipe
 from absl import app
 from absl import flags
 from absl import logging
@@ -34,55 +45,101 @@ import numpy as np
 import tensorflow as tf
 
 from facekp import align
-from facekp import annotate
 from facekp import dataset
 from facekp import export
+from facekp import face_mesh
+from facekp import faces as faces_lib
+from facekp import files
 from facekp import images as images_lib
+from facekp import keypoint_csv
+from facekp import keypoints as keypoints_lib
 from facekp import plots
 from facekp import schema as schema_lib
+from facekp.keypoint_csv import OK
 
-# MediaPipe is asked for a few faces even when one is wanted, so that "largest" is a real choice.
-FACE_SEARCH_LIMIT = 5
+PREDICTIONS_CSV = "predictions.csv"
+PREDICTIONS_JSON = "predictions.json"
+JOURNAL = "predictions.journal"
+_EXPORT_REPORT = "export_report.json"
+_ALIGNED_CROP = keypoints_lib.crop_method(1)[:-1] + r"\d+"  # facekp's align, at any size
+
+
+# --- What the model was trained on -------------------------------------------------------------
+
+
+def _model_dirs(model_path):
+  model_dir = model_path if tf.io.gfile.isdir(model_path) else os.path.dirname(model_path)
+  model_dir = model_dir.rstrip("/") or "."
+  return model_dir, os.path.dirname(model_dir) or "."
+
+
+def _training_records(model_path):
+  """(schema dict or None, keypoints record or None, where that record was read) of the
+  model's training data, from the first of: the export's export_report.json ("schema" and
+  "keypoints" entries) and schema.json beside the model or its folder's parent, then the
+  dataset named by a workdir's config.json (its schema.json)."""
+  schema = record = where = None
+  for directory in _model_dirs(model_path):
+    candidates = [f"{directory}/{_EXPORT_REPORT}", f"{directory}/{dataset.SCHEMA_FILE}"]
+    if tf.io.gfile.exists(f"{directory}/config.json"):
+      data_dir = files.read_json(f"{directory}/config.json", "config").get("data_dir")
+      if data_dir:
+        candidates.append(f"{data_dir}/{dataset.SCHEMA_FILE}")
+    for path in filter(tf.io.gfile.exists, candidates):
+      content = files.read_json(path)
+      found = content.get("schema") if path.endswith(_EXPORT_REPORT) else content
+      if schema is None and found and "mesh_indices" in found:
+        schema = found
+      found_record = content.get("keypoints") or (found or {}).get("keypoints")
+      if record is None and found_record:
+        record, where = found_record, path
+  return schema, record, where
 
 
 def find_schema(model_path):
-  """The schema.json beside a model (export/, workdir) or of its workdir's dataset, or None."""
-  model_dir = model_path if tf.io.gfile.isdir(model_path) else os.path.dirname(model_path)
-  model_dir = model_dir.rstrip("/") or "."
-  for directory in (model_dir, os.path.dirname(model_dir) or "."):
-    if tf.io.gfile.exists(f"{directory}/{dataset.SCHEMA_FILE}"):
-      return schema_lib.Schema.load(f"{directory}/{dataset.SCHEMA_FILE}")
-    if tf.io.gfile.exists(f"{directory}/config.json"):
-      with tf.io.gfile.GFile(f"{directory}/config.json") as f:
-        data_dir = json.load(f).get("data_dir")
-      if data_dir and tf.io.gfile.exists(f"{data_dir}/{dataset.SCHEMA_FILE}"):
-        return dataset.load_schema(data_dir)
-  return None
+  """The schema of the model's training data (see _training_records), or None."""
+  schema, _, _ = _training_records(model_path)
+  return schema_lib.Schema.from_dict(schema) if schema else None
 
 
-def face_size(landmarks_px):
-  """Side of the face's aligned crop in the photo's pixels: what "largest face" means here."""
-  _, half_side, _ = align.face_square(landmarks_px)
-  return float(np.hypot(*half_side))
+def check_training_record(record, where):
+  """Refuses a model trained on another keypoint convention; warns when its training crops are
+  not facekp's alignment (predict's crops would then differ from what it learnt on)."""
+  if record is None:
+    logging.warning("no keypoint record of the model's training data found%s: cannot check "
+                    "that predict crops faces as its training data was cropped",
+                    f" (read {where})" if where else "")
+    return
+  if record.get("coordinates") != keypoints_lib.CONVENTION:
+    raise ValueError(f"{where}: the model was trained on {record.get('coordinates')!r} "
+                     f"keypoint coordinates, but predict uses {keypoints_lib.CONVENTION!r}")
+  crop = record.get("crop", "")
+  if not re.fullmatch(_ALIGNED_CROP, crop):
+    logging.warning("%s: the model was trained on images cropped %r, but predict feeds it "
+                    "facekp's FFHQ-style crops (%s): its points may be off; train on a dataset "
+                    "made with make_tfrecords --align for photos", where, crop,
+                    keypoints_lib.crop_method(1)[:-1] + "<size>")
 
 
-def predict_faces(model, photo_mesh, crop_mesh, image, max_faces):
-  """Up to `max_faces` faces of a photo, largest first, each cropped as make_tfrecords --align does.
+# --- One photo -------------------------------------------------------------------------------
 
-  Returns a list of (status, points [K, 2] in the photo's pixels or None, crop outline [4, 2]);
-  status is "ok" or why annotate.crop_face rejected the face ("no_face", "face_mismatch").
-  """
+
+class FaceResult(collections.namedtuple("FaceResult", "face points outline")):
+  """A cropped face (facekp.faces.Face) and its predicted points in the photo, or None."""
+
+
+def predict_faces(model, finder, image, name, max_faces):
+  """Up to `max_faces` faces of a photo, largest first (facekp.faces): [FaceResult]."""
   size = model.image_size
-  faces = sorted(photo_mesh.detect(image), key=face_size, reverse=True)[:max_faces]
+  found = faces_lib.aligned_faces(finder, name, image, size, max_faces)
+  good = [face.crop for face in found if face.status == OK]
+  predicted = iter(keypoints_lib.to_pixels(model(np.stack(good)), size) if good else [])
   corners = np.array([[0, 0], [size, 0], [size, size], [0, size]], np.float64)
-  crops = [annotate.crop_face(crop_mesh, image, landmarks, size) for landmarks in faces]
-  good = [crop for crop, _, _, status in crops if status == dataset.OK]
-  keypoints = iter(model(np.stack(good)) * size if good else [])
   results = []
-  for _, matrix, _, status in crops:
-    to_photo = align.invert(matrix)
-    points = align.transform_points(to_photo, next(keypoints)) if status == dataset.OK else None
-    results.append((status, points, align.transform_points(to_photo, corners)))
+  for face in found:
+    to_photo = align.invert(face.matrix)
+    points = align.transform_points(to_photo, next(predicted)) if face.status == OK else None
+    results.append(FaceResult(face, points, align.transform_points(to_photo, corners)))
   return results
 
 
@@ -90,76 +147,174 @@ def overlay_path(out_dir, name):
   return f"{out_dir}/overlays/{name}.png"
 
 
-def predict_photo(model, meshes, path, name, out_dir, max_faces, names, overlays):
-  """dataset.KeypointRow per face of one photo (overlay written); a bad photo gives its reason."""
+def _face_json(photo_name, k, result, names, model_size):
+  face = result.face
+  outline = result.outline
+  entry = {"photo": photo_name, "face": k, "image_name": face.name, "status": face.status,
+           "points": None, "box": {"corners": outline.round(3).tolist(),
+                                   "bounds": [*outline.min(0).round(3), *outline.max(0).round(3)]},
+           "crop": {"size": model_size, "method": keypoints_lib.crop_method(model_size),
+                    "photo_to_crop": face.matrix.round(6).tolist()}}
+  if result.points is not None:
+    entry["points"] = {n: [float(x), float(y)] for n, (x, y) in zip(names, result.points)}
+  return entry
+
+
+def predict_photo(model, finder, path, name, out_dir, max_faces, names, overlays):
+  """(keypoint rows, JSON entries) of one photo's faces (overlay written); a bad photo gives
+  one row with its reason."""
   k = len(names)
   try:
     image = images_lib.load_rgb(path)
-    faces = predict_faces(model, *meshes, image, max_faces)
+    results = predict_faces(model, finder, image, name, max_faces)
   except images_lib.ImageError as e:
     logging.warning("skipping %s", e)
-    return [dataset.missing_row(name, k, e.reason)]
-  except Exception as e:  # pylint: disable=broad-except
+    return [keypoint_csv.missing_row(name, k, e.reason)], []
+  except faces_lib.FACE_ERRORS as e:
     # One odd file must not stop a folder; the row and the log say what happened.
     logging.warning("%s: %s: %s", name, type(e).__name__, e)
-    return [dataset.missing_row(name, k, "error")]
+    return [keypoint_csv.missing_row(name, k, "error")], []
   height, width = image.shape[:2]
-  if not faces:
-    return [dataset.missing_row(name, k, "no_face", width, height)]
-  found = [(points, outline) for status, points, outline in faces if status == dataset.OK]
+  if not results:
+    return [keypoint_csv.missing_row(name, k, "no_face", width, height)], []
+  found = [(r.points, r.outline) for r in results if r.points is not None]
   if overlays and found:
     overlay = overlay_path(out_dir, name)
     tf.io.gfile.makedirs(os.path.dirname(overlay))
-    plots.photo_overlay(overlay, image, found, names)
-  rows = []
-  for i, (status, points, _) in enumerate(faces):
-    face_name = name if i == 0 else f"{name}#face{i + 1}"
-    rows.append(dataset.KeypointRow(face_name, width, height, tuple(points.ravel()), status)
-                if status == dataset.OK else
-                dataset.missing_row(face_name, k, status, width, height))
-  return rows
+    with files.atomic_path(overlay) as tmp:
+      plots.photo_overlay(tmp, image, found, names)
+  rows = [keypoint_csv.KeypointRow(r.face.name, width, height, tuple(r.points.ravel()), OK)
+          if r.points is not None else
+          keypoint_csv.missing_row(r.face.name, k, r.face.status, width, height)
+          for r in results]
+  entries = [_face_json(name, i, r, names, model.image_size) for i, r in enumerate(results)]
+  return rows, entries
 
 
-def photo_list(images_path):
+# --- A folder --------------------------------------------------------------------------------
+
+
+def photo_list(images_path, exclude=()):
   """(path, image_name) of one photo or of every photo under a folder."""
   if tf.io.gfile.isdir(images_path):
     root = images_path.rstrip("/")
-    return [(f"{root}/{name}", name) for name in images_lib.list_images(root)]
+    photos = [(f"{root}/{name}", name) for name in images_lib.list_images(root, exclude)]
+    if not photos:
+      raise ValueError(f"--images={images_path}: no photos in this folder (looked for files "
+                       f"ending in {', '.join(images_lib.IMAGE_EXTENSIONS)})")
+    return photos
   if not tf.io.gfile.exists(images_path):
     raise FileNotFoundError(f"--images={images_path}: no such file or folder")
   return [(images_path, os.path.basename(images_path))]
 
 
-def predict_images(model_path, images_path, out_dir, max_faces=1, overlays=True):
-  """Predicts on every photo; writes out_dir/predictions.csv and overlays; returns the rows."""
-  if max_faces < 1:
-    raise ValueError(f"max_faces must be at least 1, got {max_faces}")
-  model = export.load(model_path)
-  photos = photo_list(images_path)
-  schema = find_schema(model_path)
-  num_keypoints = model(np.zeros((1, model.image_size, model.image_size, 3), np.uint8)).shape[1]
-  if schema is not None and schema.num_keypoints == num_keypoints:
-    names, columns = schema.names, schema.csv_point_columns
-  else:
-    names = tuple(f"point_{k + 1}" for k in range(num_keypoints))
-    columns = tuple(f"point_{k + 1}_{axis}" for k in range(num_keypoints) for axis in "xy")
-  tf.io.gfile.makedirs(out_dir)
-  rows = []
-  with annotate.FaceMesh(max_faces=max(max_faces, FACE_SEARCH_LIMIT)) as photo_mesh, \
-      annotate.FaceMesh(max_faces=1) as crop_mesh:
-    for i, (path, name) in enumerate(photos):
-      rows += predict_photo(model, (photo_mesh, crop_mesh), path, name, out_dir, max_faces,
-                            names, overlays)
-      if (i + 1) % 100 == 0 or i + 1 == len(photos):
-        logging.info("predicted %d / %d photos", i + 1, len(photos))
+class _Journal:
+  """predictions.journal: one JSON line per finished photo, flushed as it comes, under a
+  first line recording the model and settings (another model or settings start afresh)."""
+
+  def __init__(self, path, fingerprint):
+    self.path, self.fingerprint = path, fingerprint
+    self._file = None
+
+  def read(self):
+    """{photo name: (stamp, rows, entries)} of the photos finished by an earlier run."""
+    done = {}
+    if os.path.exists(self.path):
+      with open(self.path, encoding="utf-8") as f:
+        lines = f.read().split("\n")
+      if lines and lines[0] == json.dumps(self.fingerprint):
+        for line in lines[1:-1]:  # the last line is "" or a line cut off by a kill
+          photo = json.loads(line)
+          rows = [keypoint_csv.KeypointRow(*fields) for fields in photo["rows"]]
+          done[photo["name"]] = (photo["stamp"], rows, photo["faces"])
+    files.atomic_write(self.path, "".join(
+        json.dumps(line) + "\n" for line in [self.fingerprint] + [
+            {"name": n, "stamp": s, "rows": r, "faces": e} for n, (s, r, e) in done.items()]))
+    return done
+
+  def append(self, name, stamp, rows, entries):
+    if self._file is None:
+      self._file = open(self.path, "a", encoding="utf-8")
+    line = {"name": name, "stamp": stamp, "rows": [list(row) for row in rows], "faces": entries}
+    self._file.write(json.dumps(line) + "\n")
+    self._file.flush()
+
+  def close(self):
+    if self._file is not None:
+      self._file.close()
+
+
+def _stamp(path):
+  try:
+    st = os.stat(path)
+    return [st.st_size, st.st_mtime_ns]
+  except OSError:
+    return None
+
+
+def _write_outputs(out_dir, rows, entries, columns):
   text = io.StringIO()
   writer = csv.writer(text, lineterminator="\n")
   writer.writerow(["image_name", "width", "height", *columns, "status"])
-  writer.writerows(dataset.format_csv_fields(row) for row in rows)
-  with tf.io.gfile.GFile(f"{out_dir}/predictions.csv", "w") as f:
-    f.write(text.getvalue())
+  writer.writerows(keypoint_csv.format_csv_fields(row) for row in rows)
+  files.atomic_write(f"{out_dir}/{PREDICTIONS_CSV}", text.getvalue())
+  files.write_json(f"{out_dir}/{PREDICTIONS_JSON}", {"faces": entries})
+
+
+def _point_names(model_path, num_keypoints):
+  schema = find_schema(model_path)
+  if schema is not None and schema.num_keypoints == num_keypoints:
+    return schema.names, schema.csv_point_columns
+  names = tuple(f"point_{k + 1}" for k in range(num_keypoints))
+  return names, tuple(f"{n}_{axis}" for n in names for axis in "xy")
+
+
+def predict_images(model_path, images_path, out_dir, max_faces=1, overlays=True):
+  """Predicts on every photo; writes predictions.csv / .json and overlays; returns the rows.
+
+  Holds a lock on out_dir; results go to its journal as they come, so an interrupted run keeps
+  them and the same call continues.
+  """
+  if max_faces < 1:
+    raise ValueError(f"max_faces must be at least 1, got {max_faces}")
+  photos = photo_list(images_path, exclude=[out_dir])
+  model = export.load(model_path)
+  _, record, where = _training_records(model_path)
+  check_training_record(record, where)
+  num_keypoints = model(np.zeros((1, model.image_size, model.image_size, 3), np.uint8)).shape[1]
+  names, columns = _point_names(model_path, num_keypoints)
+  with files.folder_lock(out_dir, "--out"):
+    files.remove_temporaries(out_dir)
+    fingerprint = {"model": os.path.abspath(model_path), "max_faces": max_faces,
+                   "overlays": overlays}
+    journal = _Journal(f"{out_dir}/{JOURNAL}", fingerprint)
+    paths = {name: path for path, name in photos}
+    done = {name: result for name, result in journal.read().items()
+            if name in paths and result[0] is not None and result[0] == _stamp(paths[name])}
+    todo = [(path, name) for path, name in photos if name not in done]
+    if done:
+      logging.info("%d photos: %d predicted before, %d to do", len(photos), len(done), len(todo))
+    try:
+      with face_mesh.FaceMesh(faces_lib.search_limit(max_faces)) as photo_mesh, \
+          face_mesh.FaceMesh(max_faces=1) as crop_mesh, face_mesh.FaceDetector() as detector:
+        finder = faces_lib.Finder(photo_mesh, crop_mesh, detector)
+        for i, (path, name) in enumerate(todo):
+          rows, entries = predict_photo(model, finder, path, name, out_dir, max_faces, names,
+                                        overlays)
+          journal.append(name, _stamp(path), rows, entries)
+          done[name] = (None, rows, entries)
+          if (i + 1) % 100 == 0 or i + 1 == len(todo):
+            logging.info("predicted %d / %d photos", i + 1, len(todo))
+    except KeyboardInterrupt:
+      print(f"interrupted after {len(done)} of {len(photos)} photos: their predictions are kept "
+            f"in {out_dir}/{JOURNAL}; run the same command again to continue", flush=True)
+      raise
+    finally:
+      journal.close()
+    rows = [row for _, name in photos for row in done[name][1]]
+    _write_outputs(out_dir, rows, [e for _, name in photos for e in done[name][2]], columns)
   counts = collections.Counter(row.status for row in rows)
-  print(f"{len(photos)} photos -> {out_dir}/predictions.csv: {counts.pop(dataset.OK, 0)} faces"
+  print(f"{len(photos)} photos -> {out_dir}/{PREDICTIONS_CSV}: {counts.pop(OK, 0)} faces"
         + "".join(f", {n} {status}" for status, n in sorted(counts.items())), flush=True)
   return rows
 
@@ -173,13 +328,23 @@ def define_flags():
   flags.DEFINE_bool("overlays", True, "Draw an overlay PNG per photo (most of the run time).")
 
 
+def _interrupt(signum, frame):
+  raise KeyboardInterrupt(f"signal {signum}")
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  signal.signal(signal.SIGTERM, _interrupt)  # a terminated run says what it kept
   f = flags.FLAGS
   predict_images(f.model, f.images, f.out, max_faces=f.max_faces, overlays=f.overlays)
 
 
-if __name__ == "__main__":
+def run():
+  """The facekp-predict command (python -m facekp.predict)."""
   define_flags()
-  app.run(main)
+  cli.run(main)
+
+
+if __name__ == "__main__":
+  run()

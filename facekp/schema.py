@@ -1,17 +1,16 @@
 """The keypoint schema: which Face Mesh landmarks are predicted, and how they mirror.
 
-Every stage imports this module. Coordinates are continuous pixel coordinates (a pixel's
-centre is at i + 0.5), so a horizontal flip maps x to W - x (1 - x normalised).
+Every stage imports this module. The coordinate convention and the flip itself are
+facekp.keypoints'.
 """
 import dataclasses
-import json
 
-import tensorflow as tf
+from facekp import files
 
 DEFAULT_MESH_INDICES = (1, 33, 61, 263, 291)
 
 # Names read off MediaPipe's output on frontal faces; "left"/"right" are the subject's own,
-# so the subject's right eye is on the image's left (see DESIGN.md).
+# so the subject's right eye is on the image's left.
 LANDMARK_NAMES = {
     1: "nose_tip",
     33: "right_eye_outer",
@@ -25,7 +24,7 @@ LANDMARK_NAMES = {
 class Schema:
   """Face Mesh indices of the K slots and, for each slot, the index of its mirror partner.
 
-  `mirror_indices` is derived from MediaPipe itself (facekp.annotate.derive_mirror_indices),
+  `mirror_indices` is derived from MediaPipe itself (facekp.mirror.derive_mirror_indices),
   never typed by hand; the flip permutation follows from it.
   """
 
@@ -79,13 +78,11 @@ class Schema:
     return cls(d["mesh_indices"], d["mirror_indices"])
 
   def save(self, path):
-    with tf.io.gfile.GFile(path, "w") as f:
-      json.dump(self.to_dict(), f, indent=2)
+    files.write_json(path, self.to_dict())
 
   @classmethod
   def load(cls, path):
-    with tf.io.gfile.GFile(path) as f:
-      return cls.from_dict(json.load(f))
+    return cls.from_dict(files.read_json(path, "keypoint schema"))
 
 
 def parse_mesh_indices(text):

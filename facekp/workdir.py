@@ -24,6 +24,12 @@ HISTORY = "history.csv"
 TENSORBOARD = "tensorboard"
 MODEL = "model.keras"
 EXPORT = "export"
+EVAL = "eval"
+# What a run writes, config.json last: a deletion cut short leaves a workdir that is still known
+# as one, and --restart again finishes the job. metrics.json and pictures/ are older layouts'.
+RUN_FILES = (TRAIN_MEAN, CHECKPOINTS, HISTORY, TENSORBOARD, MODEL, EVAL, EXPORT, "workers",
+             "metrics.json",
+             "pictures", CONFIG)
 
 
 def path(workdir, name):
@@ -36,6 +42,17 @@ def read_config(workdir):
     raise FileNotFoundError(f"{workdir} is not a facekp workdir: {CONFIG} is missing (train "
                             "one with python -m facekp.main --config=... --workdir=...)")
   return files.read_json(path(workdir, CONFIG), "config")
+
+
+def remove_run(workdir):
+  """Deletes what a run wrote into `workdir` (RUN_FILES, nothing else); returns what it found."""
+  found = [name for name in RUN_FILES if tf.io.gfile.exists(path(workdir, name))]
+  for name in found:
+    if tf.io.gfile.isdir(path(workdir, name)):
+      tf.io.gfile.rmtree(path(workdir, name))
+    else:
+      tf.io.gfile.remove(path(workdir, name))
+  return found
 
 
 def write_config(workdir, config):

@@ -66,3 +66,47 @@ def image_folder(tmp_path, image_files):
     (folder / name).write_bytes(data)
   (folder / "README.txt").write_text("not listed: no image extension")
   return str(folder)
+
+
+def write_labelled_dataset(data_dir, faces, splits=("train", "validation", "test"), seed=0):
+  """The faces as a facekp dataset of the given splits, with made-up plausible keypoints."""
+  from facekp import dataset  # pylint: disable=g-import-not-at-top  (TFDS: only when used)
+  from facekp import keypoints as keypoints_lib  # pylint: disable=g-import-not-at-top
+  schema = schema_lib.Schema(schema_lib.DEFAULT_MESH_INDICES, (1, 263, 291, 33, 61))
+  keypoints = np.array([[0.5, 0.55], [0.3, 0.4], [0.35, 0.7], [0.7, 0.4], [0.65, 0.7]],
+                       np.float32)
+  rng = np.random.default_rng(seed)
+  spec = dataset.features(schema.num_keypoints)
+  size = faces.shape[1]
+  for split in splits:
+    examples = []
+    for i, face in enumerate(faces):
+      points = keypoints + rng.normal(0, 0.01, keypoints.shape).astype(np.float32)
+      examples.append({"image": face, "image_name": f"{split}_{i}.png", "height": size,
+                       "width": size, "keypoints": points,
+                       "keypoints_px": keypoints_lib.to_pixels(points, size).astype(np.float32)})
+    dataset.write_shard(dataset.shard_path(data_dir, split, 0, 1), examples, spec)
+  dataset.write_metadata(data_dir, spec, schema)
+
+
+@pytest.fixture(scope="session")
+def labelled_dataset():
+  """write_labelled_dataset, for tests that need a facekp dataset on disk."""
+  return write_labelled_dataset
+
+
+def copies_of(folder, sample_name, count):
+  """`count` copies of a sample photo, p00.jpg, p01.jpg, ..., in a new folder."""
+  os.makedirs(folder)
+  data = open(os.path.join(SAMPLE_DIR, sample_name), "rb").read()
+  for i in range(count):
+    with open(os.path.join(folder, f"p{i:02d}.jpg"), "wb") as f:
+      f.write(data)
+  return folder
+
+
+def user_csv(path, schema, lines):
+  """A user's CSV in the seed's format: image_name and the points; `lines` are its rows."""
+  with open(path, "w") as f:
+    f.write("\n".join([",".join(("image_name",) + schema.csv_point_columns), *lines]) + "\n")
+  return path

@@ -6,14 +6,14 @@ import numpy as np
 import pytest
 
 from facekp import align
-from facekp import annotate
+from facekp import face_mesh as face_mesh_lib
 from facekp import images
 from conftest import SAMPLE_DIR
 
 
 @pytest.fixture(scope="module")
 def mesh():
-  with annotate.FaceMesh() as face_mesh:
+  with face_mesh_lib.FaceMesh() as face_mesh:
     yield face_mesh
 
 

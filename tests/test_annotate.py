@@ -6,15 +6,20 @@ import mediapipe as mp
 import numpy as np
 import pytest
 
+from facekp import align
 from facekp import annotate
-from facekp import dataset
+from facekp import face_mesh as face_mesh_lib
+from facekp import faces
+from facekp import files
 from facekp import images
-from conftest import SAMPLE_DIR
+from facekp import journal as journal_lib
+from facekp import keypoint_csv
+from conftest import SAMPLE_DIR, encode
 
 
 @pytest.fixture(scope="module")
 def mesh():
-  with annotate.FaceMesh() as face_mesh:
+  with face_mesh_lib.FaceMesh() as face_mesh:
     yield face_mesh
 
 
@@ -53,7 +58,8 @@ def test_every_image_gets_one_row_with_mediapipe_values_or_a_reason(
       np.testing.assert_array_equal(row.keypoints(), mesh.detect(photo)[0][indices])
     else:
       assert row.points == (-1.0,) * 10
-  assert dataset.read_keypoints_csv(f"{tmp_path}/out/face_keypoints.csv", default_schema) == rows
+  written = keypoint_csv.read_keypoints_csv(f"{tmp_path}/out/face_keypoints.csv", default_schema)
+  assert written == rows
 
 
 def test_a_rerun_only_annotates_what_is_new(image_folder, tmp_path, default_schema, pool):
@@ -67,29 +73,60 @@ def test_a_rerun_only_annotates_what_is_new(image_folder, tmp_path, default_sche
                                         chunk_size=100)
   added = journal.read_text()[len(before):]
   assert journal.read_text().startswith(before)
-  assert added.count("\n") == len(names) - 5 + 1  # the new rows and one commit line
+  assert added.count("\n") == 2 * (len(names) - 5) + 1  # a stamp and a row each, one commit
   assert set(first) <= set(everything)
   assert len(everything) == len(names)
 
 
 def test_journal_drops_an_interrupted_tail_and_continues(tmp_path, default_schema):
   path = str(tmp_path / annotate.JOURNAL)
-  journal = annotate.Journal(path, {"k": 1})
+  journal = journal_lib.Journal(path, {"k": 1})
   assert journal.read() == {}
-  row = dataset.KeypointRow("a.png", 4, 3, tuple(float(v) for v in range(10)), "ok")
-  journal.append([("a.png", [row])])
+  row = keypoint_csv.KeypointRow("a.png", 4, 3, tuple(float(v) for v in range(10)), "ok")
+  stamp = journal_lib.Stamp(10, 123, "ab")
+  journal.append([("a.png", stamp, [row])])
   journal.close()
   with open(path, "a") as f:  # killed in the middle of the next chunk: one whole row, one torn
-    f.write("b.png," + ",".join(dataset.format_csv_fields(row._replace(image_name="b.png"))))
+    f.write("b.png," + ",".join(keypoint_csv.format_csv_fields(row._replace(image_name="b.png"))))
     f.write("\nd.png,d.png,4,3,1.0,2.0")
-  assert annotate.Journal(path, {"k": 1}).read() == {"a.png": [row]}
-  journal = annotate.Journal(path, {"k": 1})
+  assert journal_lib.Journal(path, {"k": 1}).read() == {"a.png": (stamp, [row])}
+  journal = journal_lib.Journal(path, {"k": 1})
   journal.read()
-  journal.append([("c.png", [row._replace(image_name="c.png")])])
+  journal.append([("c.png", None, [row._replace(image_name="c.png")])])
+  relabelled = row._replace(points=(0.5,) * 10)
+  journal.append([("a.png", stamp._replace(sha256="cd"), [relabelled])])  # changed, labelled again
   journal.close()
-  assert sorted(annotate.Journal(path, {"k": 1}).read()) == ["a.png", "c.png"]
+  done = journal_lib.Journal(path, {"k": 1}).read()
+  assert sorted(done) == ["a.png", "c.png"]
+  assert done["a.png"] == (stamp._replace(sha256="cd"), [relabelled]) and done["c.png"][0] is None
   with pytest.raises(ValueError, match="other settings"):
-    annotate.Journal(path, {"k": 2}).read()
+    journal_lib.Journal(path, {"k": 2}).read()
+  assert not journal_lib.unchanged(path, None)  # not read before: tried again
+
+
+def test_a_photo_changed_under_its_name_is_labelled_again(tmp_path, default_schema, pool):
+  """Two same-size files swapped: size and mtime can agree, the content hash does not."""
+  folder = tmp_path / "imgs"
+  folder.mkdir()
+  hopper = images.load_rgb(os.path.join(SAMPLE_DIR, "grace_hopper.jpg"))[:256, :256]
+  astronaut = images.load_rgb(os.path.join(SAMPLE_DIR, "astronaut.jpg"))
+  first, second = images.encode_png(hopper), images.encode_png(astronaut)
+  (folder / "a.png").write_bytes(first)
+  (folder / "b.png").write_bytes(second)
+  settings = settings_for(folder, tmp_path / "out", default_schema)
+  before = {r.image_name: r for r in annotate.annotate_folder(settings, default_schema, pool=pool)}
+  times = [os.stat(folder / n).st_mtime_ns for n in ("a.png", "b.png")]
+  (folder / "a.png").write_bytes(second)  # swapped, the times put back as they were
+  (folder / "b.png").write_bytes(first)
+  for name, t in zip(("a.png", "b.png"), times):
+    os.utime(folder / name, ns=(t, t))
+  after = {r.image_name: r for r in annotate.annotate_folder(settings, default_schema, pool=pool)}
+  assert after["a.png"].points == before["b.png"].points
+  assert after["b.png"].points == before["a.png"].points
+  os.utime(folder / "a.png")  # touched only: same content, kept without relabelling
+  journal = (tmp_path / "out" / annotate.JOURNAL).read_text()
+  annotate.annotate_folder(settings, default_schema, pool=pool)
+  assert (tmp_path / "out" / annotate.JOURNAL).read_text() == journal
 
 
 def test_align_crops_every_face_and_annotates_the_crops(tmp_path, default_schema, mesh, pool):
@@ -97,7 +134,7 @@ def test_align_crops_every_face_and_annotates_the_crops(tmp_path, default_schema
   os.makedirs(photos / "group")
   shutil.copy(os.path.join(SAMPLE_DIR, "multi_face.jpg"), photos / "group" / "multi_face.jpg")
   shutil.copy(os.path.join(SAMPLE_DIR, "astronaut.jpg"), photos / "astronaut.jpg")
-  images.write_atomic(str(photos / "blank.png"), images.encode_png(np.zeros((50, 60, 3), np.uint8)))
+  files.atomic_write(str(photos / "blank.png"), images.encode_png(np.zeros((50, 60, 3), np.uint8)))
   out = tmp_path / "out"
   settings = settings_for(photos, out, default_schema, align_size=96, max_faces=10)
   rows = annotate.annotate_folder(settings, default_schema, pool=pool)
@@ -105,7 +142,8 @@ def test_align_crops_every_face_and_annotates_the_crops(tmp_path, default_schema
   assert names[:2] == ["astronaut_f0.png", "blank.png"]
   assert rows[1].status == "no_face" and (rows[1].width, rows[1].height) == (60, 50)
   group = [n for n in names if n.startswith("group/multi_face_f")]
-  assert len(group) >= 3 and group[0] == "group/multi_face_f0.png"
+  # Face Mesh alone finds 3 of its 5 faces; the full-range detector the other 2.
+  assert len(group) == 5 and group[0] == "group/multi_face_f0.png"
   for row in rows[:1] + rows[2:]:
     crop = images.load_rgb(f"{out}/aligned/{row.image_name}")
     assert crop.shape == (96, 96, 3) and (row.width, row.height) == (96, 96)
@@ -113,3 +151,36 @@ def test_align_crops_every_face_and_annotates_the_crops(tmp_path, default_schema
       np.testing.assert_array_equal(
           row.keypoints(), mesh.detect(crop)[0][list(default_schema.mesh_indices)])
   assert sum(r.status == "ok" for r in rows) >= 4
+
+
+def test_without_align_the_largest_face_is_labelled_as_predict_would(tmp_path, default_schema,
+                                                                     mesh):
+  """One face rule for annotation and prediction (facekp.faces): the largest face."""
+  shutil.copy(os.path.join(SAMPLE_DIR, "multi_face.jpg"), tmp_path / "multi_face.jpg")
+  labeller = annotate.Labeller(settings_for(tmp_path, tmp_path / "out", default_schema))
+  (row,) = labeller.rows_for("multi_face.jpg")
+  photo = images.load_rgb(str(tmp_path / "multi_face.jpg"))
+  with face_mesh_lib.FaceMesh(max_faces=faces.FACE_SEARCH_LIMIT) as several:
+    found = several.detect(photo)
+  assert len(found) >= 3
+  largest = max(found, key=faces.face_size)
+  np.testing.assert_allclose(row.keypoints(), largest[list(default_schema.mesh_indices)],
+                             atol=1.0)
+
+
+def test_a_face_hidden_by_transparency_gets_a_hint(tmp_path, default_schema, astronaut):
+  rgba = np.dstack([astronaut, np.full(astronaut.shape[:2], 255, np.uint8)])
+  rgba[:, :, 3] = 0  # all transparent: load_rgb shows it black
+  (tmp_path / "ghost.png").write_bytes(encode(rgba, "PNG"))
+  labeller = annotate.Labeller(settings_for(tmp_path, tmp_path / "out", default_schema))
+  (row,) = labeller.rows_for("ghost.png")
+  assert row.status == annotate.NO_FACE_TRANSPARENT
+
+
+def test_face_size_is_the_side_of_the_aligned_square(mesh):
+  """The crop of side S shrinks the face's square by S / face_size."""
+  photo = images.load_rgb(os.path.join(SAMPLE_DIR, "grace_hopper.jpg"))
+  (landmarks,) = mesh.detect(photo)
+  _, matrix = align.align_face(photo, landmarks, 100)
+  scale = np.sqrt(abs(np.linalg.det(matrix[:, :2])))
+  assert faces.face_size(landmarks) == pytest.approx(100 / scale)

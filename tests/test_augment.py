@@ -6,6 +6,7 @@ import pytest
 import tensorflow as tf
 
 from facekp import augment
+from facekp import keypoints as keypoints_lib
 from facekp import schema as schema_lib
 
 SCHEMA = schema_lib.Schema((1, 33, 61, 263, 291), (1, 263, 291, 33, 61))
@@ -22,7 +23,7 @@ def _paint(keypoints, size):
   """Images [B,S,S,3] uint8, black with a Gaussian dot of slot k's colour at keypoint k."""
   centres = np.arange(size) + 0.5
   images = np.zeros((len(keypoints), size, size, 3), np.float32)
-  for image, points in zip(images, keypoints * size):
+  for image, points in zip(images, keypoints_lib.to_pixels(keypoints, size)):
     for colour, (x, y) in zip(COLOURS, points):
       blob = np.exp(-((centres[None, :] - x) ** 2 + (centres[:, None] - y) ** 2) / (2 * 1.2**2))
       image += blob[..., None] * colour * 255
@@ -32,32 +33,43 @@ def _paint(keypoints, size):
 def _faces(batch, rng, size=SIZE, jitter=3.0):
   """Dot images of faces jittered around FACE, and their normalised keypoints [B,K,2]."""
   points = FACE * size / SIZE + rng.uniform(-jitter, jitter, (batch,) + FACE.shape)
-  keypoints = (points / size).astype(np.float32)
+  keypoints = keypoints_lib.to_normalised(points, size).astype(np.float32)
   return _paint(keypoints, size), keypoints
 
 
-def _dot_centroids(image):
-  """[colours, 2] intensity-weighted centroid (pixel coordinates) of each colour's pixels."""
+def _dot_centroids(image, near, radius=4.0):
+  """[colours, 2] intensity-weighted centroid (pixel coordinates) of each colour's pixels within
+  `radius` of the point `near` (the reflected fill can show mirrored copies of dots far away),
+  and [colours] their total weight."""
   image = np.asarray(image, np.float64)
   norm = np.linalg.norm(image, axis=-1)
   centres = np.arange(image.shape[0]) + 0.5
   xs, ys = np.meshgrid(centres, centres)
-  found = []
+  close = (xs - near[0]) ** 2 + (ys - near[1]) ** 2 <= radius ** 2
+  found, weights = [], []
   for colour in COLOURS:
     cosine = image @ colour / np.linalg.norm(colour) / np.maximum(norm, 1e-6)
-    weight = np.where((norm > 10) & (cosine > 0.97), norm, 0.0)
-    found.append([(weight * xs).sum() / weight.sum(), (weight * ys).sum() / weight.sum()])
-  return np.array(found)
+    weight = np.where(close & (norm > 10) & (cosine > 0.97), norm, 0.0)
+    total = max(weight.sum(), 1e-9)
+    found.append([(weight * xs).sum() / total, (weight * ys).sum() / total])
+    weights.append(weight.sum())
+  return np.array(found), np.array(weights)
 
 
 def _slot_colours(images, keypoints):
-  """Per example, the colour found nearest each output keypoint and its distance in pixels."""
+  """Per example, the colour of the dot found at each output keypoint and its distance from
+  the keypoint in pixels."""
   size = images.shape[2]
   colours, errors = [], []
-  for image, points in zip(np.asarray(images), np.asarray(keypoints) * size):
-    distance = np.linalg.norm(points[:, None, :] - _dot_centroids(image)[None], axis=-1)
-    colours.append(distance.argmin(axis=1))
-    errors.append(distance.min(axis=1))
+  for image, points in zip(np.asarray(images), keypoints_lib.to_pixels(keypoints, size)):
+    row_colours, row_errors = [], []
+    for point in points:
+      centroids, weights = _dot_centroids(image, point)
+      best = int(np.argmax(weights))
+      row_colours.append(best)
+      row_errors.append(np.linalg.norm(centroids[best] - point))
+    colours.append(row_colours)
+    errors.append(row_errors)
   return np.array(colours), np.array(errors)
 
 
@@ -249,3 +261,47 @@ def test_bad_configs_name_the_field():
     augment.augment_batch(images, keypoints, augment.make_config(), tf.constant([0, 0]), (0, 1))
   with pytest.raises(ValueError, match="unknown augmentation fields"):
     augment.make_config(hue=0.1)
+
+
+def _small_astronaut(astronaut, size=48):
+  """A real photo, downscaled by striding (no interpolation) to size x size."""
+  step = min(astronaut.shape[:2]) // size
+  return np.ascontiguousarray(astronaut[::step, ::step][:size, :size])
+
+
+def test_warp_fills_outside_the_frame_with_the_reflected_image(astronaut):
+  """An integer shift of a real photo: the strip it uncovers is the image mirrored about its
+  edge, edge pixel repeated (numpy's "symmetric" padding, OpenCV's BORDER_REFLECT)."""
+  image = _small_astronaut(astronaut)
+  shift = (5, -3)  # output pixel p shows input pixel p - shift
+  out = augment._warp(tf.constant(image[None]), tf.eye(2)[None], tf.constant([shift], tf.float32))
+  padded = np.pad(image, ((8, 8), (8, 8), (0, 0)), mode="symmetric")
+  size = image.shape[0]
+  rows = np.arange(size) - shift[1] + 8
+  cols = np.arange(size) - shift[0] + 8
+  np.testing.assert_array_equal(out[0].numpy(), padded[rows][:, cols].astype(np.float32))
+
+
+def test_rotation_matches_opencv_with_border_reflect(astronaut):
+  """A rotation and zoom of a real photo against cv2.warpAffine(BORDER_REFLECT), converted to
+  OpenCV's pixel-centre-at-integer coordinates; with edge replication the corners differ."""
+  cv2 = pytest.importorskip("cv2")
+  image = _small_astronaut(astronaut)
+  size = image.shape[0]
+  angle, zoom = np.deg2rad(25.0), 0.8
+  matrix = zoom * np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
+  centre = np.array([size / 2, size / 2])
+  offset = centre - matrix @ centre
+  out = augment._warp(tf.constant(image[None]), tf.constant(matrix[None], tf.float32),
+                      tf.constant(offset[None], tf.float32))[0].numpy()
+  # Output index q shows input index inverse (q + 0.5 - offset) - 0.5.
+  inverse = np.linalg.inv(matrix)
+  to_source = np.hstack([inverse, (inverse @ (0.5 - offset) - 0.5)[:, None]])
+  warp = lambda border: cv2.warpAffine(image, to_source, (size, size), flags=cv2.INTER_LINEAR |
+                                       cv2.WARP_INVERSE_MAP, borderMode=border).astype(np.float32)
+  reflected, replicated = warp(cv2.BORDER_REFLECT), warp(cv2.BORDER_REPLICATE)
+  outside = np.abs(reflected - replicated).max(axis=-1) > 0  # where the two fills differ
+  assert outside.mean() > 0.1
+  assert np.abs(out - reflected)[outside].mean() < 1.0  # OpenCV's weights are 1/32 steps
+  assert np.abs(out - replicated)[outside].mean() > 10.0
+  assert np.abs(out - reflected).max() < 8.0

@@ -1,4 +1,5 @@
 """make_tfrecords --runner=beam: the local pool's files and examples, and no half dataset."""
+import json
 import os
 import shutil
 
@@ -12,8 +13,8 @@ from facekp import dataset  # pylint: disable=g-import-not-at-top
 from tools import make_tfrecords
 from conftest import SAMPLE_DIR
 
-_FILES = ("face_keypoints.csv", "cleaned.csv", "cleaning_report.json", "schema.json",
-          "features.json", "dataset_info.json")
+_FILES = ("face_keypoints.csv", "cleaned.csv", "cleaning_report.json", "duplicates.json",
+          "schema.json", "features.json", "dataset_info.json")
 
 
 def folder_of(tmp_path, image_files, samples, bad):
@@ -56,13 +57,21 @@ def test_beam_on_two_worker_processes_equals_the_local_pool(tmp_path, image_file
   folder = folder_of(tmp_path, image_files, ["astronaut.jpg", "grace_hopper.jpg",
                                              "0-f1-su-ph.jpg", "45-m7-di-ph.jpg"],
                      ["blank.png", "notes.png", "truncated.jpg"])
+  # A copy whose own name hashes to train and grace_hopper's to test: both must go to one split.
+  shutil.copy(f"{folder}/grace_hopper.jpg", f"{folder}/hopper.jpg")
   local = make_tfrecords.make_tfrecords(folder, str(tmp_path / "local"), workers=2,
                                         split="0.4,0.3,0.3")
   summary = make_tfrecords.make_tfrecords(
       folder, str(tmp_path / "beam"), split="0.4,0.3,0.3", runner="beam",
       beam_options="direct_num_workers=2,direct_running_mode=multi_processing")
-  assert summary["kept"] == local["kept"] == 4 and summary["splits"] == local["splits"]
+  assert summary["kept"] == local["kept"] == 5 and summary["splits"] == local["splits"]
   assert summary["dropped"] == local["dropped"]
+  assert summary["duplicate_groups"] == local["duplicate_groups"] == 1
+  with open(tmp_path / "beam" / "duplicates.json") as f:
+    assert json.load(f)["groups"] == [["grace_hopper.jpg", "hopper.jpg"]]
+  split_of = {e["image_name"]: split for split, examples in decoded(str(tmp_path / "beam")).items()
+              for e in examples}
+  assert split_of[b"grace_hopper.jpg"] == split_of[b"hopper.jpg"]
   assert_same_dataset(str(tmp_path / "beam"), str(tmp_path / "local"))
   assert not os.path.exists(str(tmp_path / "beam") + beam_pipeline.STAGING_SUFFIX)
 

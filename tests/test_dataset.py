@@ -1,4 +1,5 @@
-"""facekp.dataset: the keypoint CSV, cleaning, the hash split and the TFDS round trip."""
+"""facekp.keypoint_csv, facekp.cleaning, facekp.splits and facekp.dataset: the keypoint CSV,
+cleaning, the hash split, the TFDS round trip and its metadata."""
 import json
 import os
 
@@ -7,49 +8,52 @@ import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from facekp import cleaning
 from facekp import dataset
 from facekp import images
-from conftest import encode
+from facekp import input_pipeline
+from facekp import keypoints
+from facekp import keypoint_csv
+from facekp import splits as splits_lib
+from conftest import encode, user_csv
 
 
 def row(name, points=None, width=40, height=30, status="ok"):
   points = points if points is not None else [5.5, 6.25] * 5
-  return dataset.KeypointRow(name, width, height, tuple(float(v) for v in points), status)
+  return keypoint_csv.KeypointRow(name, width, height, tuple(float(v) for v in points), status)
 
 
 def test_csv_round_trip_is_exact(tmp_path, default_schema):
   rows = [row("a,b.png", [1 / 3, 2.0, 1e-7, 3.5, 4, 5, 6, 7, 8, 9]),
-          dataset.missing_row("sub/c.jpg", 5, "no_face", 10, 20)]
+          keypoint_csv.missing_row("sub/c.jpg", 5, "no_face", 10, 20)]
   path = str(tmp_path / "k.csv")
-  dataset.write_keypoints_csv(path, rows, default_schema)
-  assert open(path).readline().strip() == ",".join(dataset.csv_header(default_schema))
-  assert dataset.read_keypoints_csv(path, default_schema) == rows
+  keypoint_csv.write_keypoints_csv(path, rows, default_schema)
+  assert open(path).readline().strip() == ",".join(keypoint_csv.csv_header(default_schema))
+  assert keypoint_csv.read_keypoints_csv(path, default_schema) == rows
 
 
 def test_reading_a_csv_names_missing_columns_and_bad_values(tmp_path, default_schema):
   path = tmp_path / "k.csv"
   path.write_text("image_name,point_1_x,point_1_y,point_2_x\na.png,1,2,3\n")
   with pytest.raises(ValueError, match="missing required column.*point_2_y, point_3_x"):
-    dataset.read_keypoints_csv(str(path), default_schema)
+    keypoint_csv.read_keypoints_csv(str(path), default_schema)
   header = ",".join(("image_name",) + default_schema.csv_point_columns)
   path.write_text(header + ",point_6_x\n")
   with pytest.raises(ValueError, match="point_6_x go beyond the 5 keypoints"):
-    dataset.read_keypoints_csv(str(path), default_schema)
+    keypoint_csv.read_keypoints_csv(str(path), default_schema)
   path.write_text(header + "\na.png,1,2,3,4,5,6,7,8,9,ten\n")
   with pytest.raises(ValueError, match="line 2, column point_5_y: 'ten' is not a number"):
-    dataset.read_keypoints_csv(str(path), default_schema)
+    keypoint_csv.read_keypoints_csv(str(path), default_schema)
 
 
 def test_seed_format_csv_gets_sizes_from_the_images(tmp_path, default_schema):
   folder = tmp_path / "imgs"
   folder.mkdir()
   (folder / "a.png").write_bytes(encode(np.zeros((30, 40, 3), np.uint8), "PNG"))
-  path = tmp_path / "seed.csv"
-  path.write_text(",".join(("image_name",) + default_schema.csv_point_columns) +
-                  "\na.png," + ",".join(["5"] * 10) + "\n")
-  (only,) = dataset.read_keypoints_csv(str(path), default_schema)
+  path = user_csv(tmp_path / "seed.csv", default_schema, ["a.png," + ",".join(["5"] * 10)])
+  (only,) = keypoint_csv.read_keypoints_csv(str(path), default_schema)
   assert (only.width, only.height, only.status) == (None, None, "ok")
-  kept, report = dataset.clean([only], str(folder))
+  kept, report = cleaning.clean([only], str(folder))
   assert report["kept"] == 1 and (kept[0].width, kept[0].height) == (40, 30)
 
 
@@ -60,50 +64,50 @@ def test_clean_counts_every_reason(tmp_path):
     (folder / name).write_bytes(encode(np.zeros((30, 40, 3), np.uint8), "PNG"))
   (folder / "broken.png").write_bytes(b"junk")
   rows = [row("ok.png"), row("dup.png"), row("dup.png"), row("clash.png"),
-          row("clash.png", [1.0] * 10), dataset.missing_row("nopts.png", 5, "no_face", 40, 30),
+          row("clash.png", [1.0] * 10), keypoint_csv.missing_row("nopts.png", 5, "no_face", 40, 30),
           row("half.png", [-1.0, -1.0] + [5.0] * 8, status="ok"),
           row("gone.png"), row("broken.png"), row("small.png", width=80),
           row("out.png", [41.0, 5.0] + [5.0] * 8)]
-  kept, report = dataset.clean(rows, str(folder))
+  kept, report = cleaning.clean(rows, str(folder))
   assert [r.image_name for r in kept] == ["ok.png", "dup.png"]
   assert report == {
       "rows": 11, "kept": 2,
       "dropped": {"duplicate_name": 3, "missing_keypoints": 2, "missing_file": 1,
                   "unreadable_file": 1, "size_mismatch": 1, "outside_image": 1},
-      "missing_keypoints_by_status": {"no_face": 1, "ok": 1}}
-  dataset.write_report(str(tmp_path / "r.json"), report)
+      "missing_keypoints_by_status": {"no_face": 1, cleaning.BLANK_POINTS: 1}}
+  cleaning.write_report(str(tmp_path / "r.json"), report)
   assert json.load(open(tmp_path / "r.json")) == report
 
 
 def test_group_key_joins_the_faces_of_a_photo():
-  assert dataset.group_key("a/photo_f3.png") == "a/photo"
-  assert dataset.group_key("a/photo_f3_f12.png") == "a/photo_f3"
-  assert dataset.group_key("a/photo.jpg") == "a/photo"
-  assert dataset.group_key("f1.png") == "f1"
+  assert splits_lib.group_key("a/photo_f3.png") == "a/photo"
+  assert splits_lib.group_key("a/photo_f3_f12.png") == "a/photo_f3"
+  assert splits_lib.group_key("a/photo.jpg") == "a/photo"
+  assert splits_lib.group_key("f1.png") == "f1"
 
 
 def test_split_is_stable_when_images_are_added_and_keeps_photos_together():
-  fractions = dataset.parse_fractions("0.8,0.1,0.1")
+  fractions = splits_lib.parse_fractions("0.8,0.1,0.1")
   names = [f"dir/img{i:05d}.png" for i in range(3000)]
   before = {r.image_name: split for split, rows in
-            dataset.assign_splits([row(n) for n in names[:2000]], fractions).items()
+            splits_lib.assign_splits([row(n) for n in names[:2000]], fractions).items()
             for r in rows}
   after = {r.image_name: split for split, rows in
-           dataset.assign_splits([row(n) for n in names], fractions).items() for r in rows}
+           splits_lib.assign_splits([row(n) for n in names], fractions).items() for r in rows}
   assert all(after[n] == before[n] for n in before)
-  shares = [list(after.values()).count(s) / len(after) for s in dataset.SPLITS]
+  shares = [list(after.values()).count(s) / len(after) for s in splits_lib.SPLITS]
   np.testing.assert_allclose(shares, fractions, atol=0.025)
   faces = [f"group/photo{i}_f{k}.png" for i in range(50) for k in range(4)]
   for i in range(50):
-    assert len({dataset.split_of(f"group/photo{i}_f{k}.png", fractions) for k in range(4)}) == 1
-  assert {dataset.split_of(n, (1.0, 0.0, 0.0)) for n in faces} == {"train"}
+    assert len({splits_lib.split_of(f"group/photo{i}_f{k}.png", fractions) for k in range(4)}) == 1
+  assert {splits_lib.split_of(n, (1.0, 0.0, 0.0)) for n in faces} == {"train"}
 
 
 def test_parse_fractions_rejects_bad_input():
-  assert dataset.parse_fractions("1,0,0") == (1.0, 0.0, 0.0)
+  assert splits_lib.parse_fractions("1,0,0") == (1.0, 0.0, 0.0)
   for bad in ["0.8,0.1", "0.5,0.5,0.5", "a,b,c", "1.2,-0.1,-0.1"]:
     with pytest.raises(ValueError, match="--split"):
-      dataset.parse_fractions(bad)
+      splits_lib.parse_fractions(bad)
 
 
 def test_stored_bytes_are_kept_only_when_tensorflow_decodes_them_exactly(astronaut):
@@ -136,7 +140,7 @@ def test_tfds_round_trip_of_every_split(tmp_path, default_schema):
   write_images(str(tmp_path / "imgs"), names)
   rng = np.random.RandomState(1)
   rows = [row(n, rng.uniform(0, 30, 10)) for n in names]
-  splits = dataset.assign_splits(rows, (0.6, 0.2, 0.2))
+  splits = splits_lib.assign_splits(rows, (0.6, 0.2, 0.2))
   out = str(tmp_path / "out")
   os.makedirs(out)
   counts = dataset.write_dataset(out, splits, str(tmp_path / "imgs"), default_schema,
@@ -145,7 +149,7 @@ def test_tfds_round_trip_of_every_split(tmp_path, default_schema):
   assert dataset.load_schema(out) == default_schema
   info = dataset.builder(out).info
   assert info.splits["train"].num_shards == 3
-  for split in dataset.SPLITS:
+  for split in splits_lib.SPLITS:
     found = examples(out, split)
     assert sorted(found) == sorted(r.image_name for r in splits[split])
     for r in splits[split]:
@@ -162,13 +166,86 @@ def test_an_empty_split_is_left_out_and_old_shards_are_replaced(tmp_path, defaul
   out = str(tmp_path / "out")
   os.makedirs(out)
   rows = [row(n) for n in names]
-  dataset.write_dataset(out, dataset.assign_splits(rows, (0.5, 0.25, 0.25)),
+  dataset.write_dataset(out, splits_lib.assign_splits(rows, (0.5, 0.25, 0.25)),
                         str(tmp_path / "imgs"), default_schema, num_shards=2)
-  dataset.write_dataset(out, dataset.assign_splits(rows, (1.0, 0.0, 0.0)),
+  dataset.write_dataset(out, splits_lib.assign_splits(rows, (1.0, 0.0, 0.0)),
                         str(tmp_path / "imgs"), default_schema)
   assert sorted(f for f in os.listdir(out) if ".tfrecord" in f) == [
       "facekp-train.tfrecord-00000-of-00001"]
   assert list(dataset.builder(out).info.splits) == ["train"]
   assert len(examples(out, "train")) == 6
   with pytest.raises(ValueError, match="no usable rows"):
-    dataset.write_dataset(out, {s: [] for s in dataset.SPLITS}, "", default_schema)
+    dataset.write_dataset(out, {s: [] for s in splits_lib.SPLITS}, "", default_schema)
+
+
+def test_the_metadata_records_the_keypoint_convention_and_the_crop(tmp_path, default_schema):
+  names = [f"img{i}.png" for i in range(4)]
+  write_images(str(tmp_path / "imgs"), names, size=(32, 32))
+  out = str(tmp_path / "out")
+  os.makedirs(out)
+  dataset.write_dataset(out, {"train": [row(n, width=32, height=32) for n in names],
+                              "validation": [], "test": []},
+                        str(tmp_path / "imgs"), default_schema,
+                        crop=keypoints.crop_method(32), input_size=32)
+  expected = {"coordinates": "continuous", "normalised_by": "image width and height",
+              "crop": "facekp_align_32", "input_size": 32}
+  assert dataset.read_metadata(out) == expected
+  info = dataset.builder(out).info
+  assert info.metadata["keypoints"] == expected
+  # No made-up homepage in what is written (TFDS's DatasetInfo.homepage invents its catalogue
+  # URL on reading when none is stored; facekp stores none).
+  written = [open(f"{out}/{f}").read() for f in os.listdir(out) if f.endswith(".json")]
+  assert written and not any("http" in text for text in written)
+
+
+def test_a_damaged_shard_is_named_by_every_read(tmp_path, default_schema):
+  """The training mean reads the shards' CRCs first; a valid record with a corrupt PNG is named
+  by its shard and example."""
+  names = [f"img{i}.png" for i in range(3)]
+  write_images(str(tmp_path / "imgs"), names, size=(16, 16))
+  out = str(tmp_path / "out")
+  os.makedirs(out)
+  dataset.write_dataset(out, {"train": [row(n, [5.0] * 10, 16, 16) for n in names],
+                              "validation": [], "test": []}, str(tmp_path / "imgs"),
+                        default_schema)
+  (shard,) = [f"{out}/{f}" for f in os.listdir(out) if ".tfrecord-" in f]
+  good = open(shard, "rb").read()
+  middle = len(good) // 2
+  with open(shard, "wb") as f:  # a flipped byte in the middle: a CRC error
+    f.write(good[:middle] + bytes([good[middle] ^ 0xFF]) + good[middle + 1:])
+  with pytest.raises(ValueError, match=f"{shard}: corrupt TFRecord shard"):
+    input_pipeline.train_mean_keypoints(out)
+  spec = dataset.features(5)
+  bad = dataset.make_example(str(tmp_path / "imgs"), row(names[1], [5.0] * 10, 16, 16))
+  bad["image"] = bad["image"][:40] + bytes(len(bad["image"]) - 40)  # a valid record, bad PNG
+  dataset.write_shard(shard, [dataset.make_example(str(tmp_path / "imgs"),
+                                                   row(names[0], [5.0] * 10, 16, 16)), bad], spec)
+  dataset.write_metadata(out, spec, default_schema)
+  with pytest.raises(ValueError, match=f"corrupt image in {shard}, record 1 \\(img1.png\\)"):
+    input_pipeline.load_arrays(out, "train", image_size=16)
+
+
+def test_a_users_csv_names_stay_inside_the_image_folder(tmp_path):
+  folder = tmp_path / "imgs"
+  assert keypoint_csv.relative_name("./a/b.png", str(folder)) == "a/b.png"
+  assert keypoint_csv.relative_name(f"{folder}/a/b.png", str(folder)) == "a/b.png"
+  for name in ("../b.png", "a/../../b.png", "/etc/passwd"):
+    with pytest.raises(ValueError, match="outside the image folder"):
+      keypoint_csv.relative_name(name, str(folder))
+
+
+def test_a_csv_with_a_byte_order_mark_reads(tmp_path, default_schema):
+  path = tmp_path / "k.csv"
+  header = ",".join(("image_name",) + default_schema.csv_point_columns)
+  path.write_bytes(("\ufeff" + header + "\na.png," + ",".join(["5"] * 10) + "\n").encode())
+  (only,) = keypoint_csv.read_keypoints_csv(str(path), default_schema)
+  assert only.image_name == "a.png"
+
+
+def test_normalised_points_are_detected_and_converted(tmp_path):
+  write_images(str(tmp_path / "imgs"), ["a.png"], size=(30, 40))
+  rows = [row("a.png", [0.5, 0.25] * 5, None, None)]
+  assert cleaning.looks_normalised(rows)
+  assert not cleaning.looks_normalised([row("a.png")])
+  (converted,) = cleaning.normalised_to_pixels(rows, str(tmp_path / "imgs"))
+  np.testing.assert_allclose(converted.keypoints(), [[20.0, 7.5]] * 5)

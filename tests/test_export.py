@@ -7,6 +7,7 @@ import pytest
 import tensorflow as tf
 
 from facekp import export
+from facekp import keypoints as keypoints_lib
 
 SIZE = 32
 
@@ -56,6 +57,26 @@ def test_exports_are_written_and_match_keras(exported):
   assert models["tflite_dynamic_range"]["size_bytes"] < models["tflite_float32"]["size_bytes"]
   assert all(m["latency_ms"] > 0 for m in models.values())
   assert json.loads((workdir / "export" / "export_report.json").read_text()) == report
+
+
+def test_export_records_the_keypoint_convention_crop_and_input_size(exported):
+  workdir, report = exported
+  expected = keypoints_lib.metadata(export.UNKNOWN_CROP, SIZE)  # no dataset: crop unknown
+  assert report["keypoints"] == expected
+  assert json.loads((workdir / "export" / export.KEYPOINTS_FILE).read_text()) == expected
+  assert expected["coordinates"] == keypoints_lib.CONVENTION and expected["input_size"] == SIZE
+  assert not [p for p in (workdir / "export").iterdir() if p.name.startswith(".tmp")]
+
+
+def test_the_crop_method_comes_from_the_dataset(tmp_path):
+  assert export.dataset_crop(str(tmp_path)) == export.UNKNOWN_CROP
+  (tmp_path / "schema.json").write_text(json.dumps({"mesh_indices": [1]}))
+  assert export.dataset_crop(str(tmp_path)) == export.UNKNOWN_CROP
+  crop = keypoints_lib.crop_method(128)
+  (tmp_path / "schema.json").write_text(json.dumps({"keypoints": keypoints_lib.metadata(crop)}))
+  assert export.dataset_crop(str(tmp_path)) == crop == "facekp_align_128"
+  (tmp_path / "schema.json").write_text(json.dumps({"keypoints": keypoints_lib.CROP_AS_STORED}))
+  assert export.dataset_crop(str(tmp_path)) == keypoints_lib.CROP_AS_STORED
 
 
 def test_saved_model_signature_takes_uint8_and_returns_pixels(exported):

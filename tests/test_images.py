@@ -8,6 +8,7 @@ import numpy as np
 from PIL import Image
 import pytest
 
+from facekp import files
 from facekp import images
 from conftest import encode
 
@@ -17,6 +18,35 @@ def test_list_images_is_recursive_sorted_and_filtered(image_folder, image_files)
   with open(os.path.join(image_folder, "UPPER", "SHOUT.JPG"), "wb") as f:
     f.write(b"")
   assert images.list_images(image_folder) == sorted(list(image_files) + ["UPPER/SHOUT.JPG"])
+
+
+def test_listing_follows_each_real_file_once(tmp_path, astronaut):
+  """Link loops, a second link to a file, the output folder inside the input, a FIFO and a
+  name that is not UTF-8 are skipped (and said); a name with a trailing space is listed."""
+  root = tmp_path / "photos"
+  (root / "sub").mkdir(parents=True)
+  png = encode(astronaut[:8, :8], "PNG")
+  for name in ("a.png", "sub/b.png", "c.png "):
+    (root / name).write_bytes(png)
+  os.symlink("..", root / "sub" / "up")  # a loop
+  os.symlink(root, root / "again")  # another loop, absolute
+  os.symlink("a.png", root / "link.png")  # the same file under a second name
+  os.mkfifo(root / "pipe.jpg")
+  (root / "out" / "aligned").mkdir(parents=True)
+  (root / "out" / "aligned" / "a_f0.png").write_bytes(png)
+  os.symlink(root / "gone.png", root / "broken.png")
+  with open(os.path.join(os.fsencode(root), b"\xff.png"), "wb") as f:
+    f.write(png)
+  listing = images.scan_images(str(root), exclude=[str(root / "out")])
+  assert listing.names == ["a.png", "c.png ", "sub/b.png"]
+  assert listing.skipped == {"link_loop": ["again", "sub/up"], "output_folder": ["out"],
+                             "second_link_to_a_file": ["link.png"],
+                             "not_a_regular_file": ["pipe.jpg"], "broken_link": ["broken.png"],
+                             "name_not_utf8": ["'\\udcff.png'"]}
+  assert images.list_images(str(root), exclude=[str(root / "out")]) == listing.names
+  with pytest.raises(images.ImageError) as error:
+    images.load_rgb(str(root / "pipe.jpg"))  # would block forever if opened
+  assert error.value.reason == "not_a_regular_file"
 
 
 def test_list_images_of_a_missing_folder_says_so(tmp_path):
@@ -89,6 +119,24 @@ def test_png_exif_orientation_is_found_wherever_the_chunk_is(tmp_path, astronaut
   assert images.image_size(str(path)) == (256, 200)
 
 
+def test_a_tiff_with_an_orientation_tag_has_one_size(tmp_path, astronaut):
+  """Pillow applies a TIFF's orientation when it opens the file: the size must not turn twice."""
+  exif = Image.Exif()
+  exif[0x0112] = 6
+  path = tmp_path / "rotated.tif"
+  path.write_bytes(encode(astronaut[:, :200], "TIFF", exif=exif.tobytes()))
+  height, width = images.load_rgb(str(path)).shape[:2]
+  assert images.image_size(str(path)) == (width, height)
+
+
+def test_transparency_is_detected(astronaut):
+  rgba = np.dstack([astronaut, np.full(astronaut.shape[:2], 255, np.uint8)])
+  assert not images.has_transparency(encode(rgba, "PNG"))
+  rgba[50:150, 50:150, 3] = 0
+  assert images.has_transparency(encode(rgba, "PNG"))
+  assert not images.has_transparency(encode(astronaut, "JPEG"))
+
+
 @pytest.mark.parametrize("name", ["empty.jpg", "notes.png", "truncated.jpg", "truncated.png",
                                   "corrupt.png"])
 def test_bad_files_raise_with_their_reason(tmp_path, image_files, name):
@@ -108,6 +156,6 @@ def test_missing_file(tmp_path):
 
 def test_encode_png_is_lossless_and_write_atomic_leaves_no_temporary(tmp_path, astronaut):
   path = str(tmp_path / "x.png")
-  images.write_atomic(path, images.encode_png(astronaut))
+  files.atomic_write(path, images.encode_png(astronaut))
   np.testing.assert_array_equal(images.load_rgb(path), astronaut)
   assert os.listdir(tmp_path) == ["x.png"]

@@ -15,9 +15,13 @@ import tensorflow_datasets as tfds
 
 from facekp import annotate
 from facekp import dataset
+from facekp import files
 from facekp import images
+from facekp import journal as journal_lib
+from facekp import splits as splits_lib
 from tools import make_tfrecords
-from conftest import SAMPLE_DIR
+from conftest import SAMPLE_DIR, copies_of, encode
+from conftest import user_csv as write_user_csv
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -62,11 +66,15 @@ def test_a_folder_with_bad_inputs_becomes_a_dataset(image_folder, image_files, t
   assert sorted(cleaned) == ok
   schema = dataset.load_schema(out)
   assert schema.flip_permutation == (0, 3, 4, 1, 2)
+  # Every good image is the astronaut in another form: one group of copies, in one split.
+  assert read_json(f"{out}/duplicates.json") == {"groups": [ok]}
+  assert report["duplicates"]["groups"] == 1 == summary["duplicate_groups"]
   written = tfds_keypoints(out)
   assert sorted(n for split in written.values() for n in split) == ok
+  assert len(written) == 1
   for split, found in written.items():
     for name, keypoints in found.items():
-      assert dataset.split_of(name, (0.4, 0.3, 0.3)) == split
+      assert splits_lib.split_of(name, (0.4, 0.3, 0.3), key=splits_lib.group_key(ok[0])) == split
       expected = [float(cleaned[name][c]) for c in schema.csv_point_columns]
       np.testing.assert_allclose(keypoints.ravel(), expected, rtol=1e-6)
 
@@ -94,13 +102,108 @@ def test_a_users_csv_skips_annotation(tmp_path, default_schema):
   np.testing.assert_array_equal(keypoints, np.full((5, 2), 100.0))
 
 
+def test_a_users_csv_is_read_as_meant(tmp_path, default_schema):
+  """A byte-order mark, './x' and an absolute path inside --images are read; NaN points are
+  reported as such; a name outside --images and normalised points are refused with a hint."""
+  folder = tmp_path / "imgs"
+  (folder / "sub").mkdir(parents=True)
+  for name in ("a.png", "sub/b.png", "c.png", "d.png"):
+    (folder / name).write_bytes(encode(np.zeros((30, 40, 3), np.uint8), "PNG"))
+  header = ",".join(("image_name",) + default_schema.csv_point_columns)
+  points = ",".join(["5"] * 10)
+  user_csv = tmp_path / "mine.csv"
+  user_csv.write_bytes((f"\ufeff{header}\n./a.png,{points}\n{folder}/sub/b.png,{points}\n"
+                        f"c.png,{','.join(['nan'] * 10)}\n").encode())
+  out = tmp_path / "out"
+  (out / "aligned" / "sub").mkdir(parents=True)  # debris of a run killed on a full disk
+  (out / ".tmp4242.cleaned.csv").write_text("half")
+  (out / "aligned" / "sub" / ".tmp4242.x_f0.png").write_bytes(b"half")
+  summary = make_tfrecords.make_tfrecords(str(folder), str(out), csv=str(user_csv),
+                                          split="1,0,0")
+  assert summary["kept"] == 2
+  report = read_json(f"{out}/cleaning_report.json")
+  assert report["missing_keypoints_by_status"] == {"ok_with_blank_or_nan_points": 1}
+  assert sorted(tfds_keypoints(str(out))["train"]) == ["a.png", "sub/b.png"]
+  assert not (out / ".tmp4242.cleaned.csv").exists()
+  assert not (out / "aligned" / "sub" / ".tmp4242.x_f0.png").exists()
+
+  (tmp_path / "a.png").write_bytes((folder / "a.png").read_bytes())
+  user_csv.write_text(f"{header}\n../a.png,{points}\n")
+  with pytest.raises(ValueError, match="'../a.png' lies outside the image folder"):
+    make_tfrecords.make_tfrecords(str(folder), str(out), csv=str(user_csv))
+  user_csv.write_text(f"{header}\nd.png,{','.join(['0.5', '0.25'] * 5)}\n")
+  with pytest.raises(ValueError, match="look like normalised.*--csv_units=normalised"):
+    make_tfrecords.make_tfrecords(str(folder), str(out), csv=str(user_csv))
+  make_tfrecords.make_tfrecords(str(folder), str(out), csv=str(user_csv), split="1,0,0",
+                                csv_units="normalised")
+  np.testing.assert_allclose(tfds_keypoints(str(out))["train"]["d.png"], [[20.0, 7.5]] * 5)
+
+
+def test_a_second_run_on_the_same_out_is_refused(tmp_path, default_schema):
+  folder = tmp_path / "imgs"
+  folder.mkdir()
+  (folder / "a.png").write_bytes(encode(np.zeros((30, 40, 3), np.uint8), "PNG"))
+  user_csv = write_user_csv(tmp_path / "mine.csv", default_schema, ["a.png," + "5," * 9 + "5"])
+  out = tmp_path / "out"
+  with files.folder_lock(str(out), "--out"):  # another run holds it
+    with pytest.raises(files.FolderInUseError, match=f"{out} is in use by pid {os.getpid()}"):
+      make_tfrecords.make_tfrecords(str(folder), str(out), csv=str(user_csv))
+  assert not (out / "face_keypoints.csv").exists() and not (out / "cleaned.csv").exists()
+  make_tfrecords.make_tfrecords(str(folder), str(out), csv=str(user_csv), split="1,0,0")
+
+
+def _process_group(pgid):
+  """Process ids of a process group (read from /proc)."""
+  members = []
+  for pid in filter(str.isdigit, os.listdir("/proc")):
+    try:
+      with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+      continue
+    if int(fields[2]) == pgid and fields[0] != "Z":
+      members.append(int(pid))
+  return members
+
+
+def start_run(photos, out, chunk_size, commits):
+  """make_tfrecords in its own process group, once `commits` chunks are in its journal."""
+  command = [sys.executable, "-m", "tools.make_tfrecords", f"--images={photos}",
+             f"--out={out}", "--workers=2", f"--chunk_size={chunk_size}"]
+  run = subprocess.Popen(command, cwd=REPO, start_new_session=True,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  journal = out / annotate.JOURNAL
+  while run.poll() is None and (not journal.exists() or
+                                journal.read_text().count("#commit") < commits):
+    time.sleep(0.005)
+  return run
+
+
+def test_killing_the_run_ends_its_workers_fork_server_and_tracker(tmp_path):
+  photos = copies_of(str(tmp_path / "photos"), "astronaut.jpg", 40)
+  run = start_run(photos, tmp_path / "out", chunk_size=1, commits=2)
+  children = [pid for pid in _process_group(run.pid) if pid != run.pid]
+  assert len(children) >= 3  # the fork server, two workers (and the resource tracker)
+  run.kill()  # the main process only, as the OOM killer or `kill -9 PID` would
+  run.wait()
+  deadline = time.time() + 20
+  while _process_group(run.pid) and time.time() < deadline:
+    time.sleep(0.1)
+  assert _process_group(run.pid) == []
+
+
 def test_align_turns_photos_into_a_dataset_of_crops(tmp_path):
   photos = tmp_path / "photos"
   photos.mkdir()
   for name in ["multi_face.jpg", "grace_hopper.jpg"]:
     shutil.copy(os.path.join(SAMPLE_DIR, name), photos / name)
-  out = str(tmp_path / "out")
+  out = str(photos / "out")  # inside --images: its crops must never be read as input
   make_tfrecords.make_tfrecords(str(photos), out, align=64, workers=2, split="0.5,0.5,0")
+  first = read_csv(f"{out}/face_keypoints.csv")
+  make_tfrecords.make_tfrecords(str(photos), out, align=64, workers=2, split="0.5,0.5,0")
+  assert read_csv(f"{out}/face_keypoints.csv") == first
+  assert not any("_f0_f" in r["image_name"] for r in first)
+  assert dataset.read_metadata(out)["crop"] == "facekp_align_64"
   cleaned = {r["image_name"] for r in read_csv(f"{out}/cleaned.csv")}
   assert "grace_hopper_f0.png" in cleaned and len(cleaned) >= 3
   written = tfds_keypoints(out)
@@ -118,16 +221,11 @@ def test_a_run_killed_mid_annotation_resumes_without_loss_or_repeats(tmp_path, d
     shutil.copytree(SAMPLE_DIR, photos / f"copy{copy:02d}", ignore=shutil.ignore_patterns("*.md"))
   names = images.list_images(str(photos))
   out = tmp_path / "out"
-  command = [sys.executable, "-m", "tools.make_tfrecords", f"--images={photos}",
-             f"--out={out}", "--workers=2", "--chunk_size=2"]
-  run = subprocess.Popen(command, cwd=REPO, start_new_session=True,
-                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  run = start_run(photos, out, chunk_size=2, commits=3)
   journal = out / annotate.JOURNAL
-  while run.poll() is None and (not journal.exists() or journal.read_text().count("#commit") < 3):
-    time.sleep(0.005)
   os.killpg(run.pid, signal.SIGKILL)  # the whole process group: main, fork server, workers
   run.wait()
-  annotated = annotate.Journal(str(journal), annotate.Settings(
+  annotated = journal_lib.Journal(str(journal), annotate.Settings(
       str(photos), str(out), default_schema.mesh_indices).fingerprint()).read()
   assert 0 < len(annotated) < len(names)
   assert not (out / dataset.KEYPOINTS_CSV).exists()

@@ -1,7 +1,11 @@
 """Tests for facekp.predict: points found on an aligned crop land where they belong in the photo."""
 import csv
+import json
 import os
 import shutil
+import subprocess
+import sys
+import time
 
 import cv2
 import keras
@@ -10,10 +14,13 @@ import pytest
 from PIL import Image
 
 from facekp import align
-from facekp import annotate
+from facekp import face_mesh as face_mesh_lib
+from facekp import faces
 from facekp import images
+from facekp import keypoints
 from facekp import predict
 from facekp import schema as schema_lib
+from conftest import copies_of
 
 SIZE = 64
 SAMPLE = os.path.join(os.path.dirname(predict.__file__), "sample")
@@ -33,7 +40,7 @@ def constant_model(path, keypoints):
 def astronaut():
   """The sample photo, its Face Mesh landmarks and the schema's points in its pixels."""
   photo = images.load_rgb(os.path.join(SAMPLE, "astronaut.jpg"))
-  with annotate.FaceMesh(max_faces=1) as face_mesh:
+  with face_mesh_lib.FaceMesh(max_faces=1) as face_mesh:
     (landmarks,) = face_mesh.detect(photo)
   return photo, landmarks, landmarks[list(SCHEMA.mesh_indices)]
 
@@ -50,11 +57,14 @@ def points_of(row):
 def test_predict_maps_crop_points_back_into_each_photo(tmp_path, astronaut):
   photo, landmarks, true_points = astronaut
   # A model that always answers the crop positions of this face's keypoints.
-  with annotate.FaceMesh(max_faces=1) as face_mesh:
-    _, matrix, _, status = annotate.crop_face(face_mesh, photo, landmarks, SIZE)
+  with face_mesh_lib.FaceMesh(max_faces=1) as face_mesh:
+    _, matrix, _, status = faces.crop_face(face_mesh, photo, landmarks, SIZE)
   assert status == "ok"
   model_path = tmp_path / "model.keras"
   constant_model(model_path, align.transform_points(matrix, true_points) / SIZE)
+  # The training data's record beside the model, as an export writes it: names the points.
+  (tmp_path / "schema.json").write_text(json.dumps(dict(
+      SCHEMA.to_dict(), keypoints=keypoints.metadata(keypoints.crop_method(SIZE), SIZE))))
 
   # The same face rotated, enlarged and moved inside a bigger canvas: its keypoints move with it.
   angle, scale = 25.0, 1.3
@@ -75,13 +85,14 @@ def test_predict_maps_crop_points_back_into_each_photo(tmp_path, astronaut):
   predict.predict_images(str(model_path), str(photos), str(out))
 
   rows = read_rows(out)
-  assert list(rows) == ["astronaut.jpg", "blank.png", "broken.jpg", "canvas.png"]
-  assert (rows["astronaut.jpg"]["width"], rows["astronaut.jpg"]["height"]) == ("256", "256")
-  np.testing.assert_allclose(points_of(rows["astronaut.jpg"]), true_points, atol=0.01)
-  assert rows["canvas.png"]["status"] == "ok"
-  assert (rows["canvas.png"]["width"], rows["canvas.png"]["height"]) == ("480", "400")
+  # Faces are named as make_tfrecords --align names its crops; a photo without one by itself.
+  assert list(rows) == ["astronaut_f0.png", "blank.png", "broken.jpg", "canvas_f0.png"]
+  assert (rows["astronaut_f0.png"]["width"], rows["astronaut_f0.png"]["height"]) == ("256", "256")
+  np.testing.assert_allclose(points_of(rows["astronaut_f0.png"]), true_points, atol=0.01)
+  assert rows["canvas_f0.png"]["status"] == "ok"
+  assert (rows["canvas_f0.png"]["width"], rows["canvas_f0.png"]["height"]) == ("480", "400")
   # MediaPipe sees the moved face afresh, so allow its own jitter (a few pixels at 1.3x).
-  canvas_error = np.linalg.norm(points_of(rows["canvas.png"]) -
+  canvas_error = np.linalg.norm(points_of(rows["canvas_f0.png"]) -
                                 align.transform_points(to_canvas, true_points), axis=1)
   assert canvas_error.max() < 4.0, canvas_error
   assert rows["blank.png"]["status"] == "no_face"
@@ -91,6 +102,16 @@ def test_predict_maps_crop_points_back_into_each_photo(tmp_path, astronaut):
     with Image.open(out / "overlays" / f"{name}.png") as overlay:
       assert overlay.size == size
   assert not (out / "overlays" / "blank.png.png").exists()
+  # The JSON: named points, the face's box and the crop, for the same faces.
+  (face,) = [f for f in json.loads((out / "predictions.json").read_text())["faces"]
+             if f["photo"] == "astronaut.jpg"]
+  assert (face["face"], face["image_name"], face["status"]) == (0, "astronaut_f0.png", "ok")
+  assert list(face["points"]) == list(SCHEMA.names)
+  np.testing.assert_allclose(list(face["points"].values()), true_points, atol=0.01)
+  np.testing.assert_allclose(face["crop"]["photo_to_crop"], matrix, atol=1e-5)
+  corners = np.array(face["box"]["corners"])
+  np.testing.assert_allclose(align.transform_points(matrix, corners),
+                             [[0, 0], [SIZE, 0], [SIZE, SIZE], [0, SIZE]], atol=1e-2)
 
 
 def test_max_faces_adds_a_row_per_face_largest_first(tmp_path):
@@ -101,7 +122,7 @@ def test_max_faces_adds_a_row_per_face_largest_first(tmp_path):
   predict.predict_images(str(model_path), os.path.join(SAMPLE, "multi_face.jpg"), str(out),
                          max_faces=3)
   rows = read_rows(out)
-  assert list(rows) == ["multi_face.jpg", "multi_face.jpg#face2", "multi_face.jpg#face3"]
+  assert list(rows) == ["multi_face_f0.png", "multi_face_f1.png", "multi_face_f2.png"]
   assert all(r["status"] == "ok" for r in rows.values())
   # The same crop points span more photo pixels on a bigger face: the largest comes first
   # (ranked on the photo's landmarks; the refined crops of similar faces may swap places).
@@ -115,3 +136,49 @@ def test_max_faces_adds_a_row_per_face_largest_first(tmp_path):
 def test_missing_images_path_is_a_clear_error(tmp_path):
   with pytest.raises(FileNotFoundError, match="no such file or folder"):
     predict.photo_list(str(tmp_path / "nowhere"))
+
+
+def test_an_empty_folder_is_an_error_not_an_empty_result(tmp_path):
+  (tmp_path / "photos").mkdir()
+  (tmp_path / "photos" / "notes.txt").write_text("no photo here")
+  with pytest.raises(ValueError, match="no photos in this folder"):
+    predict.photo_list(str(tmp_path / "photos"))
+
+
+def test_a_fifo_named_jpg_is_a_row_with_a_reason_not_a_hang(tmp_path):
+  model_path = tmp_path / "model.keras"
+  constant_model(model_path, np.full((5, 2), 0.5, np.float32))
+  os.mkfifo(tmp_path / "pipe.jpg")
+  rows = predict.predict_images(str(model_path), str(tmp_path / "pipe.jpg"), str(tmp_path / "o"))
+  assert [(r.image_name, r.status) for r in rows] == [("pipe.jpg", "not_a_regular_file")]
+
+
+def test_a_model_trained_on_another_convention_is_refused():
+  with pytest.raises(ValueError, match="'pixel_centres' keypoint coordinates"):
+    predict.check_training_record({"coordinates": "pixel_centres", "crop": "facekp_align_64"},
+                                  "x/schema.json")
+  predict.check_training_record(keypoints.metadata(keypoints.crop_method(128), 128), "x")
+
+
+def test_an_interrupted_run_keeps_its_predictions_and_continues(tmp_path):
+  """SIGTERM mid-folder: the run says what it kept; the same command finishes the rest."""
+  model_path = tmp_path / "model.keras"
+  constant_model(model_path, np.full((5, 2), 0.5, np.float32))
+  photos = copies_of(str(tmp_path / "photos"), "astronaut.jpg", 12)
+  out = tmp_path / "out"
+  command = [sys.executable, "-m", "facekp.predict", f"--model={model_path}",
+             f"--images={photos}", f"--out={out}", "--nooverlays"]
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(predict.__file__)))
+  run = subprocess.Popen(command, cwd=repo, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                         text=True)
+  journal = out / predict.JOURNAL
+  while run.poll() is None and (not journal.exists() or journal.read_text().count("\n") < 3):
+    time.sleep(0.01)
+  run.terminate()
+  stdout, _ = run.communicate(timeout=60)
+  kept = journal.read_text().count("\n") - 1
+  assert "interrupted after" in stdout and "run the same command again" in stdout
+  assert 0 < kept < 12 and not (out / "predictions.csv").exists()
+  rows = predict.predict_images(str(model_path), str(photos), str(out), overlays=False)
+  assert [r.image_name for r in rows] == [f"p{i:02d}_f0.png" for i in range(12)]
+  assert len(read_rows(out)) == 12

@@ -1,7 +1,7 @@
 """facekp.schema, and mirror partners derived by MediaPipe (facekp.annotate)."""
 import pytest
 
-from facekp import annotate
+from facekp import mirror
 from facekp import schema as schema_lib
 
 
@@ -33,25 +33,25 @@ def test_parse_mesh_indices():
 
 @pytest.fixture(scope="module")
 def sample_faces():
-  return annotate.sample_images()
+  return mirror.sample_images()
 
 
 def test_derived_default_flip_permutation(sample_faces):
-  schema = annotate.make_schema(schema_lib.DEFAULT_MESH_INDICES, sample_faces)
+  schema = mirror.make_schema(schema_lib.DEFAULT_MESH_INDICES, sample_faces)
   assert schema.mirror_indices == (1, 263, 291, 33, 61)
   assert list(schema.flip_permutation) == [0, 3, 4, 1, 2]
 
 
 def test_derived_partners_of_other_landmarks(sample_faces):
   # Inner eye corners and the chin (on the midline, its own partner).
-  assert annotate.derive_mirror_indices((133, 362, 152), sample_faces) == (362, 133, 152)
+  assert mirror.derive_mirror_indices((133, 362, 152), sample_faces) == (362, 133, 152)
 
 
 def test_a_missing_partner_is_a_clear_error(sample_faces):
   with pytest.raises(ValueError, match="mirror partner of Face Mesh index 33 is 263"):
-    annotate.derive_mirror_indices((1, 33, 61, 291), sample_faces)
+    mirror.derive_mirror_indices((1, 33, 61, 291), sample_faces)
 
 
 def test_no_face_to_learn_from_is_a_clear_error(sample_faces):
   with pytest.raises(ValueError, match="found no face"):
-    annotate.derive_mirror_indices((1,), [sample_faces[0][:8, :8]])
+    mirror.derive_mirror_indices((1,), [sample_faces[0][:8, :8]])

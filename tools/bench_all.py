@@ -14,11 +14,14 @@ import subprocess
 import sys
 import tempfile
 
+from facekp import cli  # first: quiets the C++ start-up lines of TensorFlow and MediaPipe
 from absl import app
 from absl import flags
 
-_JSON = flags.DEFINE_string("json", None, "Also write every figure to this JSON file.")
-_QUICK = flags.DEFINE_bool("quick", False, "Smaller runs (a smoke test, not figures to quote).")
+FLAGS = flags.FLAGS
+
+flags.DEFINE_string("json", None, "Also write every figure to this JSON file.")
+flags.DEFINE_bool("quick", False, "Smaller runs (a smoke test, not figures to quote).")
 
 _QUICK_ARGS = {
     "bench_annotate": ["--min_images=64", "--repeats=1"],
@@ -30,10 +33,11 @@ _QUICK_ARGS = {
 def run_benchmark(name, scratch):
   path = os.path.join(scratch, f"{name}.json")
   args = [sys.executable, "-m", f"tools.{name}", f"--json={path}"]
-  if _QUICK.value:
+  if FLAGS.quick:
     args += _QUICK_ARGS[name]
   print(f"=== {' '.join(args[1:])}", flush=True)
-  subprocess.run(args, check=True)
+  if subprocess.run(args, check=False).returncode:
+    cli.fail(f"error: tools.{name} failed (its output is above)")
   with open(path) as f:
     return json.load(f)
 
@@ -86,10 +90,10 @@ def main(argv):
              f"TensorFlow {figures['bench_train']['tensorflow']}")
   figures["machine"] = machine
   print_table(figures)
-  if _JSON.value:
-    with open(_JSON.value, "w") as f:
+  if FLAGS.json:
+    with open(FLAGS.json, "w") as f:
       json.dump(figures, f, indent=2)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

@@ -15,23 +15,27 @@ import os
 import tempfile
 import time
 
+from facekp import cli  # first: quiets the C++ start-up lines of TensorFlow and MediaPipe
 from absl import app
 from absl import flags
 from absl import logging
 import mediapipe as mp
 
 from facekp import annotate
+from facekp import mirror
 from facekp import images
 import tools
 
-_IMAGES = flags.DEFINE_string(
+FLAGS = flags.FLAGS
+
+flags.DEFINE_string(
     "images", tools.SHARED_FACES, "Folder of face images (default: ../shared/data/aligned128, "
     "or the sample faces in facekp/sample when that is absent).")
-_WORKERS = flags.DEFINE_integer("workers", 0, "N for the N-worker run (0: one per CPU core).")
-_MIN_IMAGES = flags.DEFINE_integer(
+flags.DEFINE_integer("workers", 0, "N for the N-worker run (0: one per CPU core).")
+flags.DEFINE_integer(
     "min_images", 2000, "Repeat the folder's images until there are at least this many.")
-_REPEATS = flags.DEFINE_integer("repeats", 2, "Runs per configuration; the fastest counts.")
-_JSON = flags.DEFINE_string("json", None, "Also write the figures to this JSON file.")
+flags.DEFINE_integer("repeats", 2, "Runs per configuration; the fastest counts.")
+flags.DEFINE_string("json", None, "Also write the figures to this JSON file.")
 
 
 def repeated_folder(source, names, min_images, root):
@@ -111,21 +115,21 @@ def _check_count(count, expected):
 
 def main(argv):
   del argv
-  source = os.path.normpath(_IMAGES.value)
+  source = os.path.normpath(FLAGS.images)
   if os.path.isdir(source):
     logging.info("benchmark images: %s", source)
   else:
     logging.warning("%s is absent: benchmarking on the sample faces in %s instead", source,
-                    annotate.SAMPLE_DIR)
-    source = annotate.SAMPLE_DIR
-  workers = _WORKERS.value or len(os.sched_getaffinity(0))
+                    mirror.SAMPLE_DIR)
+    source = mirror.SAMPLE_DIR
+  workers = FLAGS.workers or len(os.sched_getaffinity(0))
   load_before = os.getloadavg()[0]
-  schema = annotate.make_schema()
+  schema = mirror.make_schema()
   with tempfile.TemporaryDirectory() as scratch:
-    names = repeated_folder(source, images.list_images(source), _MIN_IMAGES.value, scratch)
+    names = repeated_folder(source, images.list_images(source), FLAGS.min_images, scratch)
     folder = scratch
     runs = []  # interleaved, so that load from other work falls on every configuration alike
-    for _ in range(_REPEATS.value):
+    for _ in range(FLAGS.repeats):
       runs.append((bare_loop(folder, names),
                    annotator(folder, names, schema, 1, scratch),
                    annotator(folder, names, schema, workers, scratch),
@@ -170,10 +174,10 @@ def main(argv):
           f"images/s  {figures['beam_vs_n_workers']:.2f}x the {workers}-worker pool (whole run "
           f"with start-up: {figures['beam_run_s']:.1f} s)")
   print(f"  worker start-up (not in the figures): {figures['worker_start_s']} s")
-  if _JSON.value:
-    with open(_JSON.value, "w") as f:
+  if FLAGS.json:
+    with open(FLAGS.json, "w") as f:
       json.dump(figures, f, indent=2)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

@@ -21,6 +21,7 @@ import shutil
 import tempfile
 import time
 
+from facekp import cli  # first: quiets the C++ start-up lines of TensorFlow and MediaPipe
 from absl import app
 from absl import flags
 import cv2
@@ -44,8 +45,8 @@ flags.DEFINE_string("labels", None,
 flags.DEFINE_integer("epoch_size", 20_000, "Images per epoch (the crops repeated).")
 flags.DEFINE_integer("batch_size", 32, "Batch size.")
 flags.DEFINE_integer("image_size", 128, "Image side.")
-flags.DEFINE_string("workdir", None, "Where to write the benchmark dataset (default: a temporary "
-                    "folder, removed afterwards).")
+cli.define_workdir("Where to write the benchmark dataset (default: a temporary folder, removed "
+                   "afterwards).", required=False)
 flags.DEFINE_string("json", None, "Also write the figures to this JSON file.")
 
 _PLACEHOLDER = np.array([[0.5, 0.62], [0.33, 0.47], [0.38, 0.75], [0.67, 0.47], [0.62, 0.75]],
@@ -93,8 +94,8 @@ def _sample_faces(folder):
 
 
 def _derived_schema():
-  from facekp import annotate  # MediaPipe, only when no labelled dataset gives the schema
-  return annotate.make_schema(schema_lib.DEFAULT_MESH_INDICES)
+  from facekp import mirror  # MediaPipe, only when no labelled dataset gives the schema
+  return mirror.make_schema(schema_lib.DEFAULT_MESH_INDICES)
 
 
 def _write_dataset(out, blobs, keypoints, schema, num_shards=16):
@@ -261,4 +262,4 @@ def _run(workdir):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

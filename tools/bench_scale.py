@@ -20,23 +20,25 @@ import tempfile
 import threading
 import time
 
-from absl import app
+from facekp import cli  # first: quiets the C++ start-up lines of TensorFlow and MediaPipe
 from absl import flags
 import psutil
 
-from facekp import annotate
 from facekp import images
+from facekp import mirror
 import tools
 
-_IMAGES = flags.DEFINE_integer("images", 70000, "Images to build the dataset from.")
-_SOURCE = flags.DEFINE_string(
+FLAGS = flags.FLAGS
+
+flags.DEFINE_integer("images", 70000, "Images to build the dataset from.")
+flags.DEFINE_string(
     "source", tools.SHARED_FACES, "Folder of real face crops to replicate (default: "
     "../shared/data/aligned128, or the sample faces when that is absent).")
-_WORKERS = flags.DEFINE_integer("workers", 0, "Annotation workers (0: one per CPU core).")
-_BARE_IMAGES = flags.DEFINE_integer(
+flags.DEFINE_integer("workers", 0, "Annotation workers (0: one per CPU core).")
+flags.DEFINE_integer(
     "bare_images", 1000, "Images per process for each measurement of the bare loop.")
-_CHUNK_SIZE = flags.DEFINE_integer("chunk_size", 16, "make_tfrecords --chunk_size.")
-_JSON = flags.DEFINE_string("json", None, "Also write the figures to this JSON file.")
+flags.DEFINE_integer("chunk_size", 16, "make_tfrecords --chunk_size.")
+flags.DEFINE_string("json", None, "Also write the figures to this JSON file.")
 
 _SAMPLE_SECONDS = 0.25
 
@@ -180,19 +182,19 @@ def stage_figures(summary, end, sampler):
 
 def main(argv):
   del argv
-  source = _SOURCE.value if os.path.isdir(_SOURCE.value) else annotate.SAMPLE_DIR
-  workers = _WORKERS.value or len(os.sched_getaffinity(0))
+  source = FLAGS.source if os.path.isdir(FLAGS.source) else mirror.SAMPLE_DIR
+  workers = FLAGS.workers or len(os.sched_getaffinity(0))
   with tempfile.TemporaryDirectory() as scratch:
     folder = os.path.join(scratch, "images")
-    names = replicate(source, _IMAGES.value, folder)
-    bare_names = names[-workers * _BARE_IMAGES.value:]
+    names = replicate(source, FLAGS.images, folder)
+    bare_names = names[-workers * _BAREFLAGS.images:]
     load_before = os.getloadavg()[0]
-    bare_before = bare_loop_times_workers(folder, bare_names, workers, _BARE_IMAGES.value)
+    bare_before = bare_loop_times_workers(folder, bare_names, workers, _BAREFLAGS.images)
     start = time.time()
     summary, end, points, sampler = run_make_tfrecords(
-        folder, os.path.join(scratch, "out"), workers, _CHUNK_SIZE.value)
+        folder, os.path.join(scratch, "out"), workers, FLAGS.chunk_size)
     total_seconds = time.time() - start
-    bare_after = bare_loop_times_workers(folder, bare_names, workers, _BARE_IMAGES.value)
+    bare_after = bare_loop_times_workers(folder, bare_names, workers, _BAREFLAGS.images)
     load = (round(load_before, 2), round(os.getloadavg()[0], 2))
   bare = (bare_before[0] + bare_after[0]) / 2
   bare_cpu = (bare_before[1] + bare_after[1]) / 2
@@ -225,10 +227,10 @@ def main(argv):
       print(f"  annotation, {label:<12}: {rate:8.1f} images/s = {rate / bare:.2f} of the bare "
             f"loop x workers; CPU {cpu:.2f} ms per image (bare / this = {bare_cpu / cpu:.2f}), "
             f"main process {main_cpu:.3f} ms")
-  if _JSON.value:
-    with open(_JSON.value, "w") as f:
+  if FLAGS.json:
+    with open(FLAGS.json, "w") as f:
       json.dump(figures, f, indent=2)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

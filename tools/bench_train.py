@@ -18,6 +18,7 @@ import platform
 import tempfile
 import time
 
+from facekp import cli  # first: quiets the C++ start-up lines of TensorFlow and MediaPipe
 from absl import app
 from absl import flags
 from absl import logging
@@ -64,10 +65,10 @@ def _image_paths(tmp):
     return paths, f"{len(paths)} faces from {os.path.abspath(FLAGS.images)}"
   import cv2  # pylint: disable=g-import-not-at-top
   rng = np.random.default_rng(0)
-  for i in range(64):
+  for i in range(max(64, FLAGS.batch_size * (FLAGS.warmup_steps + FLAGS.steps))):
     paths.append(os.path.join(tmp, f"noise_{i:03d}.png"))
     cv2.imwrite(paths[-1], rng.integers(0, 256, (IMAGE_SIZE, IMAGE_SIZE, 3), np.uint8))
-  return paths, f"64 synthetic noise PNGs ({FLAGS.images} is absent)"
+  return paths, f"{len(paths)} synthetic noise PNGs ({FLAGS.images} is absent)"
 
 
 def _write_dataset(paths, out):
@@ -102,6 +103,9 @@ class _StepTimer:
 
   def images_per_second(self, batch_size):
     timed = self.times[FLAGS.warmup_steps - 1:]
+    if len(timed) < 2:
+      raise ValueError(f"only {len(self.times)} steps ran, fewer than --warmup_steps + 2: give "
+                       "more images (--max_images, --images) or fewer --steps")
     return (len(timed) - 1) * batch_size / (timed[-1] - timed[0])
 
 
@@ -213,4 +217,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

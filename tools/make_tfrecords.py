@@ -4,58 +4,74 @@ r"""Turns a folder of face photos into an annotated TFDS dataset of TFRecord sha
   python -m tools.make_tfrecords --images=PATH/TO/photos --out=data/photos_kp --align=128
 
 Stages: list images -> [align faces] -> annotate with MediaPipe Face Mesh (face_keypoints.csv)
--> clean (cleaned.csv, cleaning_report.json) -> split by a hash of the photo name -> shards and
-TFDS metadata. Running it again reuses the finished annotation (also after a crash or kill).
+-> clean (cleaned.csv, cleaning_report.json) -> find copies (facekp.dedup: same bytes, same
+pixels, near-identical faces; duplicates.json) -> split by a hash of the photo name, every group
+of copies in one split -> shards and TFDS metadata. Running it again reuses the finished
+annotation (also after a crash or kill).
 """
 import contextlib
 import json
+import os
 import time
 
+from facekp import cli  # first: quiets the C++ start-up lines of TensorFlow and MediaPipe
 from absl import app
 from absl import flags
 from absl import logging
 import tensorflow as tf
 
 from facekp import annotate
+from facekp import cleaning
 from facekp import dataset
+from facekp import files
+from facekp import keypoint_csv
+from facekp import keypoints
+from facekp import mirror
 from facekp import schema as schema_lib
+from facekp import splits
 
-_IMAGES = flags.DEFINE_string(
+FLAGS = flags.FLAGS
+
+flags.DEFINE_string(
     "images", None, "Folder of images, searched recursively (PNG, JPEG, WebP, BMP, GIF, TIFF, "
     "PNM by extension). Image names are paths relative to it, with '/'.")
-_OUT = flags.DEFINE_string(
+flags.DEFINE_string(
     "out", None, "Output folder: face_keypoints.csv, cleaned.csv, cleaning_report.json, "
     "schema.json, the TFRecord shards and TFDS metadata (and aligned/ with --align).")
-_ALIGN = flags.DEFINE_integer(
+flags.DEFINE_integer(
     "align", 0, "If > 0, treat --images as raw photos: crop every face found FFHQ-style to "
     "ALIGN x ALIGN pixels (lossless PNG under OUT/aligned/<name>_f<k>.png) and annotate the "
     "crops. 0: annotate the images as they are (e.g. FFHQ-128).")
-_LANDMARKS = flags.DEFINE_string(
+flags.DEFINE_string(
     "landmarks", ",".join(map(str, schema_lib.DEFAULT_MESH_INDICES)),
     "Face Mesh indices of the keypoints, in slot order. Every index's mirror partner must be "
     "among them (partners are derived by running Face Mesh on mirrored sample faces).")
-_WORKERS = flags.DEFINE_integer(
+flags.DEFINE_integer(
     "workers", 0, "Annotation worker processes, one FaceMesh each (0: one per CPU core).")
-_SPLIT = flags.DEFINE_string(
+flags.DEFINE_string(
     "split", "0.8,0.1,0.1", "Fractions of photos for train, validation and test (summing to 1). "
     "Assigned by a hash of the photo name: stable when images are added or removed, and all "
-    "faces of one photo land in the same split.")
-_NUM_SHARDS = flags.DEFINE_integer(
+    "faces of one photo, and all copies of an image (facekp.dedup), land in the same split.")
+flags.DEFINE_integer(
     "num_shards", 0, "TFRecord shards of the train split; validation and test get shards of "
     "the same number of examples. 0: about one shard per 64 MiB of images.")
-_MAX_FACES = flags.DEFINE_integer(
+flags.DEFINE_integer(
     "max_faces", 10, "With --align: at most this many faces per photo.")
-_CSV = flags.DEFINE_string(
+flags.DEFINE_string(
     "csv", None, "Skip annotation: build the dataset from this existing CSV (image_name and "
     "point_1_x ... point_K_y in pixels; width, height, status optional), names relative to "
     "--images.")
-_CHUNK_SIZE = flags.DEFINE_integer(
+flags.DEFINE_integer(
     "chunk_size", 16, "Images per worker task; the journal commits once per chunk.")
-_RUNNER = flags.DEFINE_enum(
+flags.DEFINE_enum(
+    "csv_units", "pixels", ["pixels", "normalised"], "Units of the --csv points: pixels of "
+    "the image, or normalised to [0, 1] by its width and height (converted to pixels). A "
+    "CSV whose points all lie in [0, 1] is refused as pixels.")
+flags.DEFINE_enum(
     "runner", "local", ["local", "beam"], "local: worker processes on this machine (resumable "
     "through a journal). beam: an Apache Beam pipeline (pip install -e '.[beam]'), on the "
     "runner named in --beam_pipeline_options (default: Beam's FnApiRunner on this machine).")
-_BEAM_OPTIONS = flags.DEFINE_string(
+flags.DEFINE_string(
     "beam_pipeline_options", "", "With --runner=beam: Beam pipeline options as KEY=VALUE,... "
     "e.g. direct_num_workers=2,direct_running_mode=multi_processing, or "
     "runner=DataflowRunner,project=P,region=R,temp_location=gs://B/tmp,...")
@@ -71,30 +87,54 @@ def load_or_make_schema(out_dir, mesh_indices):
     schema = schema_lib.Schema.load(path)
     if schema.mesh_indices == tuple(mesh_indices):
       return schema
-  schema = annotate.make_schema(mesh_indices)
+  schema = mirror.make_schema(mesh_indices)
   logging.info("mirror partners of %s: %s (flip permutation %s)", schema.mesh_indices,
                schema.mirror_indices, schema.flip_permutation)
   return schema
 
 
-def annotate_or_read(images_dir, out_dir, schema, pool, *, align, max_faces, csv, chunk_size):
+def read_csv(csv, images_dir, schema, units):
+  """A user's CSV, its names relative to images_dir and its points in pixels."""
+  rows = keypoint_csv.relative_names(keypoint_csv.read_keypoints_csv(csv, schema), images_dir,
+                                     f"--csv={csv}")
+  if units == "normalised":
+    return cleaning.normalised_to_pixels(rows, images_dir)
+  if cleaning.looks_normalised(rows):
+    raise ValueError(f"--csv={csv}: every point lies in [0, 1], so these look like normalised "
+                     "coordinates, not pixels: pass --csv_units=normalised to convert them")
+  return rows
+
+
+def annotate_or_read(images_dir, out_dir, schema, pool, *, align, max_faces, csv, chunk_size,
+                     csv_units="pixels"):
   """(keypoint rows, the folder their image names are relative to)."""
   if csv:
-    return dataset.read_keypoints_csv(csv, schema), images_dir
+    return read_csv(csv, images_dir, schema, csv_units), images_dir
   settings = annotate.Settings(images_dir.rstrip("/"), out_dir, schema.mesh_indices, align,
                                max_faces)
   rows = annotate.annotate_folder(settings, schema, chunk_size=chunk_size, pool=pool)
   return rows, f"{out_dir}/{annotate.ALIGNED_DIR}" if align else settings.images_dir
 
 
-def clean_and_report(rows, images_root, out_dir, schema):
-  kept, report = dataset.clean(rows, images_root)
-  dataset.write_keypoints_csv(f"{out_dir}/{dataset.CLEANED_CSV}", kept, schema)
-  dataset.write_report(f"{out_dir}/{dataset.CLEANING_REPORT}", report)
-  logging.info("cleaning: kept %d of %d rows; dropped %s; missing keypoints by status %s",
+def clean_and_report(rows, images_root, out_dir, schema, map_fn=map):
+  """Cleans the rows and finds copies among the kept images. Returns (kept rows, report,
+  {image name: split key}: copies share a key, so they land in one split)."""
+  kept, report = cleaning.clean(rows, images_root)
+  split_keys, groups = cleaning.write_cleaned(kept, report, images_root, out_dir, schema, map_fn)
+  logging.info("cleaning: kept %d of %d rows; dropped %s; missing keypoints by status %s; "
+               "%d groups of copies (%d images, kept, each group in one split)",
                report["kept"], report["rows"], report["dropped"],
-               report["missing_keypoints_by_status"])
-  return kept, report
+               report["missing_keypoints_by_status"], len(groups), sum(map(len, groups)))
+  return kept, report, split_keys
+
+
+def _common_size(rows):
+  """The side of every image when all are the same square, else None."""
+  sizes = {(row.width, row.height) for row in rows}
+  if len(sizes) == 1:
+    width, height = sizes.pop()
+    return width if width == height else None
+  return None
 
 
 @contextlib.contextmanager
@@ -106,34 +146,50 @@ def timed(timings, stage):
 
 def make_tfrecords(images_dir, out_dir, *, align=0, landmarks=schema_lib.DEFAULT_MESH_INDICES,
                    workers=0, split="0.8,0.1,0.1", num_shards=0, max_faces=10, csv=None,
-                   chunk_size=16, runner="local", beam_options=""):
-  """Runs every stage; returns a summary dict (also logged)."""
+                   chunk_size=16, csv_units="pixels", runner="local", beam_options=""):
+  """Runs every stage under a lock on out_dir; returns a summary dict (also logged)."""
   if csv and align:
     raise ValueError("--csv builds from existing keypoints and --align annotates new crops: "
                      "give one of them (to reuse crops, pass --images=OUT/aligned --csv=...)")
-  fractions = dataset.parse_fractions(split)
+  fractions = splits.parse_fractions(split)
   if runner == "beam":
     return run_on_beam(images_dir, out_dir, align=align, landmarks=landmarks, fractions=fractions,
                        num_shards=num_shards, max_faces=max_faces, csv=csv, options=beam_options)
   out_dir = out_dir.rstrip("/")
   tf.io.gfile.makedirs(out_dir)
+  with files.folder_lock(out_dir, "--out"):
+    removed = sum(files.remove_temporaries(folder) for folder, _, _ in os.walk(out_dir))
+    if removed:
+      logging.info("removed %d temporary file(s) that a killed run left in %s", removed, out_dir)
+    return _make_tfrecords(images_dir, out_dir, align=align, landmarks=landmarks,
+                           workers=workers, fractions=fractions, num_shards=num_shards,
+                           max_faces=max_faces, csv=csv, chunk_size=chunk_size,
+                           csv_units=csv_units)
+
+
+def _make_tfrecords(images_dir, out_dir, *, align, landmarks, workers, fractions, num_shards,
+                    max_faces, csv, chunk_size, csv_units):
   timings = {}
   with timed(timings, "schema"):
     schema = load_or_make_schema(out_dir, landmarks)
   with annotate.Pool(workers) as pool:
     with timed(timings, "annotate"):
       rows, images_root = annotate_or_read(images_dir, out_dir, schema, pool, align=align,
-                                           max_faces=max_faces, csv=csv, chunk_size=chunk_size)
+                                           max_faces=max_faces, csv=csv, chunk_size=chunk_size,
+                                           csv_units=csv_units)
+    # Starting workers costs seconds; worth it for many images or when they already run.
+    parallel = lambda n: pool.map if pool.started or n >= _PARALLEL_WRITE_MIN_ROWS else map
     with timed(timings, "clean"):
-      kept, report = clean_and_report(rows, images_root, out_dir, schema)
+      kept, report, split_keys = clean_and_report(rows, images_root, out_dir, schema,
+                                                  parallel(len(rows)))
     with timed(timings, "write"):
-      # Starting workers costs seconds; worth it for many images or when they already run.
-      parallel = pool.started or len(kept) >= _PARALLEL_WRITE_MIN_ROWS
-      counts = dataset.write_dataset(out_dir, dataset.assign_splits(kept, fractions),
+      counts = dataset.write_dataset(out_dir, splits.assign_splits(kept, fractions, split_keys),
                                      images_root, schema, num_shards or None,
-                                     map_fn=pool.map if parallel else map)
+                                     map_fn=parallel(len(kept)),
+                                     crop=keypoints.crop_method(align),
+                                     input_size=align or _common_size(kept))
   summary = {"rows": report["rows"], "kept": report["kept"], "dropped": report["dropped"],
-             "splits": counts, **timings}
+             "duplicate_groups": report["duplicates"]["groups"], "splits": counts, **timings}
   logging.info("done: %s", json.dumps(summary))
   return summary
 
@@ -146,7 +202,7 @@ def run_on_beam(images_dir, out_dir, *, csv, **kwargs):
   except ImportError as e:
     raise ValueError(f"--runner=beam needs Apache Beam ({e}): pip install -e '.[beam]'") from None
   summary = beam_pipeline.make_tfrecords(images_dir, out_dir, make_schema=load_or_make_schema,
-                                         **kwargs)
+                                         common_size=_common_size, **kwargs)
   logging.info("done: %s", json.dumps(summary))
   return summary
 
@@ -155,13 +211,18 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   make_tfrecords(
-      _IMAGES.value, _OUT.value, align=_ALIGN.value,
-      landmarks=schema_lib.parse_mesh_indices(_LANDMARKS.value), workers=_WORKERS.value,
-      split=_SPLIT.value, num_shards=_NUM_SHARDS.value, max_faces=_MAX_FACES.value,
-      csv=_CSV.value, chunk_size=_CHUNK_SIZE.value, runner=_RUNNER.value,
-      beam_options=_BEAM_OPTIONS.value)
+      FLAGS.images, FLAGS.out, align=FLAGS.align,
+      landmarks=schema_lib.parse_mesh_indices(FLAGS.landmarks), workers=FLAGS.workers,
+      split=FLAGS.split, num_shards=FLAGS.num_shards, max_faces=FLAGS.max_faces,
+      csv=FLAGS.csv, chunk_size=FLAGS.chunk_size, csv_units=FLAGS.csv_units,
+      runner=FLAGS.runner, beam_options=FLAGS.beam_pipeline_options)
+
+
+def run():
+  """The facekp-make-tfrecords command (python -m tools.make_tfrecords)."""
+  flags.mark_flags_as_required(["images", "out"])
+  cli.run(main)
 
 
 if __name__ == "__main__":
-  flags.mark_flags_as_required(["images", "out"])
-  app.run(main)
+  run()

@@ -1,0 +1,112 @@
+"""Cleaning: which keypoint rows make usable examples, and a report of the others."""
+import collections
+import math
+
+import numpy as np
+
+from facekp import dataset
+from facekp import dedup
+from facekp import files
+from facekp import images
+from facekp import keypoint_csv
+from facekp import keypoints as keypoints_lib
+from facekp import splits
+from facekp.keypoint_csv import MISSING, OK
+
+# Status under which a row marked ok but with blank or NaN points is reported.
+BLANK_POINTS = "ok_with_blank_or_nan_points"
+
+DROP_REASONS = ("duplicate_name", "missing_keypoints", "missing_file", "unreadable_file",
+                "size_mismatch", "outside_image")
+
+
+def _has_missing_points(row):
+  return row.status != OK or any(v == MISSING or math.isnan(v) for v in row.points)
+
+
+def _drop_reason(row, images_dir):
+  """(None, the row with its size filled in) for a usable row, else (the reason to drop it,
+  the row)."""
+  if _has_missing_points(row):
+    return "missing_keypoints", row
+  try:
+    width, height = images.image_size(f"{images_dir}/{row.image_name}")
+  except images.ImageError as e:
+    return ("missing_file" if e.reason == "missing" else "unreadable_file"), row
+  if row.width is not None and (row.width, row.height) != (width, height):
+    return "size_mismatch", row
+  row = row._replace(width=width, height=height)
+  xy = row.keypoints()
+  if (xy < 0).any() or (xy[:, 0] > width).any() or (xy[:, 1] > height).any():
+    return "outside_image", row
+  return None, row
+
+
+def clean(rows, images_dir):
+  """Drops unusable rows. Returns (kept rows, report dict with counts per reason).
+
+  Copies of a name that agree are kept once; copies that disagree are all dropped.
+  """
+  by_name = collections.defaultdict(list)
+  for row in rows:
+    by_name[row.image_name].append(row)
+  dropped = collections.Counter({reason: 0 for reason in DROP_REASONS})
+  missing_by_status = collections.Counter()
+  kept = []
+  for name, copies in by_name.items():
+    if len(set(copies)) > 1:
+      dropped["duplicate_name"] += len(copies)
+      continue
+    dropped["duplicate_name"] += len(copies) - 1
+    reason, row = _drop_reason(copies[0], images_dir)
+    if reason is None:
+      kept.append(row)
+    else:
+      dropped[reason] += 1
+      if reason == "missing_keypoints":
+        missing_by_status[BLANK_POINTS if row.status == OK else row.status] += 1
+  report = {"rows": len(rows), "kept": len(kept), "dropped": dict(dropped),
+            "missing_keypoints_by_status": dict(sorted(missing_by_status.items()))}
+  return kept, report
+
+
+def write_report(path, report):
+  files.write_json(path, report)
+
+
+def write_cleaned(kept, report, images_dir, out_dir, schema, map_fn=map):
+  """Finds copies among the kept images (adding the report's "duplicates" entry) and writes
+  cleaned.csv, cleaning_report.json and duplicates.json. Returns ({image name: split key}:
+  copies share a key, so they land in one split; the groups of copies).
+
+  `map_fn` runs the fingerprinting (as for facekp.dedup.find_duplicates)."""
+  names = [row.image_name for row in kept]
+  groups, report["duplicates"] = dedup.find_duplicates(images_dir, names, map_fn)
+  keypoint_csv.write_keypoints_csv(f"{out_dir}/{dataset.CLEANED_CSV}", kept, schema)
+  write_report(f"{out_dir}/{dataset.CLEANING_REPORT}", report)
+  files.write_json(f"{out_dir}/{dataset.DUPLICATES_JSON}", {"groups": groups})
+  return dedup.split_keys(names, groups, splits.group_key), groups
+
+
+def looks_normalised(rows):
+  """Whether a CSV's points all lie in [0, 1]: normalised coordinates, not pixels (a pixel
+  keypoint of a face photo lies beyond 1 px from the corner)."""
+  points = [row.keypoints() for row in rows if not _has_missing_points(row)]
+  return bool(points) and bool(np.all((np.stack(points) >= 0) & (np.stack(points) <= 1)))
+
+
+def normalised_to_pixels(rows, images_dir):
+  """Rows of normalised points -> rows in pixels of their images (rows that cannot be read
+  or have no points are left for `clean` to report)."""
+  converted = []
+  for row in rows:
+    if not _has_missing_points(row):
+      try:
+        width, height = images.image_size(f"{images_dir}/{row.image_name}")
+      except images.ImageError:
+        converted.append(row)
+        continue
+      points = keypoints_lib.to_pixels(row.keypoints(), width, height)
+      row = row._replace(points=tuple(points.ravel()))
+    converted.append(row)
+  return converted

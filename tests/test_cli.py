@@ -1,0 +1,143 @@
+"""The command line: each user mistake is one line and a non-zero exit, --help exits 0, output
+is facekp's own, configs load by path from anywhere, a changed config is refused on resume."""
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+from facekp import cli
+from facekp import workdir as workdir_lib
+
+import test_train  # pylint: disable=wrong-import-order  (its synthetic dataset)
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = os.path.join(ROOT, "configs", "tiny.py")
+
+# Runs facekp.main's command line once per argv in ONE process (importing TensorFlow once) and
+# prints {"rc", "out", "err"} per run as JSON lines.
+DRIVER = textwrap.dedent("""
+    import contextlib, io, json, sys
+    from absl import flags
+    from facekp import cli, main
+    for argv in json.loads(sys.argv[1]):
+      for name in [n for n in flags.FLAGS if n.startswith("config.")]:
+        delattr(flags.FLAGS, name)  # config_flags defines one per override it parses
+      flags.FLAGS.unparse_flags()
+      out, err = io.StringIO(), io.StringIO()
+      with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        sys.argv = ["facekp.main"] + argv
+        try:
+          main.run()
+          rc = 0
+        except SystemExit as e:
+          rc = 0 if e.code is None else e.code
+        except BaseException as e:
+          import traceback
+          err.write("Traceback (a bug):\\n" + traceback.format_exc())
+          rc = "exception"
+      print(json.dumps({"rc": rc, "out": out.getvalue(), "err": err.getvalue()}), flush=True)
+""")
+
+
+def run_main_many(argvs, cwd, env=None):
+  result = subprocess.run(
+      [sys.executable, "-c", DRIVER, json.dumps(argvs)], cwd=cwd, capture_output=True,
+      text=True, timeout=300, env={**os.environ, "PYTHONPATH": ROOT, **(env or {})})
+  assert result.returncode == 0, result.stderr[-3000:]
+  return [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+
+
+def test_every_listed_mistake_is_one_line_and_a_non_zero_exit(tmp_path):
+  data_dir = str(tmp_path / "data")
+  test_train.write_dataset(data_dir)
+  started = str(tmp_path / "started")
+  config = test_train.small_config(data_dir)
+  workdir_lib.write_config(started, config)  # a run started with the tiny recipe at 32 px
+  work = str(tmp_path / "new")
+  tiny = f"--config={TINY}"
+  data = f"--config.data_dir={data_dir}"
+  cases = [  # (argv, what stderr must say)
+      ([tiny], "--workdir is required"),
+      ([tiny, f"--workdir={work}", "--bogus"], "Unknown command line flag 'bogus'"),
+      ([tiny, f"--workdir={work}", "--config.batch_size=abc"], "--config.batch_size=abc"),
+      (["--config=configs/nope.py", f"--workdir={work}"], "--config=configs/nope.py: no such file"),
+      ([tiny, f"--workdir={work}", "--config.lr=0.1"],
+       "--config.lr: no such config field (--print_config lists every field)"),
+      ([tiny, f"--workdir={work}", "--config.loss=hubr", "--config.data_dir=/does/not/exist"],
+       "loss='hubr': choose one of huber, mse, mae"),
+      ([tiny, f"--workdir={started}", data, "--config.image_size=32", "--config.feature_stride=8",
+        "--config.evaluate_at_end=False", "--config.learning_rate=0.1"],
+       f"{started} holds a run started with another config: learning_rate 0.001 -> 0.1"),
+      ([tiny, f"--workdir={work}", data, "--config.batch_size=64"],
+       "batch_size=64 is larger than the train split"),
+      ([tiny, f"--workdir={work}_imagenet", data, "--config.image_size=32",
+        "--config.weights=imagenet"],
+       "could not download the ImageNet weights of mobilenet_v2"),
+  ]
+  runs = run_main_many([argv for argv, _ in cases] + [[tiny, "--print_config"], ["--help"]],
+                       cwd=str(tmp_path), env={"KERAS_HOME": str(tmp_path / "keras")})
+  for (argv, expected), run in zip(cases, runs):
+    assert run["rc"] == 1, (argv, run)
+    assert expected in run["err"], (argv, run["err"])
+    errors = [line for line in run["err"].splitlines() if line.startswith("error: ")]
+    assert "Traceback" not in run["err"] and len(errors) == 1 and expected in errors[0], run["err"]
+    if "imagenet" not in argv[-1]:  # Keras warns that its weights are for 224 px first
+      assert len(run["err"].strip().splitlines()) == 1, run["err"]
+  assert "/does/not/exist" not in runs[5]["err"]  # the enum is found before any file is read
+  assert not os.path.exists(work)  # none of the mistakes found before training wrote a file
+  listing, help_ = runs[-2:]
+  assert listing["rc"] == 0 and "loss = 'huber'  # " in listing["out"]
+  assert help_["rc"] == 0 and "--print_config" in help_["out"] + help_["err"]
+
+
+def test_a_command_from_another_directory_prints_one_line_and_nothing_else(tmp_path):
+  """The config by absolute path from elsewhere (it imports configs.default), a bad enum found
+  before the missing dataset, and none of TensorFlow's start-up lines."""
+  result = subprocess.run(
+      [sys.executable, "-m", "facekp.main", f"--config={TINY}", f"--workdir={tmp_path}/w",
+       "--config.loss=hubr", "--config.data_dir=/does/not/exist"],
+      cwd=str(tmp_path), capture_output=True, text=True, timeout=120,
+      env={**os.environ, "PYTHONPATH": ROOT})
+  assert result.returncode == 1
+  assert result.stdout == ""
+  assert result.stderr.splitlines() == [
+      "error: bad config: loss='hubr': choose one of huber, mse, mae (FACEKP_DEBUG=1 or "
+      "--verbosity=1 shows the traceback)"]
+
+
+def test_export_on_a_missing_workdir_is_one_line(tmp_path):
+  result = subprocess.run(
+      [sys.executable, "-m", "facekp.export", f"--workdir={tmp_path}/missing"], cwd=ROOT,
+      capture_output=True, text=True, timeout=120)
+  assert result.returncode == 1
+  assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
+  assert f"{tmp_path}/missing" in result.stderr
+
+
+def test_debug_is_asked_for_by_verbosity_or_the_environment():
+  assert not cli._debug_requested([], {})  # pylint: disable=protected-access
+  assert cli._debug_requested(["--verbosity=1"], {})  # pylint: disable=protected-access
+  assert cli._debug_requested(["-v=2"], {})  # pylint: disable=protected-access
+  assert not cli._debug_requested(["--verbosity=0"], {})  # pylint: disable=protected-access
+  assert cli._debug_requested([], {"FACEKP_DEBUG": "1"})  # pylint: disable=protected-access
+
+
+def test_a_config_package_elsewhere_becomes_importable(tmp_path):
+  package = tmp_path / "elsewhere" / "myconfigs"
+  package.mkdir(parents=True)
+  (package / "__init__.py").write_text("")
+  (package / "mine.py").write_text("from myconfigs import helper\n")
+  assert cli.make_config_importable([f"--config={package}/mine.py"]) is None
+  assert str(tmp_path / "elsewhere") in sys.path
+  sys.path.remove(str(tmp_path / "elsewhere"))
+  assert "no such file" in cli.make_config_importable([f"--config={tmp_path}/nope.py:arg"])
+
+
+def test_the_noise_filter_keeps_real_errors():
+  noise = ("E0000 00:00:1796118913.891583   12837 cuda_dnn.cc:8579] Unable to register cuDNN "
+           "factory: Attempting to register factory for plugin cuDNN when one has already been "
+           "registered")
+  assert not cli._passes(noise)  # pylint: disable=protected-access
+  assert cli._passes("E1201 10:00:00 train.py:1] disk full: no space left on device")  # pylint: disable=protected-access
+  assert cli._passes("Traceback (most recent call last):")  # pylint: disable=protected-access
