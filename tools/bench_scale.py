@@ -2,18 +2,20 @@ r"""How make_tfrecords' cost grows with the work: an FFHQ-sized run on replicate
 
   python -m tools.bench_scale [--images=70000] [--source=DIR] [--workers=N] [--json=FILE]
 
-Hard-links (or symlinks) the faces of --source under new names (d000/, d001/, ... in a temporary
-folder) until there are --images of them, runs `python -m tools.make_tfrecords` on them and
+Copies the faces of --source under new names (d000/, d001/, ... in a temporary folder; links
+would be listed once) until there are --images of them, runs `python -m tools.make_tfrecords` on them and
 prints each stage's time and peak memory (RSS of this process and its children, sampled),
 and the annotation rate over the first and the last fifth of the images beside the bare
 MediaPipe loop run in --workers processes at once, measured in the same run before and after.
 Other work on the machine slows both; the CPU time per image (all processes of the run against
-the bare loop's) is the figure it disturbs least.
+the bare loop's) is the figure it disturbs least. Every copy of a face is a duplicate to
+facekp.dedup, so its groups and splits are not a real dataset's (its all-pairs cost is).
 """
 import json
 import multiprocessing
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -44,21 +46,17 @@ _SAMPLE_SECONDS = 0.25
 
 
 def replicate(source, count, root):
-  """`count` names under root linking to the images of source in turn (hard links when the
-  file system allows, else symlinks): distinct names, the same pixels."""
+  """`count` names under root, copies of the images of source in turn: distinct names and
+  files, the same pixels."""
   names = images.list_images(source)
-  linked = []
+  copied = []
   for i in range(count):
     name = f"d{i // len(names):03d}/{names[i % len(names)]}"
     path = os.path.join(root, name)
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    target = os.path.abspath(os.path.join(source, names[i % len(names)]))
-    try:
-      os.link(target, path)
-    except OSError:
-      os.symlink(target, path)
-    linked.append(name)
-  return linked
+    shutil.copyfile(os.path.join(source, names[i % len(names)]), path)
+    copied.append(name)
+  return copied
 
 
 class MemorySampler(threading.Thread):
@@ -187,14 +185,14 @@ def main(argv):
   with tempfile.TemporaryDirectory() as scratch:
     folder = os.path.join(scratch, "images")
     names = replicate(source, FLAGS.images, folder)
-    bare_names = names[-workers * _BAREFLAGS.images:]
+    bare_names = names[-workers * FLAGS.bare_images:]
     load_before = os.getloadavg()[0]
-    bare_before = bare_loop_times_workers(folder, bare_names, workers, _BAREFLAGS.images)
+    bare_before = bare_loop_times_workers(folder, bare_names, workers, FLAGS.bare_images)
     start = time.time()
     summary, end, points, sampler = run_make_tfrecords(
         folder, os.path.join(scratch, "out"), workers, FLAGS.chunk_size)
     total_seconds = time.time() - start
-    bare_after = bare_loop_times_workers(folder, bare_names, workers, _BAREFLAGS.images)
+    bare_after = bare_loop_times_workers(folder, bare_names, workers, FLAGS.bare_images)
     load = (round(load_before, 2), round(os.getloadavg()[0], 2))
   bare = (bare_before[0] + bare_after[0]) / 2
   bare_cpu = (bare_before[1] + bare_after[1]) / 2
