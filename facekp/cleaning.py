@@ -4,9 +4,13 @@ import math
 
 import numpy as np
 
+from facekp import dataset
+from facekp import dedup
 from facekp import files
 from facekp import images
+from facekp import keypoint_csv
 from facekp import keypoints as keypoints_lib
+from facekp import splits
 from facekp.keypoint_csv import MISSING, OK
 
 # Status under which a row marked ok but with blank or NaN points is reported.
@@ -68,6 +72,20 @@ def clean(rows, images_dir):
 
 def write_report(path, report):
   files.write_json(path, report)
+
+
+def write_cleaned(kept, report, images_dir, out_dir, schema, map_fn=map):
+  """Finds copies among the kept images (adding the report's "duplicates" entry) and writes
+  cleaned.csv, cleaning_report.json and duplicates.json. Returns ({image name: split key}:
+  copies share a key, so they land in one split; the groups of copies).
+
+  `map_fn` runs the fingerprinting (as for facekp.dedup.find_duplicates)."""
+  names = [row.image_name for row in kept]
+  groups, report["duplicates"] = dedup.find_duplicates(images_dir, names, map_fn)
+  keypoint_csv.write_keypoints_csv(f"{out_dir}/{dataset.CLEANED_CSV}", kept, schema)
+  write_report(f"{out_dir}/{dataset.CLEANING_REPORT}", report)
+  files.write_json(f"{out_dir}/{dataset.DUPLICATES_JSON}", {"groups": groups})
+  return dedup.split_keys(names, groups, splits.group_key), groups
 
 
 def looks_normalised(rows):

@@ -1,5 +1,7 @@
 """facekp.images: every stored form becomes the same RGB pixels; bad files give a reason."""
 import os
+import struct
+import zlib
 
 import cv2
 import numpy as np
@@ -95,6 +97,25 @@ def test_exif_orientation_is_applied_and_size_follows(tmp_path, astronaut):
   path.write_bytes(encode(wide, "JPEG", exif=exif.tobytes()))
   rgb = images.load_rgb(str(path))
   assert rgb.shape == (200, 256, 3)
+  assert images.image_size(str(path)) == (256, 200)
+
+
+@pytest.mark.parametrize("where", ["before_pixels", "after_pixels"])
+def test_png_exif_orientation_is_found_wherever_the_chunk_is(tmp_path, astronaut, where):
+  wide = astronaut[:, :200]
+  exif = Image.Exif()
+  exif[0x0112] = 6
+  if where == "before_pixels":
+    data = encode(wide, "PNG", exif=exif.tobytes())
+  else:  # an eXIf chunk just before IEND (the last 12 bytes)
+    plain = encode(wide, "PNG")
+    body = exif.tobytes()[6:] if exif.tobytes().startswith(b"Exif") else exif.tobytes()
+    chunk = (struct.pack(">I", len(body)) + b"eXIf" + body
+             + struct.pack(">I", zlib.crc32(b"eXIf" + body)))
+    data = plain[:-12] + chunk + plain[-12:]
+  path = tmp_path / "rotated.png"
+  path.write_bytes(data)
+  assert images.load_rgb(str(path)).shape == (200, 256, 3)
   assert images.image_size(str(path)) == (256, 200)
 
 

@@ -50,6 +50,9 @@ def table_rows(figures):
          1 / (1 + a["overhead"]))
   yield ("annotate", f"facekp, {a['workers']} workers", a["n_workers_images_per_s"],
          a["one_worker_images_per_s"], a["speedup_n_workers"])
+  if "beam_images_per_s" in a:  # Apache Beam installed
+    yield ("annotate", f"Beam FnApiRunner, {a['workers']} worker processes",
+           a["beam_images_per_s"], a["n_workers_images_per_s"], a["beam_vs_n_workers"])
   p = figures["bench_pipeline"]
   seq = p["sequence_images_per_s"]
   yield ("pipeline", "seed-style PyDataset (baseline)", seq, None, None)

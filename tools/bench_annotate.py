@@ -88,6 +88,31 @@ def annotator(folder, names, schema, workers, scratch):
   return seconds, cpu_seconds, start_seconds
 
 
+def beam_annotator(folder, names, schema, workers, scratch):
+  """(labelling seconds without the workers' start-up, whole run seconds) of the Beam label
+  stage on `workers` FnApiRunner worker processes, or None without Apache Beam."""
+  try:
+    from facekp import beam_pipeline  # pylint: disable=g-import-not-at-top (optional extra)
+  except ImportError as e:
+    logging.warning("no Beam row: %s (pip install -e '.[beam]')", e)
+    return None
+  import apache_beam as beam  # pylint: disable=g-import-not-at-top
+  settings = annotate.Settings(folder, tempfile.mkdtemp(dir=scratch), schema.mesh_indices)
+  pipeline = beam_pipeline.make_pipeline(beam_pipeline.parse_options(
+      f"direct_num_workers={workers},direct_running_mode=multi_processing"))
+  rows = beam_pipeline.label(pipeline, names, settings)
+  _ = rows | beam.combiners.Count.Globally() | beam.Map(_check_count, len(names))
+  start = time.perf_counter()
+  result = pipeline.run()
+  result.wait_until_finish()
+  return beam_pipeline.labelling_seconds(result), time.perf_counter() - start
+
+
+def _check_count(count, expected):
+  if count != expected:
+    raise AssertionError(f"Beam labelled {count} images, not {expected}")
+
+
 def main(argv):
   del argv
   source = os.path.normpath(FLAGS.images)
@@ -107,8 +132,10 @@ def main(argv):
     for _ in range(FLAGS.repeats):
       runs.append((bare_loop(folder, names),
                    annotator(folder, names, schema, 1, scratch),
-                   annotator(folder, names, schema, workers, scratch)))
+                   annotator(folder, names, schema, workers, scratch),
+                   beam_annotator(folder, names, schema, workers, scratch)))
   bare, one, many = (min(run[k] for run in runs) for k in range(3))
+  beam_runs = [run[3] for run in runs if run[3]]
   bare_cpu, one_cpu = (min(run[k][1] for run in runs) for k in range(2))
   figures = {
       "images_dir": source,
@@ -127,6 +154,11 @@ def main(argv):
       "overhead_cpu": round(one_cpu / bare_cpu - 1, 4),
       "worker_start_s": {"1": round(one[2], 2), str(workers): round(many[2], 2)},
   }
+  if beam_runs:
+    beam_seconds, beam_whole = min(beam_runs)
+    figures["beam_images_per_s"] = round(len(names) / beam_seconds, 1)
+    figures["beam_vs_n_workers"] = round(many[0] / beam_seconds, 3)
+    figures["beam_run_s"] = round(beam_whole, 2)
   print(f"{len(names)} images from {figures['images_dir']} on {figures['cpu_cores']} cores "
         f"(load average before: {load_before:.2f})")
   print(f"  bare MediaPipe loop : {figures['bare_images_per_s']:8.1f} images/s")
@@ -137,6 +169,10 @@ def main(argv):
         f"{100 * figures['overhead_cpu']:+.1f}%")
   print(f"  annotator, {workers} workers: {figures['n_workers_images_per_s']:8.1f} images/s  "
         f"speed-up {figures['speedup_n_workers']:.2f}x over 1 worker")
+  if beam_runs:
+    print(f"  Beam FnApiRunner, {workers} worker processes: {figures['beam_images_per_s']:8.1f} "
+          f"images/s  {figures['beam_vs_n_workers']:.2f}x the {workers}-worker pool (whole run "
+          f"with start-up: {figures['beam_run_s']:.1f} s)")
   print(f"  worker start-up (not in the figures): {figures['worker_start_s']} s")
   if FLAGS.json:
     with open(FLAGS.json, "w") as f:

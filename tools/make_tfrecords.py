@@ -23,7 +23,6 @@ import tensorflow as tf
 from facekp import annotate
 from facekp import cleaning
 from facekp import dataset
-from facekp import dedup
 from facekp import files
 from facekp import keypoint_csv
 from facekp import keypoints
@@ -68,6 +67,14 @@ flags.DEFINE_enum(
     "csv_units", "pixels", ["pixels", "normalised"], "Units of the --csv points: pixels of "
     "the image, or normalised to [0, 1] by its width and height (converted to pixels). A "
     "CSV whose points all lie in [0, 1] is refused as pixels.")
+flags.DEFINE_enum(
+    "runner", "local", ["local", "beam"], "local: worker processes on this machine (resumable "
+    "through a journal). beam: an Apache Beam pipeline (pip install -e '.[beam]'), on the "
+    "runner named in --beam_pipeline_options (default: Beam's FnApiRunner on this machine).")
+flags.DEFINE_string(
+    "beam_pipeline_options", "", "With --runner=beam: Beam pipeline options as KEY=VALUE,... "
+    "e.g. direct_num_workers=2,direct_running_mode=multi_processing, or "
+    "runner=DataflowRunner,project=P,region=R,temp_location=gs://B/tmp,...")
 
 
 _PARALLEL_WRITE_MIN_ROWS = 5000
@@ -113,16 +120,12 @@ def clean_and_report(rows, images_root, out_dir, schema, map_fn=map):
   """Cleans the rows and finds copies among the kept images. Returns (kept rows, report,
   {image name: split key}: copies share a key, so they land in one split)."""
   kept, report = cleaning.clean(rows, images_root)
-  names = [row.image_name for row in kept]
-  groups, report["duplicates"] = dedup.find_duplicates(images_root, names, map_fn)
-  keypoint_csv.write_keypoints_csv(f"{out_dir}/{dataset.CLEANED_CSV}", kept, schema)
-  cleaning.write_report(f"{out_dir}/{dataset.CLEANING_REPORT}", report)
-  files.write_json(f"{out_dir}/{dataset.DUPLICATES_JSON}", {"groups": groups})
+  split_keys, groups = cleaning.write_cleaned(kept, report, images_root, out_dir, schema, map_fn)
   logging.info("cleaning: kept %d of %d rows; dropped %s; missing keypoints by status %s; "
                "%d groups of copies (%d images, kept, each group in one split)",
                report["kept"], report["rows"], report["dropped"],
                report["missing_keypoints_by_status"], len(groups), sum(map(len, groups)))
-  return kept, report, dedup.split_keys(names, groups, splits.group_key)
+  return kept, report, split_keys
 
 
 def _common_size(rows):
@@ -143,12 +146,15 @@ def timed(timings, stage):
 
 def make_tfrecords(images_dir, out_dir, *, align=0, landmarks=schema_lib.DEFAULT_MESH_INDICES,
                    workers=0, split="0.8,0.1,0.1", num_shards=0, max_faces=10, csv=None,
-                   chunk_size=16, csv_units="pixels"):
+                   chunk_size=16, csv_units="pixels", runner="local", beam_options=""):
   """Runs every stage under a lock on out_dir; returns a summary dict (also logged)."""
   if csv and align:
     raise ValueError("--csv builds from existing keypoints and --align annotates new crops: "
                      "give one of them (to reuse crops, pass --images=OUT/aligned --csv=...)")
   fractions = splits.parse_fractions(split)
+  if runner == "beam":
+    return run_on_beam(images_dir, out_dir, align=align, landmarks=landmarks, fractions=fractions,
+                       num_shards=num_shards, max_faces=max_faces, csv=csv, options=beam_options)
   out_dir = out_dir.rstrip("/")
   tf.io.gfile.makedirs(out_dir)
   with files.folder_lock(out_dir, "--out"):
@@ -188,6 +194,19 @@ def _make_tfrecords(images_dir, out_dir, *, align, landmarks, workers, fractions
   return summary
 
 
+def run_on_beam(images_dir, out_dir, *, csv, **kwargs):
+  if csv:
+    raise ValueError("--csv is not supported with --runner=beam: build from a CSV locally")
+  try:
+    from facekp import beam_pipeline  # pylint: disable=g-import-not-at-top (an optional extra)
+  except ImportError as e:
+    raise ValueError(f"--runner=beam needs Apache Beam ({e}): pip install -e '.[beam]'") from None
+  summary = beam_pipeline.make_tfrecords(images_dir, out_dir, make_schema=load_or_make_schema,
+                                         common_size=_common_size, **kwargs)
+  logging.info("done: %s", json.dumps(summary))
+  return summary
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
@@ -195,7 +214,8 @@ def main(argv):
       FLAGS.images, FLAGS.out, align=FLAGS.align,
       landmarks=schema_lib.parse_mesh_indices(FLAGS.landmarks), workers=FLAGS.workers,
       split=FLAGS.split, num_shards=FLAGS.num_shards, max_faces=FLAGS.max_faces,
-      csv=FLAGS.csv, chunk_size=FLAGS.chunk_size, csv_units=FLAGS.csv_units)
+      csv=FLAGS.csv, chunk_size=FLAGS.chunk_size, csv_units=FLAGS.csv_units,
+      runner=FLAGS.runner, beam_options=FLAGS.beam_pipeline_options)
 
 
 def run():
