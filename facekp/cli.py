@@ -325,6 +325,8 @@ def run(main, flags_parser=parse_flags):
   """app.run(main) with every user error as one line on stderr and exit status 1."""
   def guarded(argv):
     try:
+      if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
       return main(argv)
     except _user_error_types() as e:
       if DEBUG:

@@ -31,7 +31,6 @@ import os
 import re
 
 from facekp import cli  # first: quiets the C++ start-up lines of TensorFlow and MediaPipe
-from absl import app
 from absl import flags
 from absl import logging
 import numpy as np
@@ -282,8 +281,6 @@ def define_flags():
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   f = flags.FLAGS
   evaluate_workdir(f.workdir, f.data_dir, f.split, tta_flip=f.tta_flip, pictures=f.pictures)
 

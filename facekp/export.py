@@ -25,7 +25,6 @@ import time
 import warnings
 
 from facekp import cli  # first: quiets the C++ start-up lines of TensorFlow and MediaPipe
-from absl import app
 from absl import flags
 from absl import logging
 import keras
@@ -271,8 +270,6 @@ def define_flags():
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   f = flags.FLAGS
   export_workdir(f.workdir, data_dir=f.data_dir, variants=f.tflite, max_images=f.max_images)
 

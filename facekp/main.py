@@ -32,8 +32,6 @@ flags.mark_flags_as_required(["config"])
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   config = FLAGS.config
   if FLAGS.print_config:
     print(config_lib.listing(config))

@@ -38,7 +38,6 @@ import re
 import signal
 
 from facekp import cli  # first: quiets the C++ start-up lines of TensorFlow and MediaPipe
-from absl import app
 from absl import flags
 from absl import logging
 import numpy as np
@@ -333,8 +332,6 @@ def _interrupt(signum, frame):
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   signal.signal(signal.SIGTERM, _interrupt)  # a terminated run says what it kept
   f = flags.FLAGS
   predict_images(f.model, f.images, f.out, max_faces=f.max_faces, overlays=f.overlays)

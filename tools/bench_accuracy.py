@@ -29,10 +29,8 @@ import collections
 import csv
 import hashlib
 import importlib.util
-import json
 import os
 import posixpath
-import shutil
 import time
 
 from absl import app
@@ -522,8 +520,6 @@ flags.DEFINE_string("json", None, "Write every figure (per fold and summary) to 
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   sources, description = default_sources(FLAGS.shared, FLAGS.sources)
   if FLAGS.sources and sources[0][0] == "sample":
     raise app.UsageError(f"--sources={','.join(FLAGS.sources)} names none of the data found "

@@ -15,7 +15,6 @@ import sys
 import tempfile
 
 from facekp import cli  # first: quiets the C++ start-up lines of TensorFlow and MediaPipe
-from absl import app
 from absl import flags
 
 FLAGS = flags.FLAGS

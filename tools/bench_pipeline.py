@@ -22,7 +22,6 @@ import tempfile
 import time
 
 from facekp import cli  # first: quiets the C++ start-up lines of TensorFlow and MediaPipe
-from absl import app
 from absl import flags
 import cv2
 import keras

@@ -15,7 +15,6 @@ import os
 import time
 
 from facekp import cli  # first: quiets the C++ start-up lines of TensorFlow and MediaPipe
-from absl import app
 from absl import flags
 from absl import logging
 import tensorflow as tf
@@ -208,8 +207,6 @@ def run_on_beam(images_dir, out_dir, *, csv, **kwargs):
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   make_tfrecords(
       FLAGS.images, FLAGS.out, align=FLAGS.align,
       landmarks=schema_lib.parse_mesh_indices(FLAGS.landmarks), workers=FLAGS.workers,
