@@ -229,17 +229,12 @@ def truncate_history(path, epochs):
   return kept
 
 
-class History(keras.callbacks.Callback):
-  """Appends a row per epoch to `rows` and rewrites history.csv (epochs counted from 1)."""
-
-  def __init__(self, path, rows):
-    super().__init__()
-    self.path = path
-    self.rows = rows
-
-  def on_epoch_end(self, epoch, logs=None):
-    self.rows.append({HISTORY_EPOCH: epoch + 1, **{k: float(v) for k, v in logs.items()}})
-    write_history(self.path, self.rows)
+def history_logger(path, rows):
+  """A callback that appends a row per epoch to `rows` and rewrites history.csv (epochs from 1)."""
+  def log_epoch(epoch, logs):
+    rows.append({HISTORY_EPOCH: epoch + 1, **{k: float(v) for k, v in logs.items()}})
+    write_history(path, rows)
+  return keras.callbacks.LambdaCallback(on_epoch_end=log_epoch)
 
 
 def early_stopping_state(values, patience):

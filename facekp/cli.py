@@ -321,6 +321,14 @@ def parse_flags(argv):
     fail("error: " + "; ".join(problems))
 
 
+def command(main, define_flags):
+  """A module's console-script entry point: defines the module's flags, then run(main)."""
+  def entry():
+    define_flags()
+    run(main)
+  return entry
+
+
 def run(main, flags_parser=parse_flags):
   """app.run(main) with every user error as one line on stderr and exit status 1."""
   def guarded(argv):

@@ -285,10 +285,7 @@ def main(argv):
   evaluate_workdir(f.workdir, f.data_dir, f.split, tta_flip=f.tta_flip, pictures=f.pictures)
 
 
-def run():
-  """The facekp-evaluate command (python -m facekp.evaluate)."""
-  define_flags()
-  cli.run(main)
+run = cli.command(main, define_flags)  # the facekp-evaluate command (python -m facekp.evaluate)
 
 
 if __name__ == "__main__":

@@ -274,10 +274,7 @@ def main(argv):
   export_workdir(f.workdir, data_dir=f.data_dir, variants=f.tflite, max_images=f.max_images)
 
 
-def run():
-  """The facekp-export command (python -m facekp.export)."""
-  define_flags()
-  cli.run(main)
+run = cli.command(main, define_flags)  # the facekp-export command (python -m facekp.export)
 
 
 if __name__ == "__main__":

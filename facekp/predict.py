@@ -337,10 +337,7 @@ def main(argv):
   predict_images(f.model, f.images, f.out, max_faces=f.max_faces, overlays=f.overlays)
 
 
-def run():
-  """The facekp-predict command (python -m facekp.predict)."""
-  define_flags()
-  cli.run(main)
+run = cli.command(main, define_flags)  # the facekp-predict command (python -m facekp.predict)
 
 
 if __name__ == "__main__":

@@ -328,7 +328,7 @@ def _fit(config, trainer, net, strategy, writer, steps_per_epoch, state, rows, v
       callbacks_lib.StopOnNonFiniteLoss(),
       callbacks_lib.FreezeBackbone(net, config),
       checkpointing.BestCheckpoint(_best_path(out), config.monitor, best, backup.last_good),
-      checkpointing.History(workdir_lib.path(out, workdir_lib.HISTORY), rows),
+      checkpointing.history_logger(workdir_lib.path(out, workdir_lib.HISTORY), rows),
       keras.callbacks.TensorBoard(workdir_lib.path(out, workdir_lib.TENSORBOARD),
                                   write_graph=False),
       backup,
