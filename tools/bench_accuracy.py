@@ -7,7 +7,7 @@ Data: every face facekp's own datasets hold, as `tools.make_tfrecords` writes th
 --cache): ../shared/data/aligned128 as it is and ../shared/data/raw through --align=128. When
 ../shared is absent, facekp/sample through --align=128 (said so in the output).
 
-Folds keep together every face of one photo (dataset.group_key; a crop of aligned128 joins its
+Folds keep together every face of one photo (splits_lib.group_key; a crop of aligned128 joins its
 photo in raw through aligned128/index.csv) and every group of copies that make_tfrecords lists in
 OUT/duplicates.json ({"groups": [[image_name, ...], ...]}) when that file exists. Each fold is
 the test set once; the other folds train, with an inner validation part of their photos for
@@ -43,16 +43,14 @@ from facekp import dataset
 from facekp import evaluate
 from facekp import files
 from facekp import input_pipeline
+from facekp import keypoint_csv
 from facekp import keypoints as keypoints_lib
+from facekp import metrics as metrics_lib
+from facekp import splits as splits_lib
 from facekp import train as train_lib
 from facekp import workdir as workdir_lib
+from facekp import yardsticks
 from tools import make_tfrecords
-
-try:  # the yardsticks and metrics split out of facekp.evaluate, where that has landed
-  from facekp import metrics as metrics_lib  # pylint: disable=g-import-not-at-top
-  from facekp import yardsticks  # pylint: disable=g-import-not-at-top
-except ImportError:
-  metrics_lib = yardsticks = evaluate
 
 SHARED_DATA = os.path.normpath(os.path.join(
     os.path.dirname(os.path.abspath(__file__)), os.pardir, os.pardir, "shared", "data"))
@@ -117,7 +115,7 @@ def photo_keys(names, images_dir):
   if os.path.exists(f"{images_dir}/{INDEX_FILE}"):
     with open(f"{images_dir}/{INDEX_FILE}", newline="") as f:
       index = {row["crop"]: posixpath.splitext(row["photo"])[0] for row in csv.DictReader(f)}
-  return [index.get(name, dataset.group_key(name)) for name in names]
+  return [index.get(name, splits_lib.group_key(name)) for name in names]
 
 
 def duplicate_groups(data_dir):
@@ -169,10 +167,10 @@ def load_faces(sources, cache, description):
   for name, images_dir, align in sources:
     data_dir = build_source(name, images_dir, align, cache)
     schema = dataset.load_schema(data_dir)
-    by_name = {r.image_name: r for r in dataset.read_keypoints_csv(
+    by_name = {r.image_name: r for r in keypoint_csv.read_keypoints_csv(
         f"{data_dir}/{dataset.CLEANED_CSV}", schema)}
     roots[name] = f"{data_dir}/aligned" if align else images_dir
-    for split in dataset.SPLITS:
+    for split in splits_lib.SPLITS:
       if not input_pipeline.num_examples(data_dir, split):
         continue
       arrays = input_pipeline.load_arrays(data_dir, split)
