@@ -13,6 +13,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from facekp import keypoints as keypoints_lib
+
 HEADS = ("dense", "flatten", "soft_argmax")
 
 
@@ -107,9 +109,9 @@ CUSTOM_BACKBONES = {"unet": (unet, _scale_to_unit)}
 def render_heatmaps(points, height, width, sigma):
   """Gaussian maps [N, height, width, K] (peak 1) of points [N, K, 2] normalised, sigma in
   cells: the targets of heatmap regression, and what a well-trained heatmap head outputs."""
-  points = np.asarray(points, np.float64)[:, None, None]  # [N, 1, 1, K, 2]
-  cells = (_cell_centres(height, width) * [width, height]).reshape(1, height, width, 1, 2)
-  target = points * [width, height]
+  cells = keypoints_lib.to_pixels(_cell_centres(height, width), width, height)
+  cells = cells.reshape(1, height, width, 1, 2)
+  target = keypoints_lib.to_pixels(points, width, height)[:, None, None]  # [N, 1, 1, K, 2]
   d2 = ((cells - target) ** 2).sum(-1)
   return np.exp(-0.5 * d2 / sigma ** 2).astype(np.float32)
 
