@@ -137,12 +137,9 @@ class Backup(keras.callbacks.Callback):
 
   def __init__(self, backup_dir, every_steps, steps_per_epoch, start, best_path):
     super().__init__()
-    self.backup_dir = backup_dir
-    self.every_steps = every_steps
-    self.steps_per_epoch = steps_per_epoch
-    self.saved = start
-    self.start = start
-    self.best_path = best_path
+    self.backup_dir, self.best_path = backup_dir, best_path
+    self.every_steps, self.steps_per_epoch = every_steps, steps_per_epoch
+    self.start = self.saved = start
     self.epoch, self.offset = start.epoch, start.batch
 
   def on_epoch_begin(self, epoch, logs=None):
