@@ -79,6 +79,14 @@ def _filtered_stderr():
 
 
 _FILTERING = False
+_UNFILTERED_STDERR = None  # the real stderr once filter_stderr_for_good has replaced fd 2
+
+
+def unfiltered_stderr():
+  """The real stderr (a file descriptor) for a process that must be heard even when this one
+  hangs inside TensorFlow with the interpreter held (the filter thread cannot run then); None
+  when stderr is not filtered."""
+  return _UNFILTERED_STDERR
 
 
 def filter_stderr_for_good():
@@ -86,7 +94,7 @@ def filter_stderr_for_good():
   goes through a pipe whose reader drops the known noise lines. Lines end at a newline or a
   carriage return (progress lines); a partial line is passed on once the writer pauses. At exit
   the reader drains what is left, so no final message is lost."""
-  global _FILTERING
+  global _FILTERING, _UNFILTERED_STDERR
   if _FILTERING:
     return
   _FILTERING = True
@@ -95,6 +103,7 @@ def filter_stderr_for_good():
   import threading  # pylint: disable=import-outside-toplevel
   sys.stderr.flush()
   original, (read_end, write_end) = os.dup(2), os.pipe()
+  _UNFILTERED_STDERR = original
   os.dup2(write_end, 2)
   os.close(write_end)
   closing = threading.Event()

@@ -16,6 +16,7 @@ import tempfile
 from absl import logging
 import tensorflow as tf
 
+from facekp import cli
 from facekp import config_lib
 
 
@@ -70,7 +71,7 @@ def _watchdog(timeout_s):
       "the same cluster and its own task index, check that their addresses are reachable, or "
       "raise --config.multi_worker_timeout_s.\n")
   return subprocess.Popen([sys.executable, "-c", _WATCHDOG, str(os.getpid()), str(timeout_s),
-                           message], stdin=subprocess.DEVNULL)
+                           message], stdin=subprocess.DEVNULL, stderr=cli.unfiltered_stderr())
 
 
 def _multi_worker_strategy(timeout_s):
