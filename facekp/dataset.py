@@ -9,6 +9,8 @@ Layout of a dataset directory (`--out`):
 `tfds.builder_from_directory(out)` loads every split with its features spec.
 
 """
+import contextlib
+import io
 import math
 
 from absl import logging
@@ -67,14 +69,15 @@ def write_metadata(out_dir, feature_spec, schema, description="", crop=keypoints
   (`facekp.keypoints.metadata`), so predict can check that it crops faces the same way."""
   record = dict(schema.to_dict(), keypoints=keypoints_lib.metadata(crop, input_size))
   files.write_json(f"{out_dir}/{SCHEMA_FILE}", record)
-  tfds.folder_dataset.write_metadata(
-      data_dir=out_dir,
-      features=feature_spec,
-      split_infos=None,
-      filename_template=FILENAME_TEMPLATE,
-      description=description or "Face photos with MediaPipe Face Mesh keypoints (facekp).",
-      metadata=tfds.core.MetadataDict(record),
-  )
+  with contextlib.redirect_stdout(io.StringIO()):  # TFDS prints the split infos it computes
+    tfds.folder_dataset.write_metadata(
+        data_dir=out_dir,
+        features=feature_spec,
+        split_infos=None,
+        filename_template=FILENAME_TEMPLATE,
+        description=description or "Face photos with MediaPipe Face Mesh keypoints (facekp).",
+        metadata=tfds.core.MetadataDict(record),
+    )
 
 
 def read_metadata(data_dir):
