@@ -63,7 +63,10 @@ class Labeller:
   def __init__(self, settings):
     self.settings = settings
     max_faces = settings.max_faces if settings.align_size else 1
-    self.finder = faces.Finder(_mesh(faces.search_limit(max_faces)), _mesh(1), _mesh(None))
+    # Photos (--align) also get the full-range detector; images stored as face crops (FFHQ) are
+    # what Face Mesh's own detector is made for, and a second detector would double the cost.
+    detector = _mesh(None) if settings.align_size else None
+    self.finder = faces.Finder(_mesh(faces.search_limit(max_faces)), _mesh(1), detector)
     self.indices = list(settings.mesh_indices)
 
   def label(self, image_name, image_rgb):

@@ -1,8 +1,9 @@
 """One face routine for annotation and prediction: find a photo's faces, order them, crop them.
 
 make_tfrecords (with and without --align) and predict see a photo's faces the same way:
-  finding Face Mesh's own faces, then those only MediaPipe's full-range detector finds (small,
-          distant or many faces), each placed by Face Mesh on a crop around its box;
+  finding Face Mesh's own faces, then (for photos: predict, make_tfrecords --align) those only
+          MediaPipe's full-range detector finds (small, distant or many faces), each placed by
+          Face Mesh on a crop around its box;
   order   largest first, by the side of the face's FFHQ-style square (facekp.align);
   names   face k of photo "dir/a.jpg" is "dir/a_f<k>.png" (k from 0, in that order);
   crops   `crop_face`: the FFHQ-style crop, placed by Face Mesh on a first crop of it;
@@ -87,8 +88,7 @@ def _landmarks_in_box(mesh, photo_rgb, box):
   return found[0] / scale + [left, top] if found else None
 
 
-def _is_new(landmarks, faces):
-  centre = landmarks[_CENTRE_LANDMARKS].mean(axis=0)
+def _is_new(centre, faces):
   return all(np.linalg.norm(centre - other[_CENTRE_LANDMARKS].mean(axis=0)) >
              _SAME_FACE * face_size(other) for other in faces)
 
@@ -97,8 +97,11 @@ def find_faces(finder, photo_rgb):
   """[468, 2] landmarks (photo pixels) of every face found, in the order found."""
   faces = finder.photo_mesh.detect(photo_rgb)
   for box in finder.detector.detect(photo_rgb) if finder.detector else ():
+    x0, y0, x1, y1 = box
+    if not _is_new(np.array([(x0 + x1) / 2, (y0 + y1) / 2]), faces):
+      continue  # a face Face Mesh found already: no second Face Mesh run for it
     landmarks = _landmarks_in_box(finder.crop_mesh, photo_rgb, box)
-    if landmarks is not None and _is_new(landmarks, faces):
+    if landmarks is not None and _is_new(landmarks[_CENTRE_LANDMARKS].mean(axis=0), faces):
       faces.append(landmarks)
   return faces
 
