@@ -194,8 +194,18 @@ def distributed_dataset(strategy, data_dir, split, *, global_batch_size, train,
   return strategy.distribute_datasets_from_function(dataset_fn)
 
 
+def undecodable_image(data_dir, splits):
+  """Where the first stored image that does not decode lies, 'shard, record i (name): why', or
+  None. tf.data's own error for it names neither the shard nor the example."""
+  for split in splits:
+    where = _undecodable_example(data_dir, split)
+    if where:
+      return where
+  return None
+
+
 def _undecodable_example(data_dir, split):
-  """Where the first record whose image does not decode lies: 'shard, record i (name)'."""
+  """Where the first record of `split` whose image does not decode lies, or None."""
   builder, split_info = _split_info(data_dir, split)
   decoders = {"image": tfds.decode.SkipDecoding()}
   for path in split_info.filepaths:
@@ -206,7 +216,7 @@ def _undecodable_example(data_dir, split):
       except tf.errors.InvalidArgumentError as e:
         name = example["image_name"].numpy().decode("utf-8", "replace")
         return f"{path}, record {i} ({name}): {e.message.splitlines()[0]}"
-  return f"{data_dir} {split}"
+  return None
 
 
 def load_arrays(data_dir, split, image_size=128):
@@ -221,8 +231,9 @@ def load_arrays(data_dir, split, image_size=128):
       keypoints.append(points)
       names.extend(n.decode("utf-8") for n in name)
   except tf.errors.InvalidArgumentError:  # a record whose CRC holds but whose image is corrupt
-    raise ValueError(f"corrupt image in {_undecodable_example(data_dir, split)}; rewrite the "
-                     "dataset with tools/make_tfrecords") from None
+    where = _undecodable_example(data_dir, split) or f"the {split} split of {data_dir}"
+    raise ValueError(f"corrupt image in {where}; rewrite the dataset with tools/make_tfrecords"
+                     ) from None
   num_keypoints = ds.element_spec[1].shape[0]
   return {
       "images": (np.concatenate(images) if images

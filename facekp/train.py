@@ -16,6 +16,7 @@ the workdir, the others a temporary folder. Training input is split between work
 (input_pipeline), validation is read whole by every worker so that its metrics are exact.
 """
 import contextlib
+import re
 import warnings
 
 from absl import logging
@@ -36,6 +37,7 @@ from facekp import workdir as workdir_lib
 
 BN_ESTIMATION_IMAGES = 256  # bn_mode "frozen": statistics of the first training images
 PICTURE_FACES = 16  # validation faces shown in TensorBoard
+_IMAGE_DECODE_ERROR = re.compile(r"Invalid (PNG|JPEG) data|decode|Unknown image file format", re.I)
 
 
 # The model in training.
@@ -342,12 +344,27 @@ def _fit(config, trainer, net, strategy, writer, steps_per_epoch, state, rows, v
   if config.early_stopping_patience:
     callbacks.insert(3, checkpointing.ResumedEarlyStopping(
         past, config.early_stopping_patience, config.monitor))
-  with _quiet_end_of_data():
+  with _quiet_end_of_data(), _naming_corrupt_images(config.data_dir):
     trainer.fit(_train_dataset(config, strategy, state), initial_epoch=state.epoch,
                 epochs=state.epoch + 1 if state.batch else config.num_epochs,
                 steps_per_epoch=steps_per_epoch - state.batch, validation_data=val_ds,
                 callbacks=callbacks, shuffle=False, verbose=0)
   return backup.saved
+
+
+@contextlib.contextmanager
+def _naming_corrupt_images(data_dir):
+  """A stored image that does not decode (its record's CRC holds) stops training with the shard
+  and the example named, where tf.data says only "Invalid PNG data"."""
+  try:
+    yield
+  except tf.errors.InvalidArgumentError as e:
+    where = (input_pipeline.undecodable_image(data_dir, ("train", "validation"))
+             if _IMAGE_DECODE_ERROR.search(e.message) else None)
+    if where is None:
+      raise
+    raise ValueError(f"corrupt image in {where}; rewrite the dataset with tools/make_tfrecords "
+                     "(the last good checkpoints are kept)") from None
 
 
 def save_inference_model(config, num_keypoints, net, path, mean_keypoints=None):

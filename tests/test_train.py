@@ -30,8 +30,10 @@ MEAN_FACE = np.array([[0.5, 0.55], [0.3, 0.4], [0.35, 0.7], [0.7, 0.4], [0.65, 0
 COLOURS = np.array([[255, 0, 0], [0, 255, 0], [0, 0, 255], [255, 255, 0], [0, 255, 255]])
 
 
-def write_dataset(out, sizes=(("train", 32), ("validation", 8), ("test", 8)), size=32, seed=0):
-  """Faces shifted at random, each keypoint a 3x3 dot of its own colour on a noisy background."""
+def write_dataset(out, sizes=(("train", 32), ("validation", 8), ("test", 8)), size=32, seed=0,
+                  corrupt=()):
+  """Faces shifted at random, each keypoint a 3x3 dot of its own colour on a noisy background;
+  the (split, index) pairs in `corrupt` hold a PNG cut short (its record's CRC is valid)."""
   rng = np.random.default_rng(seed)
   spec = dataset.features(SCHEMA.num_keypoints)
   tf.io.gfile.makedirs(out)
@@ -42,8 +44,9 @@ def write_dataset(out, sizes=(("train", 32), ("validation", 8), ("test", 8)), si
       image = rng.integers(60, 120, (size, size, 3)).astype(np.uint8)
       for (x, y), colour in zip((points * size).astype(int), COLOURS):
         image[max(0, y - 1):y + 2, max(0, x - 1):x + 2] = colour
+      png = tf.io.encode_png(image).numpy()
       examples.append({
-          "image": tf.io.encode_png(image).numpy(), "image_name": f"{split}_{i}.png",
+          "image": png[:60] if (split, i) in corrupt else png, "image_name": f"{split}_{i}.png",
           "height": size, "width": size, "keypoints_px": (points * size).astype(np.float32),
           "keypoints": points.astype(np.float32)})
     dataset.write_shard(dataset.shard_path(out, split, 0, 1), examples, spec)
@@ -278,6 +281,14 @@ def test_a_second_run_on_a_workdir_in_use_says_who_holds_it(data_dir, tmp_path):
   with files.folder_lock(workdir, "--workdir"):
     with pytest.raises(files.FolderInUseError, match=f"{workdir} is in use by pid {os.getpid()}"):
       train.train_and_evaluate(small_config(data_dir), workdir)
+
+
+def test_a_corrupt_image_inside_a_valid_record_is_named_with_its_shard(tmp_path):
+  data = str(tmp_path / "data")
+  write_dataset(data, corrupt={("train", 5)})
+  with pytest.raises(ValueError, match=r"corrupt image in .*facekp-train\.tfrecord-00000-of-00001, "
+                     r"record 5 \(train_5\.png\)"):
+    train.train_and_evaluate(small_config(data, cache="none"), str(tmp_path / "run"))
 
 
 def test_face_grid_centres_each_marker_on_its_point():
