@@ -153,7 +153,7 @@ def shards(kept, report, fingerprints, out_dir, images_root, schema, fractions, 
       kept, report, images_root, out_dir, schema,
       map_fn=lambda _, paths: [fingerprints[path] for path in paths])
   split_rows = splits.assign_splits(kept, fractions, split_keys)
-  counts = dataset._shard_counts(  # pylint: disable=protected-access (write_dataset's rule)
+  counts = dataset.shard_counts(  # write_dataset's rule
       split_rows, images_root, num_shards)
   for split, n in counts.items():
     rows = split_rows[split]

@@ -132,7 +132,7 @@ def make_example(images_dir, row):
   }
 
 
-def _shard_counts(splits, images_dir, num_shards):
+def shard_counts(splits, images_dir, num_shards):
   """Shards per non-empty split. With num_shards, train gets that many and the other splits
   as many examples per shard; otherwise each shard holds about SHARD_TARGET_BYTES of images."""
   counts = {}
@@ -173,7 +173,7 @@ def write_dataset(out_dir, splits, images_dir, schema, num_shards=None, map_fn=m
     raise ValueError(f"no usable rows to write to {out_dir} (see {CLEANING_REPORT})")
   _remove_previous_dataset(out_dir)
   tasks = []
-  for split, n in _shard_counts(splits, images_dir, num_shards).items():
+  for split, n in shard_counts(splits, images_dir, num_shards).items():
     rows = splits[split]
     for shard, part in enumerate(np.array_split(np.arange(len(rows)), n)):
       tasks.append((shard_path(out_dir, split, shard, n), [rows[i] for i in part]))
