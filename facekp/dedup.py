@@ -7,7 +7,8 @@ Three tests, from strict to loose, each enough to join two images in a group:
                    PHASH_MAX_DISTANCE bits: one face resaved, recoloured, resized, drawn on,
                    or the next frame of a video. Calibrated on ../shared/data/aligned128.
 Groups are transitive (a union-find over all three tests). A 64-bit hash is too coarse for
-aligned faces: there two different people's crops came within 4 bits.
+aligned faces: there two different people's crops came within 4 bits. Near hashes are found
+through an index (`near_pairs`), not by comparing all pairs: 70,000 images take seconds.
 """
 import collections
 import hashlib
@@ -24,6 +25,7 @@ PHASH_MAX_DISTANCE = 32
 _HASH_SIDE = 32
 _DCT_SIDE = 16
 _POPCOUNT = np.array([bin(i).count("1") for i in range(256)], np.uint8)
+_POPCOUNT_16 = (_POPCOUNT[:, None] + _POPCOUNT[None]).ravel()
 
 
 def bytes_digest(data):
@@ -90,30 +92,99 @@ def _join_equal(union, names, keys):
       first.setdefault(key, name)
 
 
-def _near_pairs(names, hashes, max_distance, block=256):
-  """(name, name, distance) of hashes within max_distance bits: a blocked all-pairs count,
-  about a second per 10^8 pairs (a dataset of ~10^4 images)."""
-  bits = np.array([np.frombuffer(bytes.fromhex(h), np.uint8) for h in hashes]).reshape(
-      len(hashes), -1)
-  for start in range(0, len(hashes), block):
-    distances = _POPCOUNT[bits[start:start + block, None] ^ bits[None]].sum(-1, dtype=np.int32)
-    for i, j in zip(*np.nonzero(distances <= max_distance)):
-      if start + i < j:
-        yield names[start + i], names[j], int(distances[i, j])
+def _hash_bits(hashes):
+  """Hex hashes -> uint8 [n, bytes]."""
+  return np.frombuffer(bytes.fromhex("".join(hashes)), np.uint8).reshape(len(hashes), -1)
+
+
+def _distances(bits, i, j):
+  """Hamming distances of hashes i and j (uint8 rows of bits), 16 bits per table look-up."""
+  halves = bits.view(np.uint16)
+  return _POPCOUNT_16[halves[i] ^ halves[j]].sum(-1, dtype=np.int32)
+
+
+def _chunk_values(bits, chunks):
+  """[chunks, n] int64: chunk c of a hash holds its bits c, c + chunks, c + 2 chunks, ...
+  (interleaved, so that the DCT's low frequencies, the least random bits, spread over all)."""
+  unpacked = np.unpackbits(bits, axis=1)
+  values = np.zeros((chunks, len(bits)), np.int64)
+  for c in range(chunks):
+    part = unpacked[:, c::chunks].astype(np.int64)
+    values[c] = part @ (1 << np.arange(part.shape[1], dtype=np.int64))
+  return values, [len(range(c, unpacked.shape[1], chunks)) for c in range(chunks)]
+
+
+def _candidates(values, width, batch):
+  """(i, j) arrays, i < j, of every pair whose chunk values differ in at most one bit, in
+  batches of about `batch` probes: each hash looks up its own value (pairs within a bucket)
+  and its value with one 0 bit set (so a pair one bit apart is found once, from its lower
+  value)."""
+  order = np.argsort(values, kind="stable")
+  ordered = values[order]
+  masks = np.concatenate([[0], 1 << np.arange(width, dtype=np.int64)])
+  step = max(1, batch // len(masks))
+  for start in range(0, len(values), step):
+    own = values[start:start + step, None]
+    probes = own | masks[None]
+    low = np.searchsorted(ordered, probes, "left")
+    counts = np.searchsorted(ordered, probes, "right") - low
+    counts[(own & masks[None]) != 0] = 0  # a 1 bit set again: its own value, already probed
+    low, counts = low.ravel(), counts.ravel()
+    i = np.repeat(np.arange(start, start + len(own)).repeat(len(masks)), counts)
+    offsets = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
+    j = order[np.repeat(low, counts) + offsets]
+    one_bit = np.repeat(np.tile(masks != 0, len(own)), counts)
+    keep = one_bit | (i < j)  # a pair in one bucket comes from both its hashes: once
+    i, j = i[keep], j[keep]
+    yield np.minimum(i, j), np.maximum(i, j)
+
+
+def near_pairs(hashes, max_distance, batch=1 << 20):
+  """int64 [pairs, 2] (i < j) of the hashes within max_distance bits of each other.
+
+  Multi-index hashing: the bits are dealt into max_distance // 2 + 1 chunks, so two hashes
+  within max_distance bits differ in at most one bit of some chunk (else every chunk would
+  hold two differences: more than max_distance). Pairs that share a chunk value up to one bit
+  are the candidates, checked exactly. Linear in the hashes as long as chunks are wide enough
+  to keep buckets small (15 bits for 256-bit hashes within 32)."""
+  if len(hashes) < 2 or max_distance < 0:
+    return np.zeros((0, 2), np.int64)
+  bits = _hash_bits(hashes)
+  chunks = max_distance // 2 + 1
+  if chunks * 4 > bits.shape[1] * 8:  # chunks too narrow to sort anything out: all pairs
+    i, j = np.triu_indices(len(bits), 1)
+    found = [(i, j)]
+  else:
+    values, widths = _chunk_values(bits, chunks)
+    found = (pair for c in range(chunks) for pair in _candidates(values[c], widths[c], batch))
+  keys = []
+  for i, j in found:
+    near = _distances(bits, i, j) <= max_distance
+    keys.append(i[near] * len(bits) + j[near])
+  keys = np.unique(np.concatenate(keys))
+  return np.stack([keys // len(bits), keys % len(bits)], axis=1)
 
 
 def find_groups(fingerprints, max_distance=PHASH_MAX_DISTANCE):
-  """{name: fingerprint} -> (groups of 2+ names, sorted; counts of pairs joined by each test)."""
+  """{name: fingerprint} -> (groups of 2+ names, sorted; the number of pairs of names whose
+  perceptual hashes lie within max_distance bits). Equal hashes are counted and joined once
+  per value, so the search only sees the distinct ones."""
   names = sorted(fingerprints)
   union = _UnionFind(names)
   columns = list(zip(*(fingerprints[n] for n in names))) if names else [(), (), ()]
   _join_equal(union, names, columns[0])
   _join_equal(union, names, columns[1])
-  near = list(_near_pairs(names, list(columns[2]), max_distance)) if max_distance >= 0 else []
-  for a, b, _ in near:
-    union.union(a, b)
-  groups = sorted(g for g in union.groups() if len(g) > 1)
-  return groups, near
+  near_count = 0
+  if max_distance >= 0:
+    _join_equal(union, names, columns[2])
+    hashes, first, counts = np.unique(np.array(columns[2], dtype=str), return_index=True,
+                                      return_counts=True)
+    near = near_pairs(list(hashes), max_distance)
+    for a, b in near:
+      union.union(names[first[a]], names[first[b]])
+    near_count = int((counts * (counts - 1) // 2).sum() +
+                     (counts[near[:, 0]] * counts[near[:, 1]]).sum())
+  return sorted(g for g in union.groups() if len(g) > 1), near_count
 
 
 def split_keys(names, groups, group_key):
@@ -132,11 +203,11 @@ def find_duplicates(images_dir, names, map_fn=map):
 
   `map_fn` runs the fingerprinting (the builtin map, or a process pool's)."""
   prints = dict(zip(names, map_fn(fingerprint_file, [f"{images_dir}/{n}" for n in names])))
-  groups, near = find_groups(prints)
-  return groups, report(groups, near, prints)
+  groups, near_count = find_groups(prints)
+  return groups, report(groups, near_count, prints)
 
 
-def report(groups, near, fingerprints):
+def report(groups, near_count, fingerprints):
   """The cleaning report's entry: counts and the groups, with how each was found."""
   by_bytes = collections.Counter(fingerprints[n][0] for n in fingerprints)
   by_pixels = collections.Counter(fingerprints[n][1] for n in fingerprints)
@@ -145,7 +216,7 @@ def report(groups, near, fingerprints):
       "images_in_groups": sum(len(g) for g in groups),
       "same_bytes_images": sum(c for c in by_bytes.values() if c > 1),
       "same_pixels_images": sum(c for c in by_pixels.values() if c > 1),
-      "near_pairs": len(near),
+      "near_pairs": near_count,
       "phash_max_distance": PHASH_MAX_DISTANCE,
       "members": groups,
   }
