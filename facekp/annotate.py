@@ -124,6 +124,8 @@ def _label_chunk(settings, names):
 
 
 def _start_worker():
+  """Builds what Labellers use (Face Mesh for a photo's faces and for one, the detector)."""
+  _mesh(faces.search_limit(1))
   _mesh(1)
   _mesh(None)
   return workers_lib.report_pid()

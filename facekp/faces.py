@@ -59,6 +59,8 @@ def face_size(landmarks_px):
 
 
 def largest_first(faces, max_faces):
+  if len(faces) < 2:  # nothing to order (most images: one face)
+    return faces[:max_faces]
   return sorted(faces, key=face_size, reverse=True)[:max_faces]
 
 

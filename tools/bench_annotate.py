@@ -35,6 +35,7 @@ flags.DEFINE_integer(
     "min_images", 2000, "Repeat the folder's images until there are at least this many.")
 flags.DEFINE_integer("repeats", 2, "Runs per configuration; the fastest counts.")
 flags.DEFINE_string("json", None, "Also write the figures to this JSON file.")
+flags.DEFINE_bool("beam", True, "Also measure the Beam pipeline (when Apache Beam is installed).")
 
 
 def repeated_folder(source, names, min_images, root):
@@ -132,7 +133,8 @@ def main(argv):
       runs.append((bare_loop(folder, names),
                    annotator(folder, names, schema, 1, scratch),
                    annotator(folder, names, schema, workers, scratch),
-                   beam_annotator(folder, names, schema, workers, scratch)))
+                   beam_annotator(folder, names, schema, workers, scratch) if FLAGS.beam else
+                   None))
   bare, one, many = (min(run[k] for run in runs) for k in range(3))
   beam_runs = [run[3] for run in runs if run[3]]
   bare_cpu, one_cpu = (min(run[k][1] for run in runs) for k in range(2))
