@@ -24,15 +24,22 @@ def _has_missing_points(row):
   return row.status != OK or any(v == MISSING or math.isnan(v) for v in row.points)
 
 
-def _drop_reason(row, images_dir):
+def image_size_or_reason(path):
+  """(width, height) of the image at path, or the reason it cannot be used."""
+  try:
+    return images.image_size(path)
+  except images.ImageError as e:
+    return "missing_file" if e.reason == "missing" else "unreadable_file"
+
+
+def _drop_reason(row, size):
   """(None, the row with its size filled in) for a usable row, else (the reason to drop it,
-  the row)."""
+  the row). `size`: image_size_or_reason of its image."""
   if _has_missing_points(row):
     return "missing_keypoints", row
-  try:
-    width, height = images.image_size(f"{images_dir}/{row.image_name}")
-  except images.ImageError as e:
-    return ("missing_file" if e.reason == "missing" else "unreadable_file"), row
+  if isinstance(size, str):
+    return size, row
+  width, height = size
   if row.width is not None and (row.width, row.height) != (width, height):
     return "size_mismatch", row
   row = row._replace(width=width, height=height)
@@ -42,23 +49,30 @@ def _drop_reason(row, images_dir):
   return None, row
 
 
-def clean(rows, images_dir):
+def clean(rows, images_dir, map_fn=map):
   """Drops unusable rows. Returns (kept rows, report dict with counts per reason).
 
-  Copies of a name that agree are kept once; copies that disagree are all dropped.
+  Copies of a name that agree are kept once; copies that disagree are all dropped. `map_fn`
+  reads the images' sizes (the builtin map, or a process pool's).
   """
   by_name = collections.defaultdict(list)
   for row in rows:
     by_name[row.image_name].append(row)
   dropped = collections.Counter({reason: 0 for reason in DROP_REASONS})
   missing_by_status = collections.Counter()
-  kept = []
-  for name, copies in by_name.items():
+  singles = []
+  for copies in by_name.values():
     if len(set(copies)) > 1:
       dropped["duplicate_name"] += len(copies)
-      continue
-    dropped["duplicate_name"] += len(copies) - 1
-    reason, row = _drop_reason(copies[0], images_dir)
+    else:
+      dropped["duplicate_name"] += len(copies) - 1
+      singles.append(copies[0])
+  to_read = [row.image_name for row in singles if not _has_missing_points(row)]
+  sizes = dict(zip(to_read, map_fn(image_size_or_reason,
+                                   [f"{images_dir}/{name}" for name in to_read])))
+  kept = []
+  for row in singles:
+    reason, row = _drop_reason(row, sizes.get(row.image_name))
     if reason is None:
       kept.append(row)
     else:

@@ -145,8 +145,9 @@ def near_pairs(hashes, max_distance, batch=1 << 20):
   Multi-index hashing: the bits are dealt into max_distance // 2 + 1 chunks, so two hashes
   within max_distance bits differ in at most one bit of some chunk (else every chunk would
   hold two differences: more than max_distance). Pairs that share a chunk value up to one bit
-  are the candidates, checked exactly. Linear in the hashes as long as chunks are wide enough
-  to keep buckets small (15 bits for 256-bit hashes within 32)."""
+  are the candidates, checked exactly: for 256-bit hashes within 32, 17 chunks of 15-16 bits,
+  about n^2 / 2^11 candidates for uniform bits (20 million for 70,000 hashes, seconds) where
+  all pairs are n^2 / 2."""
   if len(hashes) < 2 or max_distance < 0:
     return np.zeros((0, 2), np.int64)
   bits = _hash_bits(hashes)
