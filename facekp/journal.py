@@ -20,7 +20,7 @@ from facekp import keypoint_csv
 
 _JOURNAL_MAGIC = "#facekp-journal "
 _COMMIT = "#commit\n"
-_STAMP = "#stamp"
+STAMP = "#stamp"
 # A commit reaches the OS at once (a killed run keeps it); the disk gets it within this time
 # (a power cut loses at most that much work): an fsync per chunk blocked the loop ~2-14 ms.
 _FSYNC_SECONDS = 1.0
@@ -86,7 +86,7 @@ class Journal:
       os.truncate(self.path, len((header + "\n" + committed).encode("utf-8")))
     done = {}
     for source, *fields in csv.reader(io.StringIO(committed)):
-      if source == _STAMP:
+      if source == STAMP:
         name, size, mtime_ns, sha256 = fields
         done[name] = (Stamp(int(size), int(mtime_ns), sha256) if size else None, [])
       elif fields:  # not a commit line
@@ -103,7 +103,7 @@ class Journal:
       self._file = open(self.path, "a", encoding="utf-8", newline="")
     writer = csv.writer(self._file, lineterminator="\n")
     for source, stamp, rows in results:
-      writer.writerow([_STAMP, source, *(stamp or ("", "", ""))])
+      writer.writerow([STAMP, source, *(stamp or ("", "", ""))])
       writer.writerows([source] + keypoint_csv.format_csv_fields(row) for row in rows)
     self._file.write(_COMMIT)
     self._file.flush()

@@ -28,7 +28,9 @@ from facekp import cli  # first: quiets the C++ start-up lines of TensorFlow and
 from absl import flags
 import psutil
 
+from facekp import annotate
 from facekp import images
+from facekp import journal
 from facekp import mirror
 import tools
 
@@ -63,18 +65,47 @@ def replicate(source, count, root):
   return copied
 
 
-class MemorySampler(threading.Thread):
-  """Samples the RSS of a process and all its descendants until stopped."""
+class JournalCounter:
+  """Images annotated so far, counted from the stamp lines appended to the annotation journal
+  (finer than the log's progress lines, every 10 s)."""
 
-  def __init__(self, pid):
+  def __init__(self, path):
+    self.path = path
+    self.count = 0
+    self._read = 0
+    self._tail = b""
+
+  def update(self):
+    try:
+      with open(self.path, "rb") as f:
+        f.seek(self._read)
+        data = self._tail + f.read()
+    except FileNotFoundError:
+      return self.count
+    self._read += len(data) - len(self._tail)
+    self.count += data.count(_STAMP_LINE)
+    self._tail = data[-(len(_STAMP_LINE) - 1):]
+    return self.count
+
+
+class MemorySampler(threading.Thread):
+  """Samples the RSS and CPU time of a process and all its descendants, and the images its
+  annotation journal holds, until stopped."""
+
+  def __init__(self, pid, journal):
     super().__init__(daemon=True)
     self.pid = pid
+    self.journal = JournalCounter(journal)
     self.samples = []  # (time, RSS bytes, CPU seconds of the tree, CPU seconds of the root)
+    self.annotated = []  # (time, images in the journal) whenever that changes
     self._stopping = threading.Event()
 
   def run(self):
     root = psutil.Process(self.pid)
     while not self._stopping.wait(_SAMPLE_SECONDS):
+      count = self.journal.update()
+      if count and (not self.annotated or count != self.annotated[-1][1]):
+        self.annotated.append((time.time(), count))
       rss = cpu = root_cpu = 0
       try:
         tree = [root] + root.children(recursive=True)
@@ -102,30 +133,27 @@ class MemorySampler(threading.Thread):
     return min(self.samples, key=lambda sample: abs(sample[0] - when))[2:]
 
 
-_PROGRESS = re.compile(r"annotated (\d+)/\d+ images")
+_STAMP_LINE = b"\n" + journal.STAMP.encode() + b","
 _DONE = re.compile(r"done: (\{.*\})")
 
 
 def run_make_tfrecords(folder, out, workers, chunk_size):
   """(summary, time the summary was logged, [(time, images annotated)], memory samples) of a
-  make_tfrecords run, timed as its log lines arrive."""
+  make_tfrecords run, its log passed on as it comes."""
   command = [sys.executable, "-m", "tools.make_tfrecords", f"--images={folder}", f"--out={out}",
              f"--workers={workers}", f"--chunk_size={chunk_size}"]
-  points, summary, done_time = [], None, None
+  summary, done_time = None, None
   with subprocess.Popen(command, stderr=subprocess.PIPE, text=True) as process:
-    sampler = MemorySampler(process.pid)
+    sampler = MemorySampler(process.pid, os.path.join(out, annotate.JOURNAL))
     sampler.start()
     for line in process.stderr:
-      now = time.time()
       sys.stderr.write(line)
-      if match := _PROGRESS.search(line):
-        points.append((now, int(match.group(1))))
-      elif match := _DONE.search(line):
-        summary, done_time = json.loads(match.group(1)), now
+      if match := _DONE.search(line):
+        summary, done_time = json.loads(match.group(1)), time.time()
   sampler.stop()
   if process.returncode or summary is None:
     raise RuntimeError(f"{' '.join(command)} failed with exit status {process.returncode}")
-  return summary, done_time, points, sampler
+  return summary, done_time, sampler.annotated, sampler
 
 
 def window(points, first, last, sampler):
