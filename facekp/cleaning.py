@@ -24,17 +24,28 @@ def _has_missing_points(row):
   return row.status != OK or any(v == MISSING or math.isnan(v) for v in row.points)
 
 
-def image_size_or_reason(path):
-  """(width, height) of the image at path, or the reason it cannot be used."""
+def read_image(path):
+  """((width, height) of the image at path or the reason it cannot be used, its facekp.dedup
+  fingerprint or None): one read and one decode for both."""
   try:
-    return images.image_size(path)
+    data = images.read_bytes(path)
+    rgb = images.decode_rgb(data, path)
   except images.ImageError as e:
-    return "missing_file" if e.reason == "missing" else "unreadable_file"
+    return ("missing_file" if e.reason == "missing" else "unreadable_file"), None
+  height, width = rgb.shape[:2]
+  return (width, height), dedup.fingerprint(data, rgb)
+
+
+def read_images(rows, images_dir, map_fn=map):
+  """{name: read_image of it} for the rows with points; `map_fn` runs the reads (the builtin
+  map, or a process pool's)."""
+  names = sorted({row.image_name for row in rows if not _has_missing_points(row)})
+  return dict(zip(names, map_fn(read_image, [f"{images_dir}/{name}" for name in names])))
 
 
 def _drop_reason(row, size):
   """(None, the row with its size filled in) for a usable row, else (the reason to drop it,
-  the row). `size`: image_size_or_reason of its image."""
+  the row). `size`: (width, height) of its image, or the reason it cannot be used."""
   if _has_missing_points(row):
     return "missing_keypoints", row
   if isinstance(size, str):
@@ -49,12 +60,13 @@ def _drop_reason(row, size):
   return None, row
 
 
-def clean(rows, images_dir, map_fn=map):
+def clean(rows, images_dir, read=None):
   """Drops unusable rows. Returns (kept rows, report dict with counts per reason).
 
-  Copies of a name that agree are kept once; copies that disagree are all dropped. `map_fn`
-  reads the images' sizes (the builtin map, or a process pool's).
+  Copies of a name that agree are kept once; copies that disagree are all dropped. `read`:
+  read_images of the rows (read here when None).
   """
+  read = read_images(rows, images_dir) if read is None else read
   by_name = collections.defaultdict(list)
   for row in rows:
     by_name[row.image_name].append(row)
@@ -67,12 +79,9 @@ def clean(rows, images_dir, map_fn=map):
     else:
       dropped["duplicate_name"] += len(copies) - 1
       singles.append(copies[0])
-  to_read = [row.image_name for row in singles if not _has_missing_points(row)]
-  sizes = dict(zip(to_read, map_fn(image_size_or_reason,
-                                   [f"{images_dir}/{name}" for name in to_read])))
   kept = []
   for row in singles:
-    reason, row = _drop_reason(row, sizes.get(row.image_name))
+    reason, row = _drop_reason(row, read.get(row.image_name, (None,))[0])
     if reason is None:
       kept.append(row)
     else:
@@ -88,14 +97,16 @@ def write_report(path, report):
   files.write_json(path, report)
 
 
-def write_cleaned(kept, report, images_dir, out_dir, schema, map_fn=map):
+def write_cleaned(kept, report, images_dir, out_dir, schema, map_fn=map, read=None):
   """Finds copies among the kept images (adding the report's "duplicates" entry) and writes
   cleaned.csv, cleaning_report.json and duplicates.json. Returns ({image name: split key}:
   copies share a key, so they land in one split; the groups of copies).
 
-  `map_fn` runs the fingerprinting (as for facekp.dedup.find_duplicates)."""
+  `map_fn` runs the fingerprinting (as for facekp.dedup.find_duplicates), unless `read`
+  (read_images of the rows) holds the fingerprints already."""
   names = [row.image_name for row in kept]
-  groups, report["duplicates"] = dedup.find_duplicates(images_dir, names, map_fn)
+  prints = {name: read[name][1] for name in names} if read is not None else None
+  groups, report["duplicates"] = dedup.find_duplicates(images_dir, names, map_fn, prints)
   keypoint_csv.write_keypoints_csv(f"{out_dir}/{dataset.CLEANED_CSV}", kept, schema)
   write_report(f"{out_dir}/{dataset.CLEANING_REPORT}", report)
   files.write_json(f"{out_dir}/{dataset.DUPLICATES_JSON}", {"groups": groups})

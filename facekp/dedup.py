@@ -199,11 +199,13 @@ def split_keys(names, groups, group_key):
   return {name: union.find(group_key(name)) for name in names}
 
 
-def find_duplicates(images_dir, names, map_fn=map):
+def find_duplicates(images_dir, names, map_fn=map, prints=None):
   """(groups of copies among images_dir/<name>, the cleaning report's "duplicates" entry).
 
-  `map_fn` runs the fingerprinting (the builtin map, or a process pool's)."""
-  prints = dict(zip(names, map_fn(fingerprint_file, [f"{images_dir}/{n}" for n in names])))
+  `map_fn` runs the fingerprinting (the builtin map, or a process pool's) unless `prints`
+  ({name: fingerprint}) holds it already."""
+  if prints is None:
+    prints = dict(zip(names, map_fn(fingerprint_file, [f"{images_dir}/{n}" for n in names])))
   groups, near_count = find_groups(prints)
   return groups, report(groups, near_count, prints)
 
