@@ -12,7 +12,9 @@ Writes into workdir/export/:
   keypoints.json               what the model takes and returns (facekp.keypoints.metadata):
                                the coordinate convention, the crop its faces were made with
                                (from the dataset's metadata; "unknown" when it records none) and
-                               the input size, so a reader can check what it feeds the model
+                               the input size, so a reader can check what it feeds the model;
+                               "flip_tta": whether the exports average each face with its mirror
+                               (--tta_flip)
   export_report.json           per export: file size, max and mean |difference| from Keras in
                                pixels on test faces, CPU latency per image; and "keypoints"
 Every file is written whole or not at all (facekp.files).
@@ -36,7 +38,7 @@ from facekp import files
 from facekp import images as images_lib
 from facekp import input_pipeline
 from facekp import keypoints as keypoints_lib
-from facekp import models  # pylint: disable=unused-import  (registers the custom layers)
+from facekp import models
 from facekp import workdir as workdir_lib
 
 TFLITE_VARIANTS = ("float32", "dynamic_range", "float16")
@@ -226,20 +228,27 @@ def dataset_crop(data_dir):
 
 
 def export_workdir(workdir, *, data_dir=None, variants=TFLITE_VARIANTS, max_images=64,
-                   repeats=20):
+                   repeats=20, tta_flip=False):
   """Writes workdir/export (SavedModel, TFLite variants, schema, keypoints metadata) and checks
-  it; returns the report."""
+  it; returns the report. tta_flip: every export averages each face with its mirror."""
   data_dir = data_dir or workdir_lib.read_config(workdir).get("data_dir")
   model = workdir_lib.load_model(workdir)
   out = workdir_lib.path(workdir, workdir_lib.EXPORT)
-  tf.io.gfile.makedirs(out)
-  reference = keras_model(model, workdir_lib.path(workdir, workdir_lib.MODEL))
-  image_size = reference.image_size
   schema = None
   if data_dir and tf.io.gfile.exists(f"{data_dir}/{dataset.SCHEMA_FILE}"):
     schema = dataset.load_schema(data_dir)
+  if tta_flip:
+    if schema is None:
+      raise ValueError(f"--tta_flip needs the flip permutation of the dataset's "
+                       f"{dataset.SCHEMA_FILE}, and {data_dir!r} has none: pass --data_dir")
+    model = models.with_flip_tta(model, schema.flip_permutation)
+  tf.io.gfile.makedirs(out)
+  if schema is not None:
     files.write_json(f"{out}/{dataset.SCHEMA_FILE}", schema.to_dict())
-  keypoints = keypoints_lib.metadata(dataset_crop(data_dir), image_size)
+  reference = keras_model(model, workdir_lib.path(workdir, workdir_lib.MODEL))
+  image_size = reference.image_size
+  keypoints = {**keypoints_lib.metadata(dataset_crop(data_dir), image_size),
+               "flip_tta": bool(tta_flip)}
   files.write_json(f"{out}/{KEYPOINTS_FILE}", keypoints)
 
   logging.info("writing %s/saved_model", out)
@@ -267,11 +276,14 @@ def define_flags():
   flags.DEFINE_string("data_dir", None, "Dataset for the check; default: the workdir's config.")
   flags.DEFINE_list("tflite", list(TFLITE_VARIANTS), "TFLite variants to write.")
   flags.DEFINE_integer("max_images", 64, "Test images to compare the exports on.")
+  flags.DEFINE_bool("tta_flip", False, "Bake test-time flip averaging into every export (twice "
+                    "the compute per face; evaluate --tta_flip shows what it gains).")
 
 
 def main(argv):
   f = flags.FLAGS
-  export_workdir(f.workdir, data_dir=f.data_dir, variants=f.tflite, max_images=f.max_images)
+  export_workdir(f.workdir, data_dir=f.data_dir, variants=f.tflite, max_images=f.max_images,
+                 tta_flip=f.tta_flip)
 
 
 run = cli.command(main, define_flags)  # the facekp-export command (python -m facekp.export)

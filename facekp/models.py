@@ -333,3 +333,37 @@ def freeze_batch_norm(model):
 def batch_norm_layers(model):
   return [layer for layer in backbone_of(model).layers
           if isinstance(layer, keras.layers.BatchNormalization)]
+
+
+@keras.saving.register_keras_serializable(package="facekp")
+class MirrorImages(keras.layers.Layer):
+  """Images [B, H, W, C] mirrored left to right."""
+
+  def call(self, images):
+    return keras.ops.flip(images, axis=2)
+
+
+@keras.saving.register_keras_serializable(package="facekp")
+class MirrorKeypoints(keras.layers.Layer):
+  """Normalised keypoints [B, K, 2] of a mirrored image mapped back (facekp.keypoints.mirror)."""
+
+  def __init__(self, flip_permutation, **kwargs):
+    super().__init__(**kwargs)
+    self.flip_permutation = [int(i) for i in flip_permutation]
+
+  def call(self, points):
+    return keypoints_lib.mirror(tf.convert_to_tensor(points), self.flip_permutation)
+
+  def get_config(self):
+    return {**super().get_config(), "flip_permutation": self.flip_permutation}
+
+
+def with_flip_tta(model, flip_permutation):
+  """The model averaged with its mapped-back prediction on the mirrored image (test-time flip
+  augmentation): twice the compute, and exactly mirror-symmetric."""
+  images = keras.Input(model.input_shape[1:], name="images")
+  direct = model(images)
+  back = MirrorKeypoints(flip_permutation, name="mirror_keypoints")(
+      model(MirrorImages(name="mirror_images")(images)))
+  return keras.Model(images, keras.layers.Average(name="flip_tta")([direct, back]),
+                     name=f"{model.name}_flip_tta")

@@ -8,6 +8,7 @@ import tensorflow as tf
 
 from facekp import export
 from facekp import keypoints as keypoints_lib
+from facekp import schema as schema_lib
 
 SIZE = 32
 
@@ -61,11 +62,38 @@ def test_exports_are_written_and_match_keras(exported):
 
 def test_export_records_the_keypoint_convention_crop_and_input_size(exported):
   workdir, report = exported
-  expected = keypoints_lib.metadata(export.UNKNOWN_CROP, SIZE)  # no dataset: crop unknown
+  expected = {**keypoints_lib.metadata(export.UNKNOWN_CROP, SIZE),  # no dataset: crop unknown
+              "flip_tta": False}
   assert report["keypoints"] == expected
   assert json.loads((workdir / "export" / export.KEYPOINTS_FILE).read_text()) == expected
   assert expected["coordinates"] == keypoints_lib.CONVENTION and expected["input_size"] == SIZE
   assert not [p for p in (workdir / "export").iterdir() if p.name.startswith(".tmp")]
+
+
+def test_tta_flip_bakes_a_mirror_symmetric_average_into_every_export(tmp_path):
+  data_dir = tmp_path / "data"
+  data_dir.mkdir()
+  schema = schema_lib.Schema(schema_lib.DEFAULT_MESH_INDICES, (1, 263, 291, 33, 61))
+  schema.save(str(data_dir / "schema.json"))
+  workdir = tmp_path / "workdir"
+  workdir.mkdir()
+  tiny_trained_model().save(workdir / "model.keras")
+  (workdir / "config.json").write_text(json.dumps({"data_dir": str(data_dir), "image_size": SIZE}))
+  with pytest.raises(ValueError, match="--tta_flip needs the flip permutation"):
+    export.export_workdir(str(workdir), data_dir=str(tmp_path / "none"), tta_flip=True)
+  report = export.export_workdir(str(workdir), variants=("float32",), repeats=1, tta_flip=True)
+  assert report["keypoints"]["flip_tta"] is True
+  assert report["models"]["tflite_float32"]["max_abs_diff_px"] < 1e-3
+  faces = export.sample_faces(SIZE)
+  plain = export.load(str(workdir / "model.keras"))
+  for path in ("saved_model", "model_float32.tflite"):
+    tta = export.load(str(workdir / "export" / path))
+    direct, mirrored = tta(faces), tta(np.ascontiguousarray(faces[:, :, ::-1]))
+    # The average of a face and its mirror is the same face, seen from either side...
+    np.testing.assert_allclose(keypoints_lib.mirror(mirrored, schema.flip_permutation), direct,
+                               atol=1e-4)
+    # ...and not the model on the face alone (its points are not symmetric).
+    assert np.abs(direct - plain(faces)).max() > 1e-3
 
 
 def test_the_crop_method_comes_from_the_dataset(tmp_path):
