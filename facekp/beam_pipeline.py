@@ -5,9 +5,9 @@ r"""make_tfrecords as an Apache Beam pipeline: the same stages, spread over Beam
 
 List the images (here) -> label each image with MediaPipe (one FaceMesh per worker, built in
 DoFn.setup; with --align the crops go to OUT/aligned) -> face_keypoints.csv -> clean each name
-and fingerprint each kept image (facekp.dedup) -> in one worker: the groups of copies,
-cleaned.csv, cleaning_report.json, duplicates.json, the splits (every group of copies in one)
-and their shards -> the shards written in parallel -> TFDS metadata (here). The files, splits
+(its image's size and facekp.dedup fingerprint from one decode) -> in one worker: the groups of
+copies, cleaned.csv, cleaning_report.json, duplicates.json, the splits (every group of copies in
+one) and their shards -> the shards written in parallel -> TFDS metadata (here). The files, splits
 and examples are the same as the local pool's; only the journal is absent: a failed Beam run
 starts over.
 
@@ -27,7 +27,6 @@ import tensorflow as tf
 from facekp import annotate
 from facekp import cleaning
 from facekp import dataset
-from facekp import dedup
 from facekp import files
 from facekp import images
 from facekp import keypoint_csv
@@ -104,9 +103,12 @@ def labelling_seconds(result):
 
 
 def clean_name(name_rows, images_root):
-  """(name, its rows) -> (kept rows, cleaning report) of cleaning.clean on that name alone."""
+  """(name, its rows) -> (kept rows, cleaning report, cleaning.read_images of the rows: the
+  image's size and fingerprint from one decode) of cleaning.clean on that name alone."""
   _, rows = name_rows
-  return cleaning.clean(list(rows), images_root)
+  rows = list(rows)
+  read = cleaning.read_images(rows, images_root)
+  return (*cleaning.clean(rows, images_root, read), read)
 
 
 def add_reports(a, b):
@@ -138,20 +140,12 @@ class SumReports(beam.CombineFn):
     return accumulator
 
 
-def fingerprint(row, images_root):
-  """(image path, facekp.dedup's fingerprint of the image): the per-image part of dedup."""
-  path = f"{images_root}/{row.image_name}"
-  return path, dedup.fingerprint_file(path)
-
-
-def shards(kept, report, fingerprints, out_dir, images_root, schema, fractions, num_shards):
-  """The global step, in one worker: copies among all kept rows (from the fingerprints made in
-  parallel), cleaned.csv, cleaning_report.json, duplicates.json, the splits; yields
-  (shard path, its rows) as dataset.write_dataset cuts them."""
+def shards(kept, report, read, out_dir, images_root, schema, fractions, num_shards):
+  """The global step, in one worker: copies among all kept rows (from the fingerprints the
+  cleaning made in parallel), cleaned.csv, cleaning_report.json, duplicates.json, the splits;
+  yields (shard path, its rows) as dataset.write_dataset cuts them."""
   kept = sorted(kept, key=lambda row: row.image_name)
-  split_keys, _ = cleaning.write_cleaned(
-      kept, report, images_root, out_dir, schema,
-      map_fn=lambda _, paths: [fingerprints[path] for path in paths])
+  split_keys, _ = cleaning.write_cleaned(kept, report, out_dir, schema, read)
   split_rows = splits.assign_splits(kept, fractions, split_keys)
   counts = dataset.shard_counts(  # write_dataset's rule
       split_rows, images_root, num_shards)
@@ -180,14 +174,14 @@ def build(pipeline, names, settings, schema, images_root, fractions, num_shards)
              | "ByName" >> beam.Map(lambda row: (row.image_name, row))
              | "GroupByName" >> beam.GroupByKey()
              | "Clean" >> beam.Map(clean_name, images_root))
-  kept = cleaned | "Kept" >> beam.FlatMap(lambda kept_report: kept_report[0])
-  report = (cleaned | "Reports" >> beam.Map(lambda kept_report: kept_report[1])
+  kept = cleaned | "Kept" >> beam.FlatMap(lambda kept_report_read: kept_report_read[0])
+  report = (cleaned | "Reports" >> beam.Map(lambda kept_report_read: kept_report_read[1])
             | "SumReports" >> beam.CombineGlobally(SumReports()))
-  fingerprints = kept | "Fingerprint" >> beam.Map(fingerprint, images_root)
+  read = cleaned | "Reads" >> beam.FlatMap(lambda kept_report_read: kept_report_read[2].items())
   return (kept
           | "AllKept" >> beam.combiners.ToList()
           | "Shards" >> beam.FlatMap(shards, beam.pvalue.AsSingleton(report),
-                                     beam.pvalue.AsDict(fingerprints), out, images_root, schema,
+                                     beam.pvalue.AsDict(read), out, images_root, schema,
                                      fractions, num_shards)
           | "SpreadShards" >> beam.Reshuffle()
           | "WriteShards" >> beam.Map(write_shard, images_root, schema.num_keypoints))

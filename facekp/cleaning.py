@@ -97,16 +97,14 @@ def write_report(path, report):
   files.write_json(path, report)
 
 
-def write_cleaned(kept, report, images_dir, out_dir, schema, map_fn=map, read=None):
+def write_cleaned(kept, report, out_dir, schema, read):
   """Finds copies among the kept images (adding the report's "duplicates" entry) and writes
   cleaned.csv, cleaning_report.json and duplicates.json. Returns ({image name: split key}:
   copies share a key, so they land in one split; the groups of copies).
 
-  `map_fn` runs the fingerprinting (as for facekp.dedup.find_duplicates), unless `read`
-  (read_images of the rows) holds the fingerprints already."""
+  `read`: read_images of (at least) the kept rows, which holds their fingerprints."""
   names = [row.image_name for row in kept]
-  prints = {name: read[name][1] for name in names} if read is not None else None
-  groups, report["duplicates"] = dedup.find_duplicates(images_dir, names, map_fn, prints)
+  groups, report["duplicates"] = dedup.find_duplicates({name: read[name][1] for name in names})
   keypoint_csv.write_keypoints_csv(f"{out_dir}/{dataset.CLEANED_CSV}", kept, schema)
   write_report(f"{out_dir}/{dataset.CLEANING_REPORT}", report)
   files.write_json(f"{out_dir}/{dataset.DUPLICATES_JSON}", {"groups": groups})

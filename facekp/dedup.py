@@ -16,8 +16,6 @@ import hashlib
 import cv2
 import numpy as np
 
-from facekp import images
-
 # Calibrated on the 432 crops of ../shared/data/aligned128 (256-bit hashes): one photo saved by
 # different packages (Lena x3, Obama in two colour depths, a photo recoloured) lies 0-22 bits
 # apart; frames of one video or one photo with drawings on it 14-34; different people 56 or more.
@@ -53,11 +51,6 @@ def hamming(a, b):
 def fingerprint(data, rgb):
   """What dedup needs of one image: (bytes digest, pixels digest, perceptual hash)."""
   return bytes_digest(data), pixels_digest(rgb), perceptual_hash(rgb)
-
-
-def fingerprint_file(path):
-  data = images.read_bytes(path)
-  return fingerprint(data, images.decode_rgb(data, path))
 
 
 class _UnionFind:
@@ -199,13 +192,8 @@ def split_keys(names, groups, group_key):
   return {name: union.find(group_key(name)) for name in names}
 
 
-def find_duplicates(images_dir, names, map_fn=map, prints=None):
-  """(groups of copies among images_dir/<name>, the cleaning report's "duplicates" entry).
-
-  `map_fn` runs the fingerprinting (the builtin map, or a process pool's) unless `prints`
-  ({name: fingerprint}) holds it already."""
-  if prints is None:
-    prints = dict(zip(names, map_fn(fingerprint_file, [f"{images_dir}/{n}" for n in names])))
+def find_duplicates(prints):
+  """{name: fingerprint} -> (groups of copies, the cleaning report's "duplicates" entry)."""
   groups, near_count = find_groups(prints)
   return groups, report(groups, near_count, prints)
 

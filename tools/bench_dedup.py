@@ -15,6 +15,7 @@ from facekp import cli  # first: quiets the C++ start-up lines of TensorFlow and
 from absl import flags
 import numpy as np
 
+from facekp import cleaning
 from facekp import dedup
 from facekp import images
 import tools
@@ -60,7 +61,7 @@ def timed(function, *args):
 def main(argv):
   del argv
   names = images.list_images(FLAGS.images)
-  real = sorted({dedup.fingerprint_file(f"{FLAGS.images}/{name}")[2] for name in names})
+  real = sorted({cleaning.read_image(f"{FLAGS.images}/{name}")[1][2] for name in names})
   distance = dedup.PHASH_MAX_DISTANCE
   print(f"{len(real)} distinct perceptual hashes of the {len(names)} faces in {FLAGS.images}; "
         f"pairs within {distance} bits")

@@ -120,8 +120,7 @@ def clean_and_report(rows, images_root, out_dir, schema, map_fn=map):
   {image name: split key}: copies share a key, so they land in one split)."""
   read = cleaning.read_images(rows, images_root, map_fn)  # sizes and fingerprints: one decode
   kept, report = cleaning.clean(rows, images_root, read)
-  split_keys, groups = cleaning.write_cleaned(kept, report, images_root, out_dir, schema, map_fn,
-                                              read)
+  split_keys, groups = cleaning.write_cleaned(kept, report, out_dir, schema, read)
   logging.info("cleaning: kept %d of %d rows; dropped %s; missing keypoints by status %s; "
                "%d groups of copies (%d images, kept, each group in one split)",
                report["kept"], report["rows"], report["dropped"],
