@@ -3,15 +3,20 @@ r"""How make_tfrecords' cost grows with the work: an FFHQ-sized run on replicate
   python -m tools.bench_scale [--images=70000] [--source=DIR] [--workers=N] [--json=FILE]
 
 Copies the faces of --source under new names (d000/, d001/, ... in a temporary folder; links
-would be listed once) until there are --images of them, runs `python -m tools.make_tfrecords` on them and
-prints each stage's time and peak memory (RSS of this process and its children, sampled),
-and the annotation rate over the first and the last tenth of the images beside the bare
-MediaPipe loop run in --workers processes at once, measured in the same run before (printed
-first) and after. make_tfrecords' log lines are passed on as they come (progress).
-Other work on the machine slows both; the CPU time per image (all processes of the run against
-the bare loop's) is the figure it disturbs least. Every copy of a face is a duplicate to
-facekp.dedup, so its groups and splits are not a real dataset's; tools.bench_dedup measures
-the hash index on distinct faces.
+would be listed once) until there are --images of them, runs `python -m tools.make_tfrecords` on
+them and prints each stage's time and peak memory (RSS of the run's process tree, sampled).
+
+The annotation rate is compared with the bare MediaPipe loop at like moments: this virtual
+machine's speed for the same work drifts by 20 % from one minute to the next, so a loop measured
+only before and after a long run cannot judge a 5 % gap. Probe processes (the bare loop, one per
+worker, Face Mesh built) wait beside the run; when the first chunk is labelled, at each tenth of
+the images and when the last is labelled, the run's processes are suspended (SIGSTOP), the probes
+label --probe_images each at once, and the run resumes (SIGCONT). Each tenth of the annotation is
+then set against the mean of the probes at its two ends, in images/s and in CPU time per image
+(all processes of the run). Paused time is taken out of every figure. make_tfrecords' log lines
+are passed on as they come (progress). Every copy of a face is a duplicate to facekp.dedup, so
+its groups and splits are not a real dataset's; tools.bench_dedup measures the hash index on
+distinct faces.
 """
 import json
 import multiprocessing
@@ -42,8 +47,9 @@ flags.DEFINE_string(
     "../shared/data/aligned128, or the sample faces when that is absent).")
 flags.DEFINE_integer("workers", 0, "Annotation workers (0: one per CPU core).")
 flags.DEFINE_integer(
-    "bare_images", 1000, "Images per process for each measurement of the bare loop.")
-flags.DEFINE_integer("chunk_size", 16, "make_tfrecords --chunk_size.")
+    "probe_images", 600, "Images per probe process in each measurement of the bare loop.")
+flags.DEFINE_integer("probes", 10, "Parts of the annotation, each between two probes.")
+flags.DEFINE_integer("chunk_size", 0, "make_tfrecords --chunk_size (0: its default).")
 flags.DEFINE_string("json", None, "Also write the figures to this JSON file.")
 
 _SAMPLE_SECONDS = 0.25
@@ -63,6 +69,51 @@ def replicate(source, count, root):
     shutil.copyfile(os.path.join(source, names[i % len(names)]), path)
     copied.append(name)
   return copied
+
+
+def _probe_process(folder, names, barrier, orders, results):
+  import mediapipe as mp  # pylint: disable=g-import-not-at-top
+  with mp.solutions.face_mesh.FaceMesh(static_image_mode=True, max_num_faces=1) as mesh:
+    mesh.process(images.load_rgb(f"{folder}/{names[0]}"))  # first call sets up the graph
+    results.put("ready")
+    while orders.get():
+      barrier.wait()
+      start, cpu = time.time(), time.process_time()
+      for name in names:
+        mesh.process(images.load_rgb(f"{folder}/{name}"))
+      results.put((start, time.time(), len(names), time.process_time() - cpu))
+
+
+class BareLoop:
+  """The bare MediaPipe loop (load_rgb, FaceMesh.process) in `workers` processes at once,
+  started once and idle (blocked on a queue) between measurements."""
+
+  def __init__(self, folder, names, workers, per_process):
+    context = multiprocessing.get_context("spawn")
+    barrier, self._results = context.Barrier(workers), context.Queue()
+    self._orders = [context.Queue() for _ in range(workers)]
+    self._processes = [context.Process(target=_probe_process, daemon=True, args=(
+        folder, names[k * per_process:(k + 1) * per_process], barrier, self._orders[k],
+        self._results)) for k in range(workers)]
+    for process in self._processes:
+      process.start()
+    for _ in self._processes:
+      self._results.get()
+
+  def measure(self):
+    """(images/s, CPU ms per image) of one pass of every process over its images."""
+    for orders in self._orders:
+      orders.put(True)
+    spans = [self._results.get() for _ in self._processes]
+    count = sum(span[2] for span in spans)
+    seconds = max(span[1] for span in spans) - min(span[0] for span in spans)
+    return count / seconds, 1000 * sum(span[3] for span in spans) / count
+
+  def close(self):
+    for orders in self._orders:
+      orders.put(False)
+    for process in self._processes:
+      process.join()
 
 
 class JournalCounter:
@@ -88,124 +139,114 @@ class JournalCounter:
     return self.count
 
 
-class MemorySampler(threading.Thread):
-  """Samples the RSS and CPU time of a process and all its descendants, and the images its
-  annotation journal holds, until stopped."""
+_STAMP_LINE = b"\n" + journal.STAMP.encode() + b","
+_DONE = re.compile(r"done: (\{.*\})")
 
-  def __init__(self, pid, journal):
+
+def _tree(pid):
+  root = psutil.Process(pid)
+  return [root] + root.children(recursive=True)
+
+
+def tree_figures(processes):
+  """(RSS bytes, CPU seconds) summed over processes; those that ended count nothing."""
+  rss = cpu = 0
+  for process in processes:
+    try:
+      times = process.cpu_times()
+      rss += process.memory_info().rss
+    except psutil.Error:
+      continue
+    cpu += times.user + times.system
+  return rss, cpu
+
+
+class Monitor(threading.Thread):
+  """Samples the RSS of a run's process tree and, at the start of its annotation, at each
+  1/parts of its images and at their end, pauses the run to measure the bare loop."""
+
+  def __init__(self, pid, journal_path, total, parts, bare_loop):
     super().__init__(daemon=True)
-    self.pid = pid
-    self.journal = JournalCounter(journal)
-    self.samples = []  # (time, RSS bytes, CPU seconds of the tree, CPU seconds of the root)
-    self.annotated = []  # (time, images in the journal) whenever that changes
+    self.pid, self.total, self.bare_loop = pid, total, bare_loop
+    self.journal = JournalCounter(journal_path)
+    self.marks = [1] + [round(total * k / parts) for k in range(1, parts)] + [total]
+    self.samples = []  # (time, RSS bytes of the tree)
+    # (time paused, time resumed, images annotated, CPU seconds of the tree, bare loop figures)
+    self.probes = []
     self._stopping = threading.Event()
 
   def run(self):
-    root = psutil.Process(self.pid)
     while not self._stopping.wait(_SAMPLE_SECONDS):
-      count = self.journal.update()
-      if count and (not self.annotated or count != self.annotated[-1][1]):
-        self.annotated.append((time.time(), count))
-      rss = cpu = root_cpu = 0
       try:
-        tree = [root] + root.children(recursive=True)
-      except psutil.Error:  # the process ended
+        tree = _tree(self.pid)
+      except psutil.Error:  # the run ended
         continue
-      for process in tree:
-        try:
-          times = process.cpu_times()
-          rss += process.memory_info().rss
-        except psutil.Error:  # ended between listing and reading
-          continue
-        cpu += times.user + times.system
-        root_cpu = root_cpu or times.user + times.system
-      self.samples.append((time.time(), rss, cpu, root_cpu))
+      self.samples.append((time.time(), tree_figures(tree)[0]))
+      if len(self.probes) < len(self.marks) and (
+          self.journal.update() >= self.marks[len(self.probes)]):
+        self._probe(tree)
+
+  def _probe(self, tree):
+    for process in tree:
+      process.suspend()
+    paused = time.time()
+    count, cpu = self.journal.update(), tree_figures(tree)[1]
+    bare = self.bare_loop.measure()
+    for process in reversed(tree):
+      process.resume()
+    self.probes.append((paused, time.time(), count, cpu, bare))
 
   def stop(self):
     self._stopping.set()
     self.join()
 
+  def paused_within(self, start, end):
+    return sum(max(0.0, min(end, t1) - max(start, t0)) for t0, t1, *_ in self.probes)
+
   def peak(self, start, end):
-    return max((rss for t, rss, _, _ in self.samples if start <= t <= end), default=0)
+    return max((rss for t, rss in self.samples if start <= t <= end), default=0)
 
-  def cpu_at(self, when):
-    """(CPU seconds of the tree, of the root) at the sample nearest to `when`."""
-    return min(self.samples, key=lambda sample: abs(sample[0] - when))[2:]
+  def parts(self):
+    """Per part between two probes: (images, images/s, CPU ms per image, the bare loop's mean
+    images/s and CPU ms per image at its two ends)."""
+    found = []
+    for (_, resumed, n0, cpu0, bare0), (paused, _, n1, cpu1, bare1) in zip(
+        self.probes, self.probes[1:]):
+      found.append((n1 - n0, (n1 - n0) / (paused - resumed), 1000 * (cpu1 - cpu0) / (n1 - n0),
+                    (bare0[0] + bare1[0]) / 2, (bare0[1] + bare1[1]) / 2))
+    return found
 
 
-_STAMP_LINE = b"\n" + journal.STAMP.encode() + b","
-_DONE = re.compile(r"done: (\{.*\})")
-
-
-def run_make_tfrecords(folder, out, workers, chunk_size):
-  """(summary, time the summary was logged, [(time, images annotated)], memory samples) of a
-  make_tfrecords run, its log passed on as it comes."""
+def run_make_tfrecords(folder, out, names, workers, chunk_size, parts, bare_loop):
+  """(summary, time the summary was logged, the Monitor) of a make_tfrecords run, its log
+  passed on as it comes."""
   command = [sys.executable, "-m", "tools.make_tfrecords", f"--images={folder}", f"--out={out}",
              f"--workers={workers}", f"--chunk_size={chunk_size}"]
   summary, done_time = None, None
   with subprocess.Popen(command, stderr=subprocess.PIPE, text=True) as process:
-    sampler = MemorySampler(process.pid, os.path.join(out, annotate.JOURNAL))
-    sampler.start()
+    monitor = Monitor(process.pid, os.path.join(out, annotate.JOURNAL), len(names), parts,
+                      bare_loop)
+    monitor.start()
     for line in process.stderr:
       sys.stderr.write(line)
       if match := _DONE.search(line):
         summary, done_time = json.loads(match.group(1)), time.time()
-  sampler.stop()
+  monitor.stop()
   if process.returncode or summary is None:
     raise RuntimeError(f"{' '.join(command)} failed with exit status {process.returncode}")
-  return summary, done_time, sampler.annotated, sampler
+  return summary, done_time, monitor
 
 
-def window(points, first, last, sampler):
-  """(images/s, CPU ms per image of all processes, of the main one) between the progress
-  points nearest to fractions `first` and `last` of the images."""
-  if len(points) < 2:
-    return None
-  total = points[-1][1]
-  pick = lambda f: min(points, key=lambda p: abs(p[1] - f * total))
-  (t0, n0), (t1, n1) = pick(first), pick(last)
-  if (t0, n0) == (t1, n1):
-    (t0, n0), (t1, n1) = (points[0], points[1]) if first < 0.5 else (points[-2], points[-1])
-  (cpu0, main0), (cpu1, main1) = sampler.cpu_at(t0), sampler.cpu_at(t1)
-  return ((n1 - n0) / (t1 - t0), 1000 * (cpu1 - cpu0) / (n1 - n0),
-          1000 * (main1 - main0) / (n1 - n0))
-
-
-def _bare_process(folder, names, barrier, results):
-  import mediapipe as mp  # pylint: disable=g-import-not-at-top
-  with mp.solutions.face_mesh.FaceMesh(static_image_mode=True, max_num_faces=1) as mesh:
-    mesh.process(images.load_rgb(f"{folder}/{names[0]}"))
-    barrier.wait()
-    start, cpu = time.time(), time.process_time()
-    for name in names:
-      mesh.process(images.load_rgb(f"{folder}/{name}"))
-    results.put((start, time.time(), len(names), time.process_time() - cpu))
-
-
-def bare_loop_times_workers(folder, names, workers, per_process):
-  """(images/s, CPU ms per image) of the bare MediaPipe loop in `workers` processes at once."""
-  context = multiprocessing.get_context("spawn")
-  barrier, results = context.Barrier(workers), context.Queue()
-  processes = [context.Process(target=_bare_process, args=(
-      folder, names[k * per_process:(k + 1) * per_process], barrier, results))
-               for k in range(workers)]
-  for process in processes:
-    process.start()
-  spans = [results.get() for _ in processes]
-  for process in processes:
-    process.join()
-  count = sum(span[2] for span in spans)
-  seconds = max(span[1] for span in spans) - min(span[0] for span in spans)
-  return count / seconds, 1000 * sum(span[3] for span in spans) / count
-
-
-def stage_figures(summary, end, sampler):
-  """[(stage, seconds, peak RSS bytes)] from the summary's *_s timings (back from `end`)."""
+def stage_figures(summary, end, monitor):
+  """[(stage, seconds without pauses, peak RSS bytes)] from the summary's *_s timings (back
+  from `end`)."""
   stages, t = [], end
   for key, seconds in reversed(list(summary.items())):
     if key.endswith("_s"):
-      stages.append((key[:-2], seconds, sampler.peak(t - seconds - _SAMPLE_SECONDS, t)))
-      t -= seconds
+      start = t - seconds
+      stages.append((key[:-2], seconds - monitor.paused_within(start, t),
+                     monitor.peak(start - _SAMPLE_SECONDS, t)))
+      t = start
   return stages[::-1]
 
 
@@ -216,49 +257,59 @@ def main(argv):
   with tempfile.TemporaryDirectory() as scratch:
     folder = os.path.join(scratch, "images")
     names = replicate(source, FLAGS.images, folder)
-    bare_names = names[-workers * FLAGS.bare_images:]
+    bare_loop = BareLoop(folder, names[-workers * FLAGS.probe_images:], workers,
+                         FLAGS.probe_images)
     load_before = os.getloadavg()[0]
-    bare_before = bare_loop_times_workers(folder, bare_names, workers, FLAGS.bare_images)
-    print(f"bare MediaPipe loop x {workers} processes before the run: {bare_before[0]:.1f} "
-          f"images/s, {bare_before[1]:.2f} CPU ms per image", flush=True)
     start = time.time()
-    summary, end, points, sampler = run_make_tfrecords(
-        folder, os.path.join(scratch, "out"), workers, FLAGS.chunk_size)
-    total_seconds = time.time() - start
-    bare_after = bare_loop_times_workers(folder, bare_names, workers, FLAGS.bare_images)
+    try:
+      summary, end, monitor = run_make_tfrecords(
+          folder, os.path.join(scratch, "out"), names, workers, FLAGS.chunk_size, FLAGS.probes,
+          bare_loop)
+    finally:
+      bare_loop.close()
+    total_seconds = time.time() - start - monitor.paused_within(start, time.time())
     load = (round(load_before, 2), round(os.getloadavg()[0], 2))
-  bare = (bare_before[0] + bare_after[0]) / 2
-  bare_cpu = (bare_before[1] + bare_after[1]) / 2
+  stages = stage_figures(summary, end, monitor)
+  parts = monitor.parts()
+  bare_rates = [probe[4][0] for probe in monitor.probes]
+  annotate_s = dict((stage, seconds) for stage, seconds, _ in stages)["annotate"]
   figures = {
       "images": len(names), "source": source, "workers": workers,
       "cpu_cores": len(os.sched_getaffinity(0)), "load_average": load,
       "total_s": round(total_seconds, 1),
-      "peak_rss_mb": round(sampler.peak(start, time.time()) / 2**20),
-      "stages": [{"stage": s, "seconds": sec, "peak_rss_mb": round(rss / 2**20)}
-                 for s, sec, rss in stage_figures(summary, end, sampler)],
-      "bare_loop_x_workers_images_per_s": [round(bare_before[0], 1), round(bare_after[0], 1)],
-      "bare_cpu_ms_per_image": round(bare_cpu, 3),
-      "annotate_images_per_s": round(len(names) / summary["annotate_s"], 1),
+      "paused_s": round(monitor.paused_within(0, float("inf")), 1),
+      "peak_rss_mb": round(monitor.peak(start, time.time()) / 2**20),
+      "stages": [{"stage": s, "seconds": round(sec, 1), "peak_rss_mb": round(rss / 2**20)}
+                 for s, sec, rss in stages],
+      "bare_loop_x_workers_images_per_s": [round(rate, 1) for rate in bare_rates],
+      "annotate_images_per_s": round(len(names) / annotate_s, 1),
+      "parts": [{"images": n, "images_per_s": round(rate, 1), "cpu_ms_per_image": round(cpu, 3),
+                 "bare_images_per_s": round(bare, 1), "bare_cpu_ms_per_image": round(bare_cpu, 3),
+                 "vs_bare": round(rate / bare, 3), "cpu_vs_bare": round(bare_cpu / cpu, 3)}
+                for n, rate, cpu, bare, bare_cpu in parts],
   }
   print(f"make_tfrecords on {len(names)} images ({source} replicated), {workers} workers, "
         f"{figures['cpu_cores']} cores, load average {load[0]} before, {load[1]} after: "
-        f"{total_seconds:.1f} s, peak RSS {figures['peak_rss_mb']} MB (sum over processes)")
+        f"{total_seconds:.1f} s (without {figures['paused_s']} s paused for the probes), peak "
+        f"RSS {figures['peak_rss_mb']} MB (sum over processes)")
   for stage in figures["stages"]:
     print(f"  {stage['stage']:<10} {stage['seconds']:8.1f} s  peak RSS "
           f"{stage['peak_rss_mb']:6d} MB")
-  print(f"  bare MediaPipe loop x {workers} processes: {bare_before[0]:.1f} images/s before, "
-        f"{bare_after[0]:.1f} after; {bare_cpu:.2f} CPU ms per image")
-  print(f"  annotation, whole stage : {figures['annotate_images_per_s']:8.1f} images/s = "
-        f"{figures['annotate_images_per_s'] / bare:.2f} of the bare loop x workers (with start-up)")
-  for label, key, first, last in (("first tenth", "start", 0.0, 0.1),
-                                  ("last tenth", "end", 0.9, 1.0)):
-    figures[f"annotate_{key}"] = found = window(points, first, last, sampler)
-    if found:
-      rate, cpu, main_cpu = found
-      figures[f"annotate_{key}_vs_bare"] = round(rate / bare, 3)
-      print(f"  annotation, {label:<12}: {rate:8.1f} images/s = {rate / bare:.2f} of the bare "
-            f"loop x workers; CPU {cpu:.2f} ms per image (bare / this = {bare_cpu / cpu:.2f}), "
-            f"main process {main_cpu:.3f} ms")
+  whole = figures["annotate_images_per_s"] / (sum(bare_rates) / len(bare_rates))
+  print(f"  annotation, whole stage with start-up: {figures['annotate_images_per_s']:.1f} "
+        f"images/s = {whole:.2f} of the bare loop x {workers} (mean of the probes)")
+  print(f"  annotation by part, against the bare loop x {workers} probed at the part's two ends:")
+  print("    part     images  images/s  bare  ratio   CPU ms/image  bare  bare/this")
+  for k, part in enumerate(figures["parts"]):
+    print(f"    {k + 1:>2}/{len(parts):<3} {part['images']:8d} {part['images_per_s']:9.1f} "
+          f"{part['bare_images_per_s']:5.0f} {part['vs_bare']:6.3f} "
+          f"{part['cpu_ms_per_image']:10.2f} {part['bare_cpu_ms_per_image']:7.2f} "
+          f"{part['cpu_vs_bare']:8.3f}")
+  if parts:
+    ratios = [part["vs_bare"] for part in figures["parts"]]
+    figures["vs_bare_range"] = [min(ratios), max(ratios)]
+    print(f"  from start to end: {min(ratios):.3f} to {max(ratios):.3f} of the bare loop x "
+          f"{workers} (first part {ratios[0]:.3f}, last {ratios[-1]:.3f})")
   if FLAGS.json:
     with open(FLAGS.json, "w") as f:
       json.dump(figures, f, indent=2)

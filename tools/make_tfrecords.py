@@ -61,7 +61,8 @@ flags.DEFINE_string(
     "point_1_x ... point_K_y in pixels; width, height, status optional), names relative to "
     "--images.")
 flags.DEFINE_integer(
-    "chunk_size", 16, "Images per worker task; the journal commits once per chunk.")
+    "chunk_size", 0, "Images per worker task; the journal commits once per chunk. 0: 64, or "
+    "fewer so that every worker gets four tasks.")
 flags.DEFINE_enum(
     "csv_units", "pixels", ["pixels", "normalised"], "Units of the --csv points: pixels of "
     "the image, or normalised to [0, 1] by its width and height (converted to pixels). A "
@@ -146,7 +147,7 @@ def timed(timings, stage):
 
 def make_tfrecords(images_dir, out_dir, *, align=0, landmarks=schema_lib.DEFAULT_MESH_INDICES,
                    workers=0, split="0.8,0.1,0.1", num_shards=0, max_faces=10, csv=None,
-                   chunk_size=16, csv_units="pixels", runner="local", beam_options=""):
+                   chunk_size=0, csv_units="pixels", runner="local", beam_options=""):
   """Runs every stage under a lock on out_dir; returns a summary dict (also logged)."""
   if csv and align:
     raise ValueError("--csv builds from existing keypoints and --align annotates new crops: "
