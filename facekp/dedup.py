@@ -85,7 +85,7 @@ def _join_equal(union, names, keys):
       first.setdefault(key, name)
 
 
-def _hash_bits(hashes):
+def hash_bits(hashes):
   """Hex hashes -> uint8 [n, bytes]."""
   return np.frombuffer(bytes.fromhex("".join(hashes)), np.uint8).reshape(len(hashes), -1)
 
@@ -143,7 +143,7 @@ def near_pairs(hashes, max_distance, batch=1 << 20):
   all pairs are n^2 / 2."""
   if len(hashes) < 2 or max_distance < 0:
     return np.zeros((0, 2), np.int64)
-  bits = _hash_bits(hashes)
+  bits = hash_bits(hashes)
   chunks = max_distance // 2 + 1
   if chunks * 4 > bits.shape[1] * 8:  # chunks too narrow to sort anything out: all pairs
     i, j = np.triu_indices(len(bits), 1)

@@ -7,13 +7,14 @@ would be listed once) until there are --images of them, runs `python -m tools.ma
 them and prints each stage's time and peak memory (RSS of the run's process tree, sampled).
 
 The annotation rate is compared with the bare MediaPipe loop at like moments: this virtual
-machine's speed for the same work drifts by 20 % from one minute to the next, so a loop measured
-only before and after a long run cannot judge a 5 % gap. Probe processes (the bare loop, one per
-worker, Face Mesh built) wait beside the run; when the first chunk is labelled, at each tenth of
-the images and when the last is labelled, the run's processes are suspended (SIGSTOP), the probes
-label --probe_images each at once, and the run resumes (SIGCONT). Each tenth of the annotation is
-then set against the mean of the probes at its two ends, in images/s and in CPU time per image
-(all processes of the run). Paused time is taken out of every figure. make_tfrecords' log lines
+machine's speed for the same work drifts by 10-20 % within a minute, so a loop measured only
+before and after a long run cannot judge a 5 % gap. Probe processes (the bare loop, one per
+worker, Face Mesh built) wait beside the run; from its first labelled chunk to its last, every
+--run_seconds the run's processes are suspended (SIGSTOP), the probes label --probe_images each
+at once, and the run resumes (SIGCONT). Each tenth of the annotation (its stretches of running)
+is set against the probes at the stretches' ends, in images/s and in CPU time per image (all
+processes of the run), so a slow or fast spell of the machine falls on both. Paused time is
+taken out of every figure. make_tfrecords' log lines
 are passed on as they come (progress). Every copy of a face is a duplicate to facekp.dedup, so
 its groups and splits are not a real dataset's; tools.bench_dedup measures the hash index on
 distinct faces.
@@ -47,8 +48,9 @@ flags.DEFINE_string(
     "../shared/data/aligned128, or the sample faces when that is absent).")
 flags.DEFINE_integer("workers", 0, "Annotation workers (0: one per CPU core).")
 flags.DEFINE_integer(
-    "probe_images", 600, "Images per probe process in each measurement of the bare loop.")
-flags.DEFINE_integer("probes", 10, "Parts of the annotation, each between two probes.")
+    "probe_images", 150, "Images per probe process in each measurement of the bare loop.")
+flags.DEFINE_float("run_seconds", 5.0, "Seconds the run goes on between two probes.")
+flags.DEFINE_integer("parts", 10, "Parts of the annotation reported (tenths).")
 flags.DEFINE_integer("chunk_size", 0, "make_tfrecords --chunk_size (0: its default).")
 flags.DEFINE_string("json", None, "Also write the figures to this JSON file.")
 
@@ -162,14 +164,13 @@ def tree_figures(processes):
 
 
 class Monitor(threading.Thread):
-  """Samples the RSS of a run's process tree and, at the start of its annotation, at each
-  1/parts of its images and at their end, pauses the run to measure the bare loop."""
+  """Samples the RSS of a run's process tree and, from its first labelled chunk to its last,
+  pauses it every `run_seconds` to measure the bare loop."""
 
-  def __init__(self, pid, journal_path, total, parts, bare_loop):
+  def __init__(self, pid, journal_path, total, run_seconds, bare_loop):
     super().__init__(daemon=True)
-    self.pid, self.total, self.bare_loop = pid, total, bare_loop
+    self.pid, self.total, self.run_seconds, self.bare_loop = pid, total, run_seconds, bare_loop
     self.journal = JournalCounter(journal_path)
-    self.marks = [1] + [round(total * k / parts) for k in range(1, parts)] + [total]
     self.samples = []  # (time, RSS bytes of the tree)
     # (time paused, time resumed, images annotated, CPU seconds of the tree, bare loop figures)
     self.probes = []
@@ -182,8 +183,13 @@ class Monitor(threading.Thread):
       except psutil.Error:  # the run ended
         continue
       self.samples.append((time.time(), tree_figures(tree)[0]))
-      if len(self.probes) < len(self.marks) and (
-          self.journal.update() >= self.marks[len(self.probes)]):
+      count = self.journal.update()
+      if not self.probes:
+        due = count > 0
+      else:
+        due = self.probes[-1][2] < self.total and (
+            count >= self.total or time.time() > self.probes[-1][1] + self.run_seconds)
+      if due:
         self._probe(tree)
 
   def _probe(self, tree):
@@ -206,25 +212,32 @@ class Monitor(threading.Thread):
   def peak(self, start, end):
     return max((rss for t, rss in self.samples if start <= t <= end), default=0)
 
-  def parts(self):
-    """Per part between two probes: (images, images/s, CPU ms per image, the bare loop's mean
-    images/s and CPU ms per image at its two ends)."""
-    found = []
+  def parts(self, parts):
+    """The stretches of running between two probes, gathered into `parts` by the images done
+    when they began: per part (images, images/s, CPU ms per image, and the bare loop's images/s
+    and CPU ms per image at the stretches' ends, weighted by their running time)."""
+    gathered = [[0, 0.0, 0.0, 0.0, 0.0] for _ in range(parts)]
     for (_, resumed, n0, cpu0, bare0), (paused, _, n1, cpu1, bare1) in zip(
         self.probes, self.probes[1:]):
-      found.append((n1 - n0, (n1 - n0) / (paused - resumed), 1000 * (cpu1 - cpu0) / (n1 - n0),
-                    (bare0[0] + bare1[0]) / 2, (bare0[1] + bare1[1]) / 2))
-    return found
+      part = gathered[min(parts - 1, n0 * parts // self.total)]
+      seconds = paused - resumed
+      part[0] += n1 - n0
+      part[1] += seconds
+      part[2] += cpu1 - cpu0
+      part[3] += seconds * (bare0[0] + bare1[0]) / 2
+      part[4] += seconds * (bare0[1] + bare1[1]) / 2
+    return [(n, n / seconds, 1000 * cpu / n, bare / seconds, bare_cpu / seconds)
+            for n, seconds, cpu, bare, bare_cpu in gathered if n]
 
 
-def run_make_tfrecords(folder, out, names, workers, chunk_size, parts, bare_loop):
+def run_make_tfrecords(folder, out, names, workers, chunk_size, run_seconds, bare_loop):
   """(summary, time the summary was logged, the Monitor) of a make_tfrecords run, its log
   passed on as it comes."""
   command = [sys.executable, "-m", "tools.make_tfrecords", f"--images={folder}", f"--out={out}",
              f"--workers={workers}", f"--chunk_size={chunk_size}"]
   summary, done_time = None, None
   with subprocess.Popen(command, stderr=subprocess.PIPE, text=True) as process:
-    monitor = Monitor(process.pid, os.path.join(out, annotate.JOURNAL), len(names), parts,
+    monitor = Monitor(process.pid, os.path.join(out, annotate.JOURNAL), len(names), run_seconds,
                       bare_loop)
     monitor.start()
     for line in process.stderr:
@@ -263,14 +276,14 @@ def main(argv):
     start = time.time()
     try:
       summary, end, monitor = run_make_tfrecords(
-          folder, os.path.join(scratch, "out"), names, workers, FLAGS.chunk_size, FLAGS.probes,
-          bare_loop)
+          folder, os.path.join(scratch, "out"), names, workers, FLAGS.chunk_size,
+          FLAGS.run_seconds, bare_loop)
     finally:
       bare_loop.close()
     total_seconds = time.time() - start - monitor.paused_within(start, time.time())
     load = (round(load_before, 2), round(os.getloadavg()[0], 2))
   stages = stage_figures(summary, end, monitor)
-  parts = monitor.parts()
+  parts = monitor.parts(FLAGS.parts)
   bare_rates = [probe[4][0] for probe in monitor.probes]
   annotate_s = dict((stage, seconds) for stage, seconds, _ in stages)["annotate"]
   figures = {
@@ -297,8 +310,13 @@ def main(argv):
           f"{stage['peak_rss_mb']:6d} MB")
   whole = figures["annotate_images_per_s"] / (sum(bare_rates) / len(bare_rates))
   print(f"  annotation, whole stage with start-up: {figures['annotate_images_per_s']:.1f} "
-        f"images/s = {whole:.2f} of the bare loop x {workers} (mean of the probes)")
-  print(f"  annotation by part, against the bare loop x {workers} probed at the part's two ends:")
+        f"images/s = {whole:.3f} of the bare loop x {workers} (mean of {len(bare_rates)} probes)")
+  if parts:
+    _, rate, _, bare, _ = monitor.parts(1)[0]
+    figures["vs_bare"] = round(rate / bare, 3)
+    print(f"  annotation from its first chunk to its last: {rate:.1f} images/s = "
+          f"{rate / bare:.3f} of the bare loop x {workers} probed beside it")
+  print(f"  by tenth, against the bare loop x {workers} probed at the ends of its stretches:")
   print("    part     images  images/s  bare  ratio   CPU ms/image  bare  bare/this")
   for k, part in enumerate(figures["parts"]):
     print(f"    {k + 1:>2}/{len(parts):<3} {part['images']:8d} {part['images_per_s']:9.1f} "
@@ -309,7 +327,7 @@ def main(argv):
     ratios = [part["vs_bare"] for part in figures["parts"]]
     figures["vs_bare_range"] = [min(ratios), max(ratios)]
     print(f"  from start to end: {min(ratios):.3f} to {max(ratios):.3f} of the bare loop x "
-          f"{workers} (first part {ratios[0]:.3f}, last {ratios[-1]:.3f})")
+          f"{workers} (first tenth {ratios[0]:.3f}, last {ratios[-1]:.3f})")
   if FLAGS.json:
     with open(FLAGS.json, "w") as f:
       json.dump(figures, f, indent=2)
