@@ -1,9 +1,11 @@
-"""facekp.face_mesh: landmarks read from MediaPipe's messages exactly as attribute by attribute."""
+"""facekp.face_mesh: landmarks read from MediaPipe's messages exactly as attribute by attribute,
+and its direct path through the graph giving exactly what MediaPipe's public process() gives."""
 import os
 
 import mediapipe as mp
 import numpy as np
 from mediapipe.framework.formats import landmark_pb2
+import pytest
 
 from facekp import face_mesh
 from facekp import images
@@ -32,3 +34,35 @@ def test_other_landmark_messages_are_read_by_attribute():
   message.landmark.add(x=0.75)  # no y, no z: fewer bytes
   np.testing.assert_array_equal(face_mesh.normalised_xy(message),
                                 [[0, 0.5], [0.25, 0.5], [0.5, 0.5], [0.75, 0]])
+
+
+def _public_api_faces(photo, max_faces):
+  with mp.solutions.face_mesh.FaceMesh(static_image_mode=True, max_num_faces=max_faces) as mesh:
+    found = mesh.process(photo).multi_face_landmarks or ()
+  height, width = photo.shape[:2]
+  return [_attribute_xy(face) * [width, height] for face in found]
+
+
+@pytest.mark.parametrize("name", ["multi_face.jpg", "jquery_faces.jpg", "grace_hopper.jpg"])
+def test_direct_path_finds_what_the_public_api_finds(name, monkeypatch):
+  photo = images.load_rgb(os.path.join(SAMPLE_DIR, name))
+  mesh = face_mesh.FaceMesh(5)
+  assert mesh._input is not None  # pylint: disable=protected-access (this MediaPipe: the direct path)
+  expected = _public_api_faces(photo, 5)
+  for _ in range(2):  # a second image on the same graph (its timestamps move on)
+    found = mesh.detect(photo)
+    assert len(found) == len(expected) >= 1
+    for points, want in zip(found, expected):
+      np.testing.assert_array_equal(points, want)
+  np.testing.assert_array_equal(mesh.detect(photo, indices=[1, 33])[0], expected[0][[1, 33]])
+  monkeypatch.setattr(face_mesh, "_image_input", lambda solution: None)  # internals differ
+  fallback = face_mesh.FaceMesh(5)
+  for points, want in zip(fallback.detect(photo), expected):
+    np.testing.assert_array_equal(points, want)
+
+
+def test_direct_path_finds_no_face_in_a_blank_image_and_refuses_other_channels():
+  mesh = face_mesh.FaceMesh(1)
+  assert mesh.detect(np.full((128, 128, 3), 127, np.uint8)) == []
+  with pytest.raises(ValueError, match="RGB"):
+    mesh.detect(np.zeros((128, 128, 4), np.uint8))
