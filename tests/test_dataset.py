@@ -2,8 +2,12 @@
 cleaning, the hash split, the TFDS round trip and its metadata."""
 import json
 import os
+import struct
+import zlib
 
 import numpy as np
+from PIL import Image
+from PIL import PngImagePlugin
 import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
@@ -119,6 +123,48 @@ def test_stored_bytes_are_kept_only_when_tensorflow_decodes_them_exactly(astrona
     stored = dataset.storable_image_bytes(data, rgb)
     np.testing.assert_array_equal(
         tf.io.decode_image(stored, channels=3, expand_animations=False).numpy(), rgb)
+
+
+def with_chunk(png, kind, payload):
+  """PNG bytes with one more chunk right after IHDR."""
+  chunk = struct.pack(">I", len(payload)) + kind + payload
+  chunk += struct.pack(">I", zlib.crc32(kind + payload))
+  return png[:33] + chunk + png[33:]
+
+
+def _exif_rotated():
+  exif = Image.Exif()
+  exif[0x0112] = 6  # orientation: rotate 90
+  return exif.tobytes()
+
+
+def test_plain_rgb_pngs_are_kept_without_a_decode_and_the_others_checked(astronaut):
+  import cv2  # pylint: disable=g-import-not-at-top
+  text = PngImagePlugin.PngInfo()
+  text.add_text("Comment", "a face")
+  plain = encode(astronaut, "PNG")
+  pngs = {  # name: (bytes, whether plain)
+      "pillow": (plain, True),
+      "text chunk": (encode(astronaut, "PNG", pnginfo=text), True),
+      "opencv": (images.encode_png(astronaut), True),
+      "gray": (encode(astronaut[:, :, 0], "PNG"), False),
+      "palette": (encode(Image.fromarray(astronaut).quantize(64), "PNG"), False),
+      "rgba": (encode(np.dstack([astronaut, np.full(astronaut.shape[:2], 255, np.uint8)]),
+                      "PNG"), False),
+      "transparent colour": (encode(astronaut, "PNG", transparency=(0, 0, 0)), False),
+      "16 bit": (cv2.imencode(".png", astronaut.astype(np.uint16) * 257)[1].tobytes(), False),
+      "gamma": (with_chunk(plain, b"gAMA", struct.pack(">I", 45455)), False),
+      "orientation": (with_chunk(plain, b"eXIf", _exif_rotated()), False),
+  }
+  for name, (data, plain_rgb) in pngs.items():
+    assert dataset.is_plain_rgb_png(data) == plain_rgb, name
+    rgb = images.decode_rgb(data)
+    stored = dataset.storable_image_bytes(data, rgb)
+    assert (stored is data) or not plain_rgb, name
+    np.testing.assert_array_equal(
+        tf.io.decode_image(stored, channels=3, expand_animations=False).numpy(), rgb, name)
+  assert images.decode_rgb(pngs["orientation"][0]).shape[:2] == astronaut.shape[1::-1]
+  assert not dataset.is_plain_rgb_png(plain[:-12])  # no IEND: cut short
 
 
 def write_images(folder, names, size=(30, 40)):
