@@ -6,7 +6,7 @@ from mediapipe.python import packet_creator
 import numpy as np
 
 try:  # internals for FaceMesh's direct path; without them, the public process()
-  from mediapipe.python._framework_bindings import _packet_getter  # pylint: disable=g-import-not-at-top
+  from mediapipe.python._framework_bindings import _packet_getter
 except ImportError:
   _packet_getter = None
 
@@ -41,11 +41,12 @@ def normalised_xy(landmark_list):
 def _image_input(solution):
   """(the graph's one image input stream, its packet maker), when this MediaPipe's SolutionBase
   has the internals that FaceMesh's direct path uses (those of 0.10), else None."""
+  # pylint: disable=protected-access
   try:
-    (stream, kind), = solution._input_stream_type_info.items()  # pylint: disable=protected-access
+    (stream, kind), = solution._input_stream_type_info.items()
     usable = (kind.value in ("image", "image_frame") and
-              _LANDMARKS_STREAM in solution._output_stream_type_info and  # pylint: disable=protected-access
-              isinstance(solution._graph_outputs, dict) and  # pylint: disable=protected-access
+              _LANDMARKS_STREAM in solution._output_stream_type_info and
+              isinstance(solution._graph_outputs, dict) and
               hasattr(solution, "_simulated_timestamp") and
               hasattr(_packet_getter, "_get_serialized_proto_list"))
   except (AttributeError, TypeError, ValueError):

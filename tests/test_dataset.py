@@ -1,5 +1,7 @@
 """facekp.keypoint_csv, facekp.cleaning, facekp.splits and facekp.dataset: the keypoint CSV,
 cleaning, the hash split, the TFDS round trip and its metadata."""
+import contextlib
+import io
 import json
 import os
 import struct
@@ -163,7 +165,8 @@ def test_plain_rgb_pngs_are_kept_without_a_decode_and_the_others_checked(astrona
     assert (stored is data) or not plain_rgb, name
     np.testing.assert_array_equal(
         tf.io.decode_image(stored, channels=3, expand_animations=False).numpy(), rgb, name)
-  assert images.decode_rgb(pngs["orientation"][0]).shape[:2] == astronaut.shape[1::-1]
+  np.testing.assert_array_equal(images.decode_rgb(pngs["orientation"][0]),
+                                np.rot90(astronaut, -1))  # the orientation was applied
   assert not dataset.is_plain_rgb_png(plain[:-12])  # no IEND: cut short
 
 
@@ -195,6 +198,15 @@ def test_tfds_round_trip_of_every_split(tmp_path, default_schema):
   assert dataset.load_schema(out) == default_schema
   info = dataset.builder(out).info
   assert info.splits["train"].num_shards == 3
+  # The split infos recorded as written are those TFDS counts by reading the shards back.
+  template = tfds.core.ShardedFileTemplate(
+      data_dir=tfds.core.Path(out), template=dataset.FILENAME_TEMPLATE,
+      dataset_name=dataset.DATASET_NAME, filetype_suffix="tfrecord")
+  with contextlib.redirect_stdout(io.StringIO()):
+    counted = tfds.folder_dataset.compute_split_info(filename_template=template)
+  assert [(s.name, s.shard_lengths, s.num_bytes) for s in counted] == [
+      (s.name, s.shard_lengths, s.num_bytes) for s in
+      sorted(info.splits.values(), key=lambda s: s.name)]
   for split in splits_lib.SPLITS:
     found = examples(out, split)
     assert sorted(found) == sorted(r.image_name for r in splits[split])

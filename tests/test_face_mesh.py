@@ -47,7 +47,7 @@ def _public_api_faces(photo, max_faces):
 def test_direct_path_finds_what_the_public_api_finds(name, monkeypatch):
   photo = images.load_rgb(os.path.join(SAMPLE_DIR, name))
   mesh = face_mesh.FaceMesh(5)
-  assert mesh._input is not None  # pylint: disable=protected-access (this MediaPipe: the direct path)
+  assert mesh._input is not None  # pylint: disable=protected-access (this MediaPipe: direct)
   expected = _public_api_faces(photo, 5)
   for _ in range(2):  # a second image on the same graph (its timestamps move on)
     found = mesh.detect(photo)
