@@ -143,21 +143,24 @@ class SumReports(beam.CombineFn):
 def shards(kept, report, read, out_dir, images_root, schema, fractions, num_shards):
   """The global step, in one worker: copies among all kept rows (from the fingerprints the
   cleaning made in parallel), cleaned.csv, cleaning_report.json, duplicates.json, the splits;
-  yields (shard path, its rows) as dataset.write_dataset cuts them."""
+  yields (shard path, its rows, their bytes digests) as dataset.write_dataset cuts them."""
   kept = sorted(kept, key=lambda row: row.image_name)
   split_keys, _ = cleaning.write_cleaned(kept, report, out_dir, schema, read)
   split_rows = splits.assign_splits(kept, fractions, split_keys)
   counts = dataset.shard_counts(  # write_dataset's rule
       split_rows, images_root, num_shards)
+  digests = cleaning.digests(kept, read)
   for split, n in counts.items():
     rows = split_rows[split]
     for shard, part in enumerate(np.array_split(np.arange(len(rows)), n)):
-      yield dataset.shard_path(out_dir, split, shard, n), [rows[i] for i in part]
+      shard_rows = [rows[i] for i in part]
+      yield (dataset.shard_path(out_dir, split, shard, n), shard_rows,
+             [digests[row.image_name] for row in shard_rows])
 
 
-def write_shard(path_rows, images_root, num_keypoints):
-  path, rows = path_rows
-  return dataset.write_split_shard(path, rows, images_root, num_keypoints)
+def write_shard(path_rows_digests, images_root, num_keypoints):
+  path, rows, digests = path_rows_digests
+  return dataset.write_split_shard(path, rows, images_root, num_keypoints, digests)
 
 
 def write_csv(rows, path, schema):

@@ -97,6 +97,11 @@ def write_report(path, report):
   files.write_json(path, report)
 
 
+def digests(kept, read):
+  """{image name: bytes digest} of the kept rows' images as read_images decoded them."""
+  return {row.image_name: read[row.image_name][1][0] for row in kept}
+
+
 def write_cleaned(kept, report, out_dir, schema, read):
   """Finds copies among the kept images (adding the report's "duplicates" entry) and writes
   cleaned.csv, cleaning_report.json and duplicates.json. Returns ({image name: split key}:

@@ -13,7 +13,6 @@ through an index (`near_pairs`), not by comparing all pairs: 70,000 images take 
 import collections
 import hashlib
 
-import cv2
 import numpy as np
 
 # Calibrated on the 432 crops of ../shared/data/aligned128 (256-bit hashes): one photo saved by
@@ -38,6 +37,7 @@ def pixels_digest(rgb):
 def perceptual_hash(rgb):
   """256-bit pHash as hex: signs of the 16 x 16 lowest DCT frequencies of the 32 x 32 grey image
   against their median (the constant term, which only measures brightness, left out)."""
+  import cv2  # pylint: disable=g-import-not-at-top  (dataset imports this module for training)
   grey = cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2GRAY).astype(np.float32)
   small = cv2.resize(grey, (_HASH_SIDE, _HASH_SIDE), interpolation=cv2.INTER_AREA)
   low = cv2.dct(small)[:_DCT_SIDE, :_DCT_SIDE].ravel()

@@ -170,6 +170,31 @@ def test_plain_rgb_pngs_are_kept_without_a_decode_and_the_others_checked(astrona
   assert not dataset.is_plain_rgb_png(plain[:-12])  # no IEND: cut short
 
 
+def test_an_image_unchanged_since_cleaning_is_stored_without_a_second_decode(
+    tmp_path, astronaut, monkeypatch):
+  from facekp import dedup  # pylint: disable=g-import-not-at-top
+  path = tmp_path / "face.png"
+  path.write_bytes(encode(astronaut, "PNG"))
+  height, width = astronaut.shape[:2]
+  face = row("face.png", width=width, height=height)
+  _, fingerprint = cleaning.read_image(str(path))  # what cleaning read
+  decoded = dataset.make_example(str(tmp_path), face)
+  real_decode = images.decode_rgb
+
+  def no_decode(*args):
+    raise AssertionError("decoded again")
+
+  monkeypatch.setattr(images, "decode_rgb", no_decode)
+  kept = dataset.make_example(str(tmp_path), face, fingerprint[0])
+  assert kept["image"] == decoded["image"] == path.read_bytes()
+  assert {k: str(v) for k, v in kept.items()} == {k: str(v) for k, v in decoded.items()}
+  monkeypatch.setattr(images, "decode_rgb", real_decode)
+  path.write_bytes(encode(astronaut[:-2], "PNG"))  # changed since cleaning: decoded, refused
+  with pytest.raises(ValueError, match="CSV row says"):
+    dataset.make_example(str(tmp_path), face, fingerprint[0])
+  assert dedup.bytes_digest(path.read_bytes()) != fingerprint[0]
+
+
 def write_images(folder, names, size=(30, 40)):
   rng = np.random.RandomState(0)
   os.makedirs(folder, exist_ok=True)

@@ -118,7 +118,8 @@ def annotate_or_read(images_dir, out_dir, schema, pool, *, align, max_faces, csv
 
 def clean_and_report(rows, images_root, out_dir, schema, map_fn=map):
   """Cleans the rows and finds copies among the kept images. Returns (kept rows, report,
-  {image name: split key}: copies share a key, so they land in one split)."""
+  {image name: split key}: copies share a key, so they land in one split; {image name: bytes
+  digest} of the kept images as decoded, for dataset.write_dataset)."""
   read = cleaning.read_images(rows, images_root, map_fn)  # sizes and fingerprints: one decode
   kept, report = cleaning.clean(rows, images_root, read)
   split_keys, groups = cleaning.write_cleaned(kept, report, out_dir, schema, read)
@@ -126,7 +127,7 @@ def clean_and_report(rows, images_root, out_dir, schema, map_fn=map):
                "%d groups of copies (%d images, kept, each group in one split)",
                report["kept"], report["rows"], report["dropped"],
                report["missing_keypoints_by_status"], len(groups), sum(map(len, groups)))
-  return kept, report, split_keys
+  return kept, report, split_keys, cleaning.digests(kept, read)
 
 
 def _common_size(rows):
@@ -181,14 +182,15 @@ def _make_tfrecords(images_dir, out_dir, *, align, landmarks, workers, fractions
     # Starting workers costs seconds; worth it for many images or when they already run.
     parallel = lambda n: pool.map if pool.started or n >= _PARALLEL_WRITE_MIN_ROWS else map
     with timed(timings, "clean"):
-      kept, report, split_keys = clean_and_report(rows, images_root, out_dir, schema,
+      kept, report, split_keys, digests = clean_and_report(rows, images_root, out_dir, schema,
                                                   parallel(len(rows)))
     with timed(timings, "write"):
       counts = dataset.write_dataset(out_dir, splits.assign_splits(kept, fractions, split_keys),
                                      images_root, schema, num_shards or None,
                                      map_fn=parallel(len(kept)),
                                      crop=keypoints.crop_method(align),
-                                     input_size=align or _common_size(kept))
+                                     input_size=align or _common_size(kept),
+                                     digests=digests)
   summary = {"rows": report["rows"], "kept": report["kept"], "dropped": report["dropped"],
              "duplicate_groups": report["duplicates"]["groups"], "splits": counts, **timings}
   logging.info("done: %s", json.dumps(summary))
