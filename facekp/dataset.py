@@ -35,8 +35,9 @@ FILENAME_TEMPLATE = "{DATASET}-{SPLIT}.{FILEFORMAT}-{SHARD_X_OF_Y}"
 DATASET_NAME = "facekp"
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 _JPEG_MAGIC = b"\xff\xd8\xff"
-# Chunks that leave an 8-bit RGB PNG's pixels as stored (metadata, text, physical size, time).
-_PLAIN_PNG_CHUNKS = {b"IHDR", b"IDAT", b"pHYs", b"tEXt", b"zTXt", b"iTXt", b"tIME"}
+# Chunks that leave an 8-bit RGB PNG's pixels as stored. Not text: Pillow takes an orientation
+# from an XMP or "Raw profile type exif" text chunk as from eXIf, and TensorFlow takes none.
+_PLAIN_PNG_CHUNKS = {b"IHDR", b"IDAT", b"pHYs", b"tIME"}
 
 
 def features(num_keypoints):
@@ -116,7 +117,7 @@ def builder(data_dir):
 
 def is_plain_rgb_png(data):
   """Whether PNG bytes hold 8-bit RGB and only chunks that no decoder turns into other pixels
-  (no transparency, palette, orientation, animation or colour profile): PNG is lossless, so
+  (no transparency, palette, orientation, animation, colour profile or text): PNG is lossless, so
   TensorFlow gives the pixels Pillow gave, and the check costs microseconds, not a decode."""
   if not data.startswith(_PNG_MAGIC) or data[12:16] != b"IHDR" or data[24:26] != b"\x08\x02":
     return False

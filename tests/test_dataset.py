@@ -144,10 +144,14 @@ def test_plain_rgb_pngs_are_kept_without_a_decode_and_the_others_checked(astrona
   import cv2  # pylint: disable=g-import-not-at-top
   text = PngImagePlugin.PngInfo()
   text.add_text("Comment", "a face")
+  xmp = PngImagePlugin.PngInfo()
+  xmp.add_itxt("XML:com.adobe.xmp", '<x:xmpmeta><rdf:Description tiff:Orientation="6"/>'
+               "</x:xmpmeta>")
   plain = encode(astronaut, "PNG")
   pngs = {  # name: (bytes, whether plain)
       "pillow": (plain, True),
-      "text chunk": (encode(astronaut, "PNG", pnginfo=text), True),
+      "text chunk": (encode(astronaut, "PNG", pnginfo=text), False),
+      "xmp orientation": (encode(astronaut, "PNG", pnginfo=xmp), False),
       "opencv": (images.encode_png(astronaut), True),
       "gray": (encode(astronaut[:, :, 0], "PNG"), False),
       "palette": (encode(Image.fromarray(astronaut).quantize(64), "PNG"), False),
