@@ -14,10 +14,9 @@ worker, Face Mesh built) wait beside the run; from its first labelled chunk to i
 at once, and the run resumes (SIGCONT). Each tenth of the annotation (its stretches of running)
 is set against the probes at the stretches' ends, in images/s and in CPU time per image (all
 processes of the run), so a slow or fast spell of the machine falls on both. Paused time is
-taken out of every figure. make_tfrecords' log lines
-are passed on as they come (progress). Every copy of a face is a duplicate to facekp.dedup, so
-its groups and splits are not a real dataset's; tools.bench_dedup measures the hash index on
-distinct faces.
+taken out of every figure. make_tfrecords' log lines are passed on as they come (progress).
+Every copy of a face is a duplicate to facekp.dedup, so its groups and splits are not a real
+dataset's; tools.bench_dedup measures the hash index on distinct faces.
 """
 import json
 import multiprocessing
@@ -150,6 +149,14 @@ def _tree(pid):
   return [root] + root.children(recursive=True)
 
 
+def _signal(processes, action):
+  for process in processes:
+    try:
+      getattr(process, action)()
+    except psutil.NoSuchProcess:  # ended since it was listed
+      pass
+
+
 def tree_figures(processes):
   """(RSS bytes, CPU seconds) summed over processes; those that ended count nothing."""
   rss = cpu = 0
@@ -193,13 +200,13 @@ class Monitor(threading.Thread):
         self._probe(tree)
 
   def _probe(self, tree):
-    for process in tree:
-      process.suspend()
-    paused = time.time()
-    count, cpu = self.journal.update(), tree_figures(tree)[1]
-    bare = self.bare_loop.measure()
-    for process in reversed(tree):
-      process.resume()
+    try:
+      _signal(tree, "suspend")
+      paused = time.time()
+      count, cpu = self.journal.update(), tree_figures(tree)[1]
+      bare = self.bare_loop.measure()
+    finally:  # never leave the run stopped
+      _signal(reversed(tree), "resume")
     self.probes.append((paused, time.time(), count, cpu, bare))
 
   def stop(self):
