@@ -132,9 +132,14 @@ def is_plain_rgb_png(data):
   return False
 
 
+def _png_size(data):
+  """(width, height) from a PNG's IHDR."""
+  return struct.unpack(">II", data[16:24])
+
+
 def storable_image_bytes(data, rgb):
   """The stored bytes when TensorFlow decodes them to exactly `rgb`, else a lossless PNG of it."""
-  if is_plain_rgb_png(data) and rgb.shape[:2] == struct.unpack(">II", data[16:24])[::-1]:
+  if is_plain_rgb_png(data) and rgb.shape[1::-1] == _png_size(data):
     return data
   if data.startswith(_PNG_MAGIC) or data.startswith(_JPEG_MAGIC):
     decoded = tf.io.decode_image(data, channels=3, expand_animations=False, dtype=tf.uint8)
@@ -148,7 +153,7 @@ def _stored_image(data, path, digest):
   the file when cleaning decoded it, or None: a plain RGB PNG that still holds those bytes is
   stored without a second decode (0.5 ms an image)."""
   if digest is not None and is_plain_rgb_png(data) and dedup.bytes_digest(data) == digest:
-    return (data, *struct.unpack(">II", data[16:24]))
+    return (data, *_png_size(data))
   rgb = images.decode_rgb(data, path)
   return storable_image_bytes(data, rgb), rgb.shape[1], rgb.shape[0]
 
@@ -232,7 +237,8 @@ def write_dataset(out_dir, splits, images_dir, schema, num_shards=None, map_fn=m
       tasks.append((split, shard_path(out_dir, split, shard, n), [rows[i] for i in part]))
     logging.info("writing %s: %d examples in %d shard(s)", split, len(rows), n)
   task_splits, paths, shard_rows = zip(*tasks)
-  shard_digests = [[(digests or {}).get(row.image_name) for row in rows] for rows in shard_rows]
+  digests = digests or {}
+  shard_digests = [[digests.get(row.image_name) for row in rows] for rows in shard_rows]
   written = list(map_fn(write_split_shard, paths, shard_rows, [images_dir] * len(tasks),
                         [schema.num_keypoints] * len(tasks), shard_digests))
   for split, rows in splits.items():

@@ -183,7 +183,7 @@ def _make_tfrecords(images_dir, out_dir, *, align, landmarks, workers, fractions
     parallel = lambda n: pool.map if pool.started or n >= _PARALLEL_WRITE_MIN_ROWS else map
     with timed(timings, "clean"):
       kept, report, split_keys, digests = clean_and_report(rows, images_root, out_dir, schema,
-                                                  parallel(len(rows)))
+                                                           parallel(len(rows)))
     with timed(timings, "write"):
       counts = dataset.write_dataset(out_dir, splits.assign_splits(kept, fractions, split_keys),
                                      images_root, schema, num_shards or None,
