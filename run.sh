@@ -36,7 +36,7 @@ if up_to_date "$out/tiny/export/export_report.json" "$out/tiny/model.keras"; the
   echo "[3/3] export: $out/tiny/export is up to date"
 else
   echo "[3/3] export: SavedModel and TFLite, each checked against the Keras model"
-  python -m facekp.export --workdir="$out/tiny"
+  python -m facekp.serve.export --workdir="$out/tiny"
 fi
 
 cat <<EOT

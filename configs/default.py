@@ -16,7 +16,7 @@ def get_config():
   config.cache = "memory"  # "memory", "none", or a file path for tf.data's cache
   config.shuffle_buffer = 10_000
 
-  # Model (facekp.models).
+  # Model (facekp.models.keypoint_model).
   config.backbone = "mobilenet_v2"  # any keras.applications name (e.g. efficientnet_v2_b0) or "unet"
   config.backbone_kwargs = ml_collections.ConfigDict()  # e.g. {"alpha": 0.35} for MobileNets
   config.weights = "imagenet"  # "imagenet", "none", or a no-top weights file
@@ -33,7 +33,7 @@ def get_config():
   config.bn_mode = "batch"
   config.sync_batch_norm = False  # batch statistics over all replicas
 
-  # Optimisation (facekp.train).
+  # Optimisation (facekp.train.loop).
   config.batch_size = 32  # global, split over the replicas
   config.num_epochs = 50
   config.steps_per_epoch = config_dict.placeholder(int)  # None: one pass over the train split
@@ -53,7 +53,7 @@ def get_config():
   config.early_stopping_patience = 2  # epochs without a better `monitor`; 0 turns it off
   config.seed = 0
 
-  # Augmentation on the accelerator (facekp.augment); 0 turns each one off.
+  # Augmentation on the accelerator (facekp.input.augment); 0 turns each one off.
   config.augment = ml_collections.ConfigDict({
       "flip": 0.0,  # probability of a horizontal flip (left/right slots swapped)
       "brightness": 0.0,  # max |delta| as a fraction of 255
@@ -79,5 +79,5 @@ def get_config():
   # progress within an epoch: 0 = a live line on a terminal, a line a minute in a log file;
   # N = a line every N steps
   config.log_every_steps = 0
-  config.evaluate_at_end = True  # facekp.main runs facekp.evaluate on the test split
+  config.evaluate_at_end = True  # facekp.main runs facekp.eval.evaluate on the test split
   return config

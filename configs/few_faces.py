@@ -1,6 +1,6 @@
 """Learning five points from a few hundred faces without pretrained weights (CPU, minutes).
 
-A small U-Net trained from scratch (facekp.models.unet: GroupNorm, which computes the same
+A small U-Net trained from scratch (facekp.models.keypoint_model.unet: GroupNorm, which computes the same
 function in training and inference however few the steps) gives a 32x32 map per point at
 stride 4; the soft-argmax head reads each point as the expected position of its map
 (sub-pixel, and it moves with the face, unlike a read-out at fixed places), starting from a

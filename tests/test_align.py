@@ -1,13 +1,13 @@
-"""facekp.align: FFHQ-style crops of real faces, checked by running MediaPipe on the crop."""
+"""facekp.data.align: FFHQ-style crops of real faces, checked by running MediaPipe on the crop."""
 import os
 
 import cv2
 import numpy as np
 import pytest
 
-from facekp import align
-from facekp import face_mesh as face_mesh_lib
-from facekp import images
+from facekp.data import align
+from facekp.data import face_mesh as face_mesh_lib
+from facekp.core import images
 from conftest import SAMPLE_DIR
 
 

@@ -1,4 +1,4 @@
-"""facekp.annotate: real MediaPipe in worker processes, a journal that survives interruption."""
+"""facekp.data.annotate: real MediaPipe in worker processes, a journal that survives interruption."""
 import os
 import shutil
 
@@ -6,14 +6,14 @@ import mediapipe as mp
 import numpy as np
 import pytest
 
-from facekp import align
-from facekp import annotate
-from facekp import face_mesh as face_mesh_lib
-from facekp import faces
-from facekp import files
-from facekp import images
-from facekp import journal as journal_lib
-from facekp import keypoint_csv
+from facekp.data import align
+from facekp.data import annotate
+from facekp.data import face_mesh as face_mesh_lib
+from facekp.data import faces
+from facekp.core import files
+from facekp.core import images
+from facekp.core import journal as journal_lib
+from facekp.core import keypoint_csv
 from conftest import SAMPLE_DIR, encode
 
 
@@ -155,7 +155,7 @@ def test_align_crops_every_face_and_annotates_the_crops(tmp_path, default_schema
 
 def test_without_align_the_largest_face_is_labelled_as_predict_would(tmp_path, default_schema,
                                                                      mesh):
-  """One face rule for annotation and prediction (facekp.faces): the largest face."""
+  """One face rule for annotation and prediction (facekp.data.faces): the largest face."""
   shutil.copy(os.path.join(SAMPLE_DIR, "multi_face.jpg"), tmp_path / "multi_face.jpg")
   labeller = annotate.Labeller(settings_for(tmp_path, tmp_path / "out", default_schema))
   (row,) = labeller.rows_for("multi_face.jpg")

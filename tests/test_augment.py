@@ -1,13 +1,13 @@
-"""facekp.augment: geometry checked on real pixels (coloured dots painted at the keypoints are found
+"""facekp.input.augment: geometry checked on real pixels (coloured dots painted at the keypoints are found
 again after augmentation), photometric ops by their formulas, and every op eager = graph = XLA =
 tf.data."""
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from facekp import augment
-from facekp import keypoints as keypoints_lib
-from facekp import schema as schema_lib
+from facekp.input import augment
+from facekp.core import keypoints as keypoints_lib
+from facekp.core import schema as schema_lib
 
 SCHEMA = schema_lib.Schema((1, 33, 61, 263, 291), (1, 263, 291, 33, 61))
 PERM = SCHEMA.flip_permutation

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 
 beam_pipeline = pytest.importorskip(
-    "facekp.beam_pipeline", reason="Apache Beam is not installed (pip install -e '.[beam]')")
+    "facekp.data.beam_runner", reason="Apache Beam is not installed (pip install -e '.[beam]')")
 
-from facekp import dataset  # pylint: disable=g-import-not-at-top
-from tools import make_tfrecords
+from facekp.data import shards  # pylint: disable=g-import-not-at-top
+from facekp.data import make_tfrecords
 from conftest import SAMPLE_DIR
 
 _FILES = ("face_keypoints.csv", "cleaned.csv", "cleaning_report.json", "duplicates.json",
@@ -30,7 +30,7 @@ def folder_of(tmp_path, image_files, samples, bad):
 
 def decoded(out):
   """{split: [example as NumPy, in reading order]} as TFDS reads the dataset."""
-  builder = dataset.builder(out)
+  builder = shards.builder(out)
   return {split: list(builder.as_dataset(split=split, shuffle_files=False).as_numpy_iterator())
           for split in builder.info.splits}
 

@@ -1,7 +1,7 @@
 """bench_accuracy's protocol: folds that keep copies together, and its figures and table."""
 import numpy as np
 
-from facekp import schema as schema_lib
+from facekp.core import schema as schema_lib
 from tools import bench_accuracy
 
 SCHEMA = schema_lib.Schema(schema_lib.DEFAULT_MESH_INDICES, (1, 263, 291, 33, 61))

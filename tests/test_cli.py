@@ -6,8 +6,8 @@ import subprocess
 import sys
 import textwrap
 
-from facekp import cli
-from facekp import workdir as workdir_lib
+from facekp.core import cli
+from facekp.core import workdir as workdir_lib
 
 import test_train  # pylint: disable=wrong-import-order  (its synthetic dataset)
 
@@ -19,7 +19,7 @@ TINY = os.path.join(ROOT, "configs", "tiny.py")
 DRIVER = textwrap.dedent("""
     import contextlib, io, json, sys
     from absl import flags
-    from facekp import cli, main
+    from facekp.core import cli, main
     for argv in json.loads(sys.argv[1]):
       for name in [n for n in flags.FLAGS if n.startswith("config.")]:
         delattr(flags.FLAGS, name)  # config_flags defines one per override it parses
@@ -108,7 +108,7 @@ def test_a_command_from_another_directory_prints_one_line_and_nothing_else(tmp_p
 
 def test_export_on_a_missing_workdir_is_one_line(tmp_path):
   result = subprocess.run(
-      [sys.executable, "-m", "facekp.export", f"--workdir={tmp_path}/missing"], cwd=ROOT,
+      [sys.executable, "-m", "facekp.serve.export", f"--workdir={tmp_path}/missing"], cwd=ROOT,
       capture_output=True, text=True, timeout=120)
   assert result.returncode == 1
   assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1

@@ -5,8 +5,8 @@ import os
 
 import pytest
 
-from facekp import augment
-from facekp import models
+from facekp.input import augment
+from facekp.models import keypoint_model
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NAMES = sorted(os.path.basename(p)[:-3] for p in glob.glob(f"{ROOT}/configs/*.py")
@@ -23,7 +23,7 @@ def test_config_loads_and_builds_its_model(name):
   assert set(config.augment) == set(augment.make_config())
   assert config.batch_size > 0 and config.num_epochs > 0 and config.image_size > 0
   config.weights = "none"
-  model = models.create_model(config, num_keypoints=5)
+  model = keypoint_model.create_model(config, num_keypoints=5)
   assert model.output.shape[1:] == (5, 2)
   assert model.input.shape[1:] == (config.image_size, config.image_size, 3)
 
@@ -36,10 +36,10 @@ def test_seed_defaults():
   assert not any(config.augment.values())
 
 
-# facekp.config_lib: the whole config checked before any file is read.
+# facekp.train.config_rules: the whole config checked before any file is read.
 
-from facekp import config_lib  # pylint: disable=wrong-import-position
-from facekp import workdir as workdir_lib  # pylint: disable=wrong-import-position
+from facekp.train import config_rules  # pylint: disable=wrong-import-position
+from facekp.core import workdir as workdir_lib  # pylint: disable=wrong-import-position
 
 
 def tiny(**overrides):
@@ -50,8 +50,8 @@ def tiny(**overrides):
 
 
 def problems_of(config):
-  with pytest.raises(config_lib.ConfigError) as error:
-    config_lib.validate(config)
+  with pytest.raises(config_rules.ConfigError) as error:
+    config_rules.validate(config)
   return str(error.value)
 
 
@@ -59,14 +59,14 @@ def problems_of(config):
 def test_every_config_file_validates(name):
   config = importlib.import_module(f"configs.{name}").get_config()
   config.data_dir = "/no/such/dataset"
-  config_lib.validate(config)
+  config_rules.validate(config)
 
 
 @pytest.mark.parametrize("field", ["strategy", "precision", "bn_mode", "head", "loss",
                                    "optimizer", "lr_scaling", "lr_schedule"])
 def test_a_bad_choice_names_the_field_and_the_choices(field):
   message = problems_of(tiny(**{field: "nope"}))
-  assert f"{field}='nope': choose one of {', '.join(config_lib.ENUMS[field])}" in message
+  assert f"{field}='nope': choose one of {', '.join(config_rules.ENUMS[field])}" in message
   assert "/no/such/dataset" not in message  # found before the dataset is looked at
 
 
@@ -116,22 +116,22 @@ def test_unknown_fields_and_wrong_types_of_configs_not_made_from_default():
 
 
 def test_a_train_split_smaller_than_the_batch_is_refused():
-  problem = config_lib.dataset_problem(tiny(batch_size=64), num_train=6)
+  problem = config_rules.dataset_problem(tiny(batch_size=64), num_train=6)
   assert "batch_size=64 is larger than the train split" in problem
   assert "--config.batch_size=6 or less" in problem
-  assert config_lib.dataset_problem(tiny(batch_size=4), num_train=6) is None
+  assert config_rules.dataset_problem(tiny(batch_size=4), num_train=6) is None
 
 
 def test_resume_allows_only_changes_that_keep_the_model():
-  saved = config_lib.as_dict(tiny())
-  allowed, refused = config_lib.resume_differences(
+  saved = config_rules.as_dict(tiny())
+  allowed, refused = config_rules.resume_differences(
       saved, tiny(num_epochs=10, log_every_steps=5, evaluate_at_end=False))
   assert set(allowed) == {"num_epochs", "log_every_steps", "evaluate_at_end"} and not refused
-  allowed, refused = config_lib.resume_differences(
+  allowed, refused = config_rules.resume_differences(
       saved, tiny(learning_rate=0.1, image_size=96, num_epochs=2))
   assert refused == {"learning_rate": (1e-3, 0.1), "image_size": (64, 96), "num_epochs": (3, 2)}
-  cosine = config_lib.as_dict(tiny(lr_schedule="cosine"))
-  assert "num_epochs" in config_lib.resume_differences(
+  cosine = config_rules.as_dict(tiny(lr_schedule="cosine"))
+  assert "num_epochs" in config_rules.resume_differences(
       cosine, tiny(lr_schedule="cosine", num_epochs=10))[1]  # the schedule would change
 
 
@@ -141,20 +141,20 @@ def test_the_workdir_refuses_another_config_until_restart(tmp_path):
   (tmp_path / "run" / "history.csv").write_text("epoch\n0\n")
   (tmp_path / "run" / "checkpoints").mkdir()
   (tmp_path / "run" / "notes.txt").write_text("the user's own file")
-  config_lib.check_workdir(workdir, tiny(num_epochs=5))  # raising num_epochs resumes
-  with pytest.raises(config_lib.ConfigError) as error:
-    config_lib.check_workdir(workdir, tiny(learning_rate=0.1, image_size=96))
+  config_rules.check_workdir(workdir, tiny(num_epochs=5))  # raising num_epochs resumes
+  with pytest.raises(config_rules.ConfigError) as error:
+    config_rules.check_workdir(workdir, tiny(learning_rate=0.1, image_size=96))
   assert ("holds a run started with another config: image_size 64 -> 96, learning_rate 0.001 -> "
           "0.1") in str(error.value)
   assert "new --workdir" in str(error.value) and "--restart" in str(error.value)
-  config_lib.check_workdir(workdir, tiny(learning_rate=0.1), restart=True)
+  config_rules.check_workdir(workdir, tiny(learning_rate=0.1), restart=True)
   assert sorted(p.name for p in (tmp_path / "run").iterdir()
                 if not p.name.startswith(".")) == ["notes.txt"]
-  config_lib.check_workdir(workdir, tiny(learning_rate=0.1))  # a fresh workdir: nothing to refuse
+  config_rules.check_workdir(workdir, tiny(learning_rate=0.1))  # a fresh workdir: nothing to refuse
 
 
 def test_the_listing_shows_each_field_with_its_comment():
-  text = config_lib.listing(tiny())
+  text = config_rules.listing(tiny())
   assert "image_size = 64\n" in text
   assert "loss = 'huber'  # \"huber\", \"mse\" or \"mae\"" in text
   assert "augment.flip = 0.0  # probability of a horizontal flip" in text

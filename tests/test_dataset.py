@@ -1,4 +1,4 @@
-"""facekp.keypoint_csv, facekp.cleaning, facekp.splits and facekp.dataset: the keypoint CSV,
+"""facekp.core.keypoint_csv, facekp.data.cleaning, facekp.data.splits and facekp.data.shards: the keypoint CSV,
 cleaning, the hash split, the TFDS round trip and its metadata."""
 import contextlib
 import io
@@ -14,13 +14,13 @@ import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from facekp import cleaning
-from facekp import dataset
-from facekp import images
-from facekp import input_pipeline
-from facekp import keypoints
-from facekp import keypoint_csv
-from facekp import splits as splits_lib
+from facekp.data import cleaning
+from facekp.data import shards
+from facekp.core import images
+from facekp.input import input_pipeline
+from facekp.core import keypoints
+from facekp.core import keypoint_csv
+from facekp.data import splits as splits_lib
 from conftest import encode, user_csv
 
 
@@ -118,11 +118,11 @@ def test_parse_fractions_rejects_bad_input():
 
 def test_stored_bytes_are_kept_only_when_tensorflow_decodes_them_exactly(astronaut):
   png = encode(astronaut, "PNG")
-  assert dataset.storable_image_bytes(png, images.decode_rgb(png)) is png
+  assert shards.storable_image_bytes(png, images.decode_rgb(png)) is png
   rgba = np.dstack([astronaut, np.full(astronaut.shape[:2], 100, np.uint8)])
   for data in [encode(rgba, "PNG"), encode(astronaut, "JPEG"), encode(astronaut, "WEBP")]:
     rgb = images.decode_rgb(data)
-    stored = dataset.storable_image_bytes(data, rgb)
+    stored = shards.storable_image_bytes(data, rgb)
     np.testing.assert_array_equal(
         tf.io.decode_image(stored, channels=3, expand_animations=False).numpy(), rgb)
 
@@ -163,39 +163,39 @@ def test_plain_rgb_pngs_are_kept_without_a_decode_and_the_others_checked(astrona
       "orientation": (with_chunk(plain, b"eXIf", _exif_rotated()), False),
   }
   for name, (data, plain_rgb) in pngs.items():
-    assert dataset.is_plain_rgb_png(data) == plain_rgb, name
+    assert shards.is_plain_rgb_png(data) == plain_rgb, name
     rgb = images.decode_rgb(data)
-    stored = dataset.storable_image_bytes(data, rgb)
+    stored = shards.storable_image_bytes(data, rgb)
     assert (stored is data) or not plain_rgb, name
     np.testing.assert_array_equal(
         tf.io.decode_image(stored, channels=3, expand_animations=False).numpy(), rgb, name)
   np.testing.assert_array_equal(images.decode_rgb(pngs["orientation"][0]),
                                 np.rot90(astronaut, -1))  # the orientation was applied
-  assert not dataset.is_plain_rgb_png(plain[:-12])  # no IEND: cut short
+  assert not shards.is_plain_rgb_png(plain[:-12])  # no IEND: cut short
 
 
 def test_an_image_unchanged_since_cleaning_is_stored_without_a_second_decode(
     tmp_path, astronaut, monkeypatch):
-  from facekp import dedup  # pylint: disable=g-import-not-at-top
+  from facekp.data import dedup  # pylint: disable=g-import-not-at-top
   path = tmp_path / "face.png"
   path.write_bytes(encode(astronaut, "PNG"))
   height, width = astronaut.shape[:2]
   face = row("face.png", width=width, height=height)
   _, fingerprint = cleaning.read_image(str(path))  # what cleaning read
-  decoded = dataset.make_example(str(tmp_path), face)
+  decoded = shards.make_example(str(tmp_path), face)
   real_decode = images.decode_rgb
 
   def no_decode(*args):
     raise AssertionError("decoded again")
 
   monkeypatch.setattr(images, "decode_rgb", no_decode)
-  kept = dataset.make_example(str(tmp_path), face, fingerprint[0])
+  kept = shards.make_example(str(tmp_path), face, fingerprint[0])
   assert kept["image"] == decoded["image"] == path.read_bytes()
   assert {k: str(v) for k, v in kept.items()} == {k: str(v) for k, v in decoded.items()}
   monkeypatch.setattr(images, "decode_rgb", real_decode)
   path.write_bytes(encode(astronaut[:-2], "PNG"))  # changed since cleaning: decoded, refused
   with pytest.raises(ValueError, match="CSV row says"):
-    dataset.make_example(str(tmp_path), face, fingerprint[0])
+    shards.make_example(str(tmp_path), face, fingerprint[0])
   assert dedup.bytes_digest(path.read_bytes()) != fingerprint[0]
 
 
@@ -210,7 +210,7 @@ def write_images(folder, names, size=(30, 40)):
 
 def examples(data_dir, split):
   return {ex["image_name"].decode(): ex for ex in
-          tfds.as_numpy(dataset.builder(data_dir).as_dataset(split=split))}
+          tfds.as_numpy(shards.builder(data_dir).as_dataset(split=split))}
 
 
 def test_tfds_round_trip_of_every_split(tmp_path, default_schema):
@@ -221,16 +221,16 @@ def test_tfds_round_trip_of_every_split(tmp_path, default_schema):
   splits = splits_lib.assign_splits(rows, (0.6, 0.2, 0.2))
   out = str(tmp_path / "out")
   os.makedirs(out)
-  counts = dataset.write_dataset(out, splits, str(tmp_path / "imgs"), default_schema,
+  counts = shards.write_dataset(out, splits, str(tmp_path / "imgs"), default_schema,
                                  num_shards=3)
   assert sum(counts.values()) == 40 and all(counts.values())
-  assert dataset.load_schema(out) == default_schema
-  info = dataset.builder(out).info
+  assert shards.load_schema(out) == default_schema
+  info = shards.builder(out).info
   assert info.splits["train"].num_shards == 3
   # The split infos recorded as written are those TFDS counts by reading the shards back.
   template = tfds.core.ShardedFileTemplate(
-      data_dir=tfds.core.Path(out), template=dataset.FILENAME_TEMPLATE,
-      dataset_name=dataset.DATASET_NAME, filetype_suffix="tfrecord")
+      data_dir=tfds.core.Path(out), template=shards.FILENAME_TEMPLATE,
+      dataset_name=shards.DATASET_NAME, filetype_suffix="tfrecord")
   with contextlib.redirect_stdout(io.StringIO()):
     counted = tfds.folder_dataset.compute_split_info(filename_template=template)
   assert [(s.name, s.shard_lengths, s.num_bytes) for s in counted] == [
@@ -253,16 +253,16 @@ def test_an_empty_split_is_left_out_and_old_shards_are_replaced(tmp_path, defaul
   out = str(tmp_path / "out")
   os.makedirs(out)
   rows = [row(n) for n in names]
-  dataset.write_dataset(out, splits_lib.assign_splits(rows, (0.5, 0.25, 0.25)),
+  shards.write_dataset(out, splits_lib.assign_splits(rows, (0.5, 0.25, 0.25)),
                         str(tmp_path / "imgs"), default_schema, num_shards=2)
-  dataset.write_dataset(out, splits_lib.assign_splits(rows, (1.0, 0.0, 0.0)),
+  shards.write_dataset(out, splits_lib.assign_splits(rows, (1.0, 0.0, 0.0)),
                         str(tmp_path / "imgs"), default_schema)
   assert sorted(f for f in os.listdir(out) if ".tfrecord" in f) == [
       "facekp-train.tfrecord-00000-of-00001"]
-  assert list(dataset.builder(out).info.splits) == ["train"]
+  assert list(shards.builder(out).info.splits) == ["train"]
   assert len(examples(out, "train")) == 6
   with pytest.raises(ValueError, match="no usable rows"):
-    dataset.write_dataset(out, {s: [] for s in splits_lib.SPLITS}, "", default_schema)
+    shards.write_dataset(out, {s: [] for s in splits_lib.SPLITS}, "", default_schema)
 
 
 def test_the_metadata_records_the_keypoint_convention_and_the_crop(tmp_path, default_schema):
@@ -270,14 +270,14 @@ def test_the_metadata_records_the_keypoint_convention_and_the_crop(tmp_path, def
   write_images(str(tmp_path / "imgs"), names, size=(32, 32))
   out = str(tmp_path / "out")
   os.makedirs(out)
-  dataset.write_dataset(out, {"train": [row(n, width=32, height=32) for n in names],
+  shards.write_dataset(out, {"train": [row(n, width=32, height=32) for n in names],
                               "validation": [], "test": []},
                         str(tmp_path / "imgs"), default_schema,
                         crop=keypoints.crop_method(32), input_size=32)
   expected = {"coordinates": "continuous", "normalised_by": "image width and height",
               "crop": "facekp_align_32", "input_size": 32}
-  assert dataset.read_metadata(out) == expected
-  info = dataset.builder(out).info
+  assert shards.read_metadata(out) == expected
+  info = shards.builder(out).info
   assert info.metadata["keypoints"] == expected
   # No made-up homepage in what is written (TFDS's DatasetInfo.homepage invents its catalogue
   # URL on reading when none is stored; facekp stores none).
@@ -292,7 +292,7 @@ def test_a_damaged_shard_is_named_by_every_read(tmp_path, default_schema):
   write_images(str(tmp_path / "imgs"), names, size=(16, 16))
   out = str(tmp_path / "out")
   os.makedirs(out)
-  dataset.write_dataset(out, {"train": [row(n, [5.0] * 10, 16, 16) for n in names],
+  shards.write_dataset(out, {"train": [row(n, [5.0] * 10, 16, 16) for n in names],
                               "validation": [], "test": []}, str(tmp_path / "imgs"),
                         default_schema)
   (shard,) = [f"{out}/{f}" for f in os.listdir(out) if ".tfrecord-" in f]
@@ -302,12 +302,12 @@ def test_a_damaged_shard_is_named_by_every_read(tmp_path, default_schema):
     f.write(good[:middle] + bytes([good[middle] ^ 0xFF]) + good[middle + 1:])
   with pytest.raises(ValueError, match=f"{shard}: corrupt TFRecord shard"):
     input_pipeline.train_mean_keypoints(out)
-  spec = dataset.features(5)
-  bad = dataset.make_example(str(tmp_path / "imgs"), row(names[1], [5.0] * 10, 16, 16))
+  spec = shards.features(5)
+  bad = shards.make_example(str(tmp_path / "imgs"), row(names[1], [5.0] * 10, 16, 16))
   bad["image"] = bad["image"][:40] + bytes(len(bad["image"]) - 40)  # a valid record, bad PNG
-  dataset.write_shard(shard, [dataset.make_example(str(tmp_path / "imgs"),
+  shards.write_shard(shard, [shards.make_example(str(tmp_path / "imgs"),
                                                    row(names[0], [5.0] * 10, 16, 16)), bad], spec)
-  dataset.write_metadata(out, spec, default_schema)
+  shards.write_metadata(out, spec, default_schema)
   with pytest.raises(ValueError, match=f"corrupt image in {shard}, record 1 \\(img1.png\\)"):
     input_pipeline.load_arrays(out, "train", image_size=16)
 

@@ -1,14 +1,14 @@
-"""facekp.dedup: copies found by bytes, pixels and perceptual hash, and kept in one split."""
+"""facekp.data.dedup: copies found by bytes, pixels and perceptual hash, and kept in one split."""
 import itertools
 import os
 
 import cv2
 import numpy as np
 
-from facekp import dedup
-from facekp import images
-from facekp import keypoint_csv
-from facekp import splits as splits_lib
+from facekp.data import dedup
+from facekp.core import images
+from facekp.core import keypoint_csv
+from facekp.data import splits as splits_lib
 from conftest import SAMPLE_DIR, encode
 
 

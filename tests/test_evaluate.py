@@ -1,4 +1,4 @@
-"""Tests for facekp.evaluate: flip TTA, and whole workdirs scored on each split and on another
+"""Tests for facekp.eval.evaluate: flip TTA, and whole workdirs scored on each split and on another
 dataset, each into its own folder."""
 import json
 
@@ -7,12 +7,12 @@ import numpy as np
 from PIL import Image
 import pytest
 
-from facekp import evaluate
-from facekp import export
-from facekp import input_pipeline
-from facekp import keypoints as keypoints_lib
-from facekp import schema as schema_lib
-from facekp import workdir as workdir_lib
+from facekp.eval import evaluate
+from facekp.serve import export
+from facekp.input import input_pipeline
+from facekp.core import keypoints as keypoints_lib
+from facekp.core import schema as schema_lib
+from facekp.core import workdir as workdir_lib
 
 SCHEMA = schema_lib.Schema((1, 33, 61, 263, 291), (1, 263, 291, 33, 61))
 SIZE = 64

@@ -1,4 +1,4 @@
-"""Tests for facekp.export: SavedModel and TFLite exports agree with the Keras model."""
+"""Tests for facekp.serve.export: SavedModel and TFLite exports agree with the Keras model."""
 import json
 
 import keras
@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from facekp import export
-from facekp import keypoints as keypoints_lib
-from facekp import schema as schema_lib
+from facekp.serve import export
+from facekp.core import keypoints as keypoints_lib
+from facekp.core import schema as schema_lib
 
 SIZE = 32
 

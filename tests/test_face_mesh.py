@@ -1,4 +1,4 @@
-"""facekp.face_mesh: landmarks read from MediaPipe's messages exactly as attribute by attribute,
+"""facekp.data.face_mesh: landmarks read from MediaPipe's messages exactly as attribute by attribute,
 and its direct path through the graph giving exactly what MediaPipe's public process() gives."""
 import os
 
@@ -7,8 +7,8 @@ import numpy as np
 from mediapipe.framework.formats import landmark_pb2
 import pytest
 
-from facekp import face_mesh
-from facekp import images
+from facekp.data import face_mesh
+from facekp.core import images
 from conftest import SAMPLE_DIR
 
 

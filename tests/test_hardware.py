@@ -5,7 +5,7 @@ import tempfile
 
 import pytest
 
-from facekp import hardware
+from facekp.train import hardware
 
 
 def set_tf_config(monkeypatch, cluster, task_type, index):

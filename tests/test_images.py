@@ -1,4 +1,4 @@
-"""facekp.images: every stored form becomes the same RGB pixels; bad files give a reason."""
+"""facekp.core.images: every stored form becomes the same RGB pixels; bad files give a reason."""
 import os
 import struct
 import zlib
@@ -8,8 +8,8 @@ import numpy as np
 from PIL import Image
 import pytest
 
-from facekp import files
-from facekp import images
+from facekp.core import files
+from facekp.core import images
 from conftest import encode
 
 

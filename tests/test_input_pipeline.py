@@ -1,4 +1,4 @@
-"""facekp.input_pipeline on tiny datasets written here: order, coverage, shuffling, caching,
+"""facekp.input.input_pipeline on tiny datasets written here: order, coverage, shuffling, caching,
 sharding across input pipelines and replicas, resizing, and errors that name the bad file."""
 import os
 import re
@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from facekp import dataset as dataset_lib
-from facekp import input_pipeline
-from facekp import schema as schema_lib
+from facekp.data import shards as dataset_lib
+from facekp.input import input_pipeline
+from facekp.core import schema as schema_lib
 
 SCHEMA = schema_lib.Schema((1, 33, 61, 263, 291), (1, 263, 291, 33, 61))
 SIZE = 16
@@ -199,7 +199,7 @@ def test_two_logical_devices_each_replica_gets_half_the_global_batch(data_dir):
       import tensorflow as tf
       cpu = tf.config.list_physical_devices("CPU")[0]
       tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-      from facekp import input_pipeline
+      from facekp.input import input_pipeline
       strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
       ds = input_pipeline.distributed_dataset(strategy, {data_dir!r}, "train",
                                               global_batch_size=8, train=True, image_size={SIZE})

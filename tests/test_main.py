@@ -41,7 +41,7 @@ class Blocked(importlib.abc.MetaPathFinder):
     if name.split(".")[0] in BLOCKED:
       raise ImportError(name + " is blocked")
 sys.meta_path.insert(0, Blocked())
-import facekp.main, facekp.train, facekp.input_pipeline, facekp.models, facekp.augment
+import facekp.main, facekp.train.loop, facekp.input.input_pipeline, facekp.models.keypoint_model, facekp.input.augment
 print("loaded:", [m for m in BLOCKED if m in sys.modules])
 """
   result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,

@@ -1,9 +1,9 @@
-"""Tests for facekp.metrics: every figure against hand-computed values."""
+"""Tests for facekp.eval.metrics: every figure against hand-computed values."""
 import numpy as np
 import pytest
 
-from facekp import metrics
-from facekp import schema as schema_lib
+from facekp.eval import metrics
+from facekp.core import schema as schema_lib
 
 SCHEMA = schema_lib.Schema((1, 33, 61, 263, 291), (1, 263, 291, 33, 61))
 EYES = SCHEMA.eye_slots  # (1, 3)

@@ -120,10 +120,10 @@ import tensorflow as tf
 cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 from configs import tiny
-from facekp import train
+from facekp.train import loop
 config = tiny.get_config()
 config.update({SAME_STEPS!r}, data_dir={data_dir!r}, strategy="mirrored")
-train.train_and_evaluate(config, {str(tmp_path / "mirrored")!r})
+loop.train_and_evaluate(config, {str(tmp_path / "mirrored")!r})
 """], cwd=ROOT, capture_output=True, text=True, timeout=420)
   logs = wait_all(workers, tmp_path, "run")
   assert reference.returncode == 0, reference.stderr[-3000:]

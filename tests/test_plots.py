@@ -1,11 +1,11 @@
-"""Tests for facekp.plots: markers land on their points (found in the rendered pixels), layout
+"""Tests for facekp.core.plots: markers land on their points (found in the rendered pixels), layout
 says what it shows and cuts nothing off, picture sizes are the documented ones."""
 import numpy as np
 from PIL import Image
 import pytest
 
-from facekp import plots
-from facekp import schema as schema_lib
+from facekp.core import plots
+from facekp.core import schema as schema_lib
 
 SCHEMA = schema_lib.Schema((1, 33, 61, 263, 291), (1, 263, 291, 33, 61))
 RED = np.array([255, 45, 45])  # plots.PREDICTION_COLOUR

@@ -1,4 +1,4 @@
-"""Tests for facekp.predict: points found on an aligned crop land where they belong in the photo."""
+"""Tests for facekp.serve.predict: points found on an aligned crop land where they belong in the photo."""
 import csv
 import json
 import os
@@ -13,17 +13,18 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from facekp import align
-from facekp import face_mesh as face_mesh_lib
-from facekp import faces
-from facekp import images
-from facekp import keypoints
-from facekp import predict
-from facekp import schema as schema_lib
+from facekp.data import align
+from facekp.data import face_mesh as face_mesh_lib
+from facekp.data import faces
+from facekp.core import images
+from facekp.core import keypoints
+from facekp.core import sample
+from facekp.serve import predict
+from facekp.core import schema as schema_lib
 from conftest import copies_of
 
 SIZE = 64
-SAMPLE = os.path.join(os.path.dirname(predict.__file__), "sample")
+SAMPLE = sample.SAMPLE_DIR
 SCHEMA = schema_lib.Schema((1, 33, 61, 263, 291), (1, 263, 291, 33, 61))
 
 
@@ -166,9 +167,9 @@ def test_an_interrupted_run_keeps_its_predictions_and_continues(tmp_path):
   constant_model(model_path, np.full((5, 2), 0.5, np.float32))
   photos = copies_of(str(tmp_path / "photos"), "astronaut.jpg", 12)
   out = tmp_path / "out"
-  command = [sys.executable, "-m", "facekp.predict", f"--model={model_path}",
+  command = [sys.executable, "-m", "facekp.serve.predict", f"--model={model_path}",
              f"--images={photos}", f"--out={out}", "--nooverlays"]
-  repo = os.path.dirname(os.path.dirname(os.path.abspath(predict.__file__)))
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   run = subprocess.Popen(command, cwd=repo, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                          text=True)
   journal = out / predict.JOURNAL

@@ -1,8 +1,8 @@
-"""facekp.schema, and mirror partners derived by MediaPipe (facekp.annotate)."""
+"""facekp.core.schema, and mirror partners derived by MediaPipe (facekp.data.annotate)."""
 import pytest
 
-from facekp import mirror
-from facekp import schema as schema_lib
+from facekp.data import mirror
+from facekp.core import schema as schema_lib
 
 
 def test_explicit_schema_properties(default_schema, tmp_path):

@@ -13,16 +13,16 @@ import pytest
 import tensorflow as tf
 
 from configs import tiny
-from facekp import callbacks as callbacks_lib
-from facekp import checkpointing
-from facekp import dataset
-from facekp import files
-from facekp import hardware
-from facekp import input_pipeline
-from facekp import models
-from facekp import schema as schema_lib
-from facekp import train
-from facekp import workdir as workdir_lib
+from facekp.train import callbacks as callbacks_lib
+from facekp.train import checkpointing
+from facekp.data import shards
+from facekp.core import files
+from facekp.train import hardware
+from facekp.input import input_pipeline
+from facekp.models import keypoint_model
+from facekp.core import schema as schema_lib
+from facekp.train import loop
+from facekp.core import workdir as workdir_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCHEMA = schema_lib.Schema((1, 33, 61, 263, 291), (1, 263, 291, 33, 61))
@@ -35,7 +35,7 @@ def write_dataset(out, sizes=(("train", 32), ("validation", 8), ("test", 8)), si
   """Faces shifted at random, each keypoint a 3x3 dot of its own colour on a noisy background;
   the (split, index) pairs in `corrupt` hold a PNG cut short (its record's CRC is valid)."""
   rng = np.random.default_rng(seed)
-  spec = dataset.features(SCHEMA.num_keypoints)
+  spec = shards.features(SCHEMA.num_keypoints)
   tf.io.gfile.makedirs(out)
   for split, n in sizes:
     examples = []
@@ -49,8 +49,8 @@ def write_dataset(out, sizes=(("train", 32), ("validation", 8), ("test", 8)), si
           "image": png[:60] if (split, i) in corrupt else png, "image_name": f"{split}_{i}.png",
           "height": size, "width": size, "keypoints_px": (points * size).astype(np.float32),
           "keypoints": points.astype(np.float32)})
-    dataset.write_shard(dataset.shard_path(out, split, 0, 1), examples, spec)
-  dataset.write_metadata(out, spec, SCHEMA)
+    shards.write_shard(shards.shard_path(out, split, 0, 1), examples, spec)
+  shards.write_metadata(out, spec, SCHEMA)
 
 
 @pytest.fixture(scope="module")
@@ -99,7 +99,7 @@ def test_tiny_model_trains_with_augmentation_and_a_rerun_trains_no_more(data_dir
   config = small_config(data_dir, num_epochs=4, steps_per_epoch=6, early_stopping_patience=0,
                         head="flatten", output_scale=0.1, bn_mode="frozen")
   config.augment.update(flip=0.5, brightness=0.1)
-  metrics = train.train_and_evaluate(config, workdir)
+  metrics = loop.train_and_evaluate(config, workdir)
 
   history = read_history(workdir)
   assert [int(row["epoch"]) for row in history] == [1, 2, 3, 4]
@@ -124,21 +124,21 @@ def test_tiny_model_trains_with_augmentation_and_a_rerun_trains_no_more(data_dir
   val = input_pipeline.load_arrays(data_dir, "validation", image_size=32)
   predicted = model(val["images"])
   assert predicted.dtype == tf.float32
-  assert not any(layer.trainable for layer in models.batch_norm_layers(model))
+  assert not any(layer.trainable for layer in keypoint_model.batch_norm_layers(model))
   assert float(keras.losses.Huber()(val["keypoints"], predicted)) == pytest.approx(
       metrics["val_loss"], rel=1e-4)
 
-  again = train.train_and_evaluate(config, workdir)
+  again = loop.train_and_evaluate(config, workdir)
   assert len(read_history(workdir)) == 4
   assert again["val_loss"] == pytest.approx(metrics["val_loss"], rel=1e-5)
 
 
 def test_mixed_bfloat16_on_cpu_gives_float32_outputs(data_dir, tmp_path):
   config = small_config(data_dir, precision="mixed_bfloat16", num_epochs=1, steps_per_epoch=2)
-  metrics = train.train_and_evaluate(config, str(tmp_path))
+  metrics = loop.train_and_evaluate(config, str(tmp_path))
   assert np.isfinite(metrics["val_loss"])
   keras.mixed_precision.set_global_policy("mixed_bfloat16")
-  net = models.create_model(config, 5)
+  net = keypoint_model.create_model(config, 5)
   assert net.get_layer("backbone").compute_dtype == "bfloat16"
   assert net(np.zeros((1, 32, 32, 3), np.uint8)).dtype == tf.float32
   saved = keras.models.load_model(f"{tmp_path}/model.keras")
@@ -153,16 +153,16 @@ def test_frozen_backbone_stays_put_then_fine_tunes_after_a_resume(data_dir, tmp_
 
   def backbone_weights():
     keras.utils.set_random_seed(config.seed)
-    net, trainer = train.build_trainer(config, strategy, SCHEMA, config.steps_per_epoch)
+    net, trainer = loop.build_trainer(config, strategy, SCHEMA, config.steps_per_epoch)
     if os.path.exists(f"{workdir}/checkpoints/backup/latest.weights.h5"):
       trainer.load_weights(f"{workdir}/checkpoints/backup/latest.weights.h5")
-    return models.backbone_of(net).get_weights()
+    return keypoint_model.backbone_of(net).get_weights()
 
   initial = backbone_weights()
-  train.train_and_evaluate(config, workdir)
+  loop.train_and_evaluate(config, workdir)
   assert all(np.array_equal(a, b) for a, b in zip(initial, backbone_weights()))
   config.num_epochs = 2
-  train.train_and_evaluate(config, workdir)
+  loop.train_and_evaluate(config, workdir)
   assert not all(np.array_equal(a, b) for a, b in zip(initial, backbone_weights()))
 
 
@@ -280,7 +280,7 @@ def test_a_second_run_on_a_workdir_in_use_says_who_holds_it(data_dir, tmp_path):
   workdir = str(tmp_path / "run")
   with files.folder_lock(workdir, "--workdir"):
     with pytest.raises(files.FolderInUseError, match=f"{workdir} is in use by pid {os.getpid()}"):
-      train.train_and_evaluate(small_config(data_dir), workdir)
+      loop.train_and_evaluate(small_config(data_dir), workdir)
 
 
 def test_a_corrupt_image_inside_a_valid_record_is_named_with_its_shard(tmp_path):
@@ -288,7 +288,7 @@ def test_a_corrupt_image_inside_a_valid_record_is_named_with_its_shard(tmp_path)
   write_dataset(data, corrupt={("train", 5)})
   with pytest.raises(ValueError, match=r"corrupt image in .*facekp-train\.tfrecord-00000-of-00001, "
                      r"record 5 \(train_5\.png\)"):
-    train.train_and_evaluate(small_config(data, cache="none"), str(tmp_path / "run"))
+    loop.train_and_evaluate(small_config(data, cache="none"), str(tmp_path / "run"))
 
 
 def test_face_grid_centres_each_marker_on_its_point():
@@ -337,14 +337,14 @@ def test_progress_redraws_one_line_on_a_terminal_and_stays_quiet_in_a_log(caplog
 def test_lr_schedule_and_linear_scaling(data_dir):
   config = small_config(data_dir, batch_size=64, learning_rate=1e-3, lr_scaling="linear",
                         lr_base_batch_size=32)
-  assert train.learning_rate(config, num_replicas=2) == pytest.approx(2e-3)
+  assert loop.learning_rate(config, num_replicas=2) == pytest.approx(2e-3)
   config.update(lr_schedule="cosine", warmup_epochs=1.0, num_epochs=3)
-  schedule = train.lr_schedule(config, 1e-3, steps_per_epoch=10)
+  schedule = loop.lr_schedule(config, 1e-3, steps_per_epoch=10)
   assert float(schedule(0)) == 0.0
   assert float(schedule(10)) == pytest.approx(1e-3)
   assert float(schedule(30)) == pytest.approx(0.0, abs=1e-9)
   config.lr_schedule = "constant"
-  assert float(train.lr_schedule(config, 1e-3, 10)(25)) == pytest.approx(1e-3)
+  assert float(loop.lr_schedule(config, 1e-3, 10)(25)) == pytest.approx(1e-3)
 
 
 def _python(code, timeout=300):
@@ -360,7 +360,7 @@ def test_mirrored_over_two_cpus_matches_one_device_and_refuses_xla(data_dir, tmp
       cpu = tf.config.list_physical_devices("CPU")[0]
       tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
       from configs import tiny
-      from facekp import train
+      from facekp.train import loop
       losses = {{}}
       for strategy in ("one_device", "mirrored"):
         config = tiny.get_config()
@@ -368,12 +368,12 @@ def test_mirrored_over_two_cpus_matches_one_device_and_refuses_xla(data_dir, tmp
                       evaluate_at_end=False, num_epochs=2,
                       steps_per_epoch=3, batch_size=8, dropout=0.0, sync_batch_norm=True,
                       strategy=strategy)
-        train.train_and_evaluate(config, {str(tmp_path)!r} + "/" + strategy)
+        loop.train_and_evaluate(config, {str(tmp_path)!r} + "/" + strategy)
         rows = open({str(tmp_path)!r} + "/" + strategy + "/history.csv").read().splitlines()[1:]
         losses[strategy] = [[float(v) for v in row.split(",")[2:]] for row in rows]
       config.update(jit_compile=True, strategy="mirrored")
       try:
-        train.train_and_evaluate(config, {str(tmp_path)!r} + "/xla")
+        loop.train_and_evaluate(config, {str(tmp_path)!r} + "/xla")
       except ValueError as e:
         losses["xla_error"] = str(e)
       print(json.dumps(losses))

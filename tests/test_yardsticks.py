@@ -1,15 +1,15 @@
-"""Tests for facekp.yardsticks: the perturbed protocol on real pixels, the training mean's
+"""Tests for facekp.eval.yardsticks: the perturbed protocol on real pixels, the training mean's
 sources (recorded, recomputed, neither)."""
 import logging
 
 import numpy as np
 import pytest
 
-from facekp import export
-from facekp import keypoints as keypoints_lib
-from facekp import schema as schema_lib
-from facekp import workdir as workdir_lib
-from facekp import yardsticks
+from facekp.serve import export
+from facekp.core import keypoints as keypoints_lib
+from facekp.core import schema as schema_lib
+from facekp.core import workdir as workdir_lib
+from facekp.eval import yardsticks
 
 SCHEMA = schema_lib.Schema((1, 33, 61, 263, 291), (1, 263, 291, 33, 61))
 

@@ -20,7 +20,7 @@ choices (ridge alpha, early stopping). Predictors, each scored on the test fold:
                       (+0.5 px), on dlib's face box (the median box where dlib finds none); and
                       the same + a per-slot offset learned on the train folds, in the frame of
                       dlib's own eye corners (so it turns and scales with the face);
-  each --recipes      trained on the train folds by facekp.train, scored as is and with flip TTA.
+  each --recipes      trained on the train folds by facekp.train.loop, scored as is and with flip TTA.
 Figures: MAE px, NME (inter-ocular), FR>10 %, AUC@10 %, the share of the mean-shape -> teacher
 floor gap closed (by NME), and the NME under evaluate's perturbed protocol (the same faces
 rotated, zoomed and shifted); each as mean ± standard deviation over the folds.
@@ -39,18 +39,18 @@ from absl import logging
 import cv2
 import numpy as np
 
-from facekp import dataset
-from facekp import evaluate
-from facekp import files
-from facekp import input_pipeline
-from facekp import keypoint_csv
-from facekp import keypoints as keypoints_lib
-from facekp import metrics as metrics_lib
-from facekp import splits as splits_lib
-from facekp import train as train_lib
-from facekp import workdir as workdir_lib
-from facekp import yardsticks
-from tools import make_tfrecords
+from facekp.data import shards
+from facekp.eval import evaluate
+from facekp.core import files
+from facekp.input import input_pipeline
+from facekp.core import keypoint_csv
+from facekp.core import keypoints as keypoints_lib
+from facekp.eval import metrics as metrics_lib
+from facekp.data import splits as splits_lib
+from facekp.train import loop as train_lib
+from facekp.core import workdir as workdir_lib
+from facekp.eval import yardsticks
+from facekp.data import make_tfrecords
 
 SHARED_DATA = os.path.normpath(os.path.join(
     os.path.dirname(os.path.abspath(__file__)), os.pardir, os.pardir, "shared", "data"))
@@ -166,9 +166,9 @@ def load_faces(sources, cache, description):
   schema = None
   for name, images_dir, align in sources:
     data_dir = build_source(name, images_dir, align, cache)
-    schema = dataset.load_schema(data_dir)
+    schema = shards.load_schema(data_dir)
     by_name = {r.image_name: r for r in keypoint_csv.read_keypoints_csv(
-        f"{data_dir}/{dataset.CLEANED_CSV}", schema)}
+        f"{data_dir}/{shards.CLEANED_CSV}", schema)}
     roots[name] = f"{data_dir}/aligned" if align else images_dir
     for split in splits_lib.SPLITS:
       if not input_pipeline.num_examples(data_dir, split):
@@ -341,7 +341,7 @@ def fold_tag(names, train, validation, test):
 
 
 def write_fold_dataset(faces, train, validation, test, out_dir):
-  """The fold as a facekp dataset (train / validation / test splits) through dataset.write_dataset,
+  """The fold as a facekp dataset (train / validation / test splits) through shards.write_dataset,
   its images linked from the sources' datasets."""
   if os.path.exists(f"{out_dir}/dataset_info.json"):
     return out_dir
@@ -353,12 +353,12 @@ def write_fold_dataset(faces, train, validation, test, out_dir):
   splits = {"train": [faces.rows[i] for i in train],
             "validation": [faces.rows[i] for i in validation],
             "test": [faces.rows[i] for i in test]}
-  dataset.write_dataset(out_dir, splits, links, faces.schema)
+  shards.write_dataset(out_dir, splits, links, faces.schema)
   return out_dir
 
 
 def train_recipe(config, data_dir, workdir):
-  """facekp.train on the fold; returns the trained inference model (a finished run is reused)."""
+  """facekp.train.loop on the fold; returns the trained inference model (a finished run is reused)."""
   config = config.copy_and_resolve_references()
   config.data_dir = data_dir
   config.evaluate_at_end = False

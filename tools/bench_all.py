@@ -14,7 +14,7 @@ import subprocess
 import sys
 import tempfile
 
-from facekp import cli  # first: quiets the C++ start-up lines of TensorFlow and MediaPipe
+from facekp.core import cli  # first: quiets the C++ start-up lines of TensorFlow and MediaPipe
 from absl import flags
 
 FLAGS = flags.FLAGS

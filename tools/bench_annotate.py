@@ -15,14 +15,14 @@ import os
 import tempfile
 import time
 
-from facekp import cli  # first: quiets the C++ start-up lines of TensorFlow and MediaPipe
+from facekp.core import cli  # first: quiets the C++ start-up lines of TensorFlow and MediaPipe
 from absl import flags
 from absl import logging
 import mediapipe as mp
 
-from facekp import annotate
-from facekp import mirror
-from facekp import images
+from facekp.data import annotate
+from facekp.data import mirror
+from facekp.core import images
 import tools
 
 FLAGS = flags.FLAGS
@@ -92,20 +92,20 @@ def beam_annotator(folder, names, schema, workers, scratch):
   """(labelling seconds without the workers' start-up, whole run seconds) of the Beam label
   stage on `workers` FnApiRunner worker processes, or None without Apache Beam."""
   try:
-    from facekp import beam_pipeline  # pylint: disable=g-import-not-at-top (optional extra)
+    from facekp.data import beam_runner  # pylint: disable=g-import-not-at-top (optional extra)
   except ImportError as e:
     logging.warning("no Beam row: %s (pip install -e '.[beam]')", e)
     return None
   import apache_beam as beam  # pylint: disable=g-import-not-at-top
   settings = annotate.Settings(folder, tempfile.mkdtemp(dir=scratch), schema.mesh_indices)
-  pipeline = beam_pipeline.make_pipeline(beam_pipeline.parse_options(
+  pipeline = beam_runner.make_pipeline(beam_runner.parse_options(
       f"direct_num_workers={workers},direct_running_mode=multi_processing"))
-  rows = beam_pipeline.label(pipeline, names, settings)
+  rows = beam_runner.label(pipeline, names, settings)
   _ = rows | beam.combiners.Count.Globally() | beam.Map(_check_count, len(names))
   start = time.perf_counter()
   result = pipeline.run()
   result.wait_until_finish()
-  return beam_pipeline.labelling_seconds(result), time.perf_counter() - start
+  return beam_runner.labelling_seconds(result), time.perf_counter() - start
 
 
 def _check_count(count, expected):

@@ -1,4 +1,4 @@
-r"""Benchmarks duplicate detection: facekp.dedup's hash index against comparing all pairs.
+r"""Benchmarks duplicate detection: facekp.data.dedup's hash index against comparing all pairs.
 
   python -m tools.bench_dedup [--images=DIR] [--hashes=70000] [--all_pairs=5000] [--json=FILE]
 
@@ -12,13 +12,13 @@ on the first --all_pairs hashes, the index on the same ones (same pairs checked)
 import json
 import time
 
-from facekp import cli  # first: quiets the C++ start-up lines of TensorFlow and MediaPipe
+from facekp.core import cli  # first: quiets the C++ start-up lines of TensorFlow and MediaPipe
 from absl import flags
 import numpy as np
 
-from facekp import cleaning
-from facekp import dedup
-from facekp import images
+from facekp.data import cleaning
+from facekp.data import dedup
+from facekp.core import images
 import tools
 
 FLAGS = flags.FLAGS

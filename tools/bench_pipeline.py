@@ -6,11 +6,11 @@ Feeds the same real face crops (../shared/data/aligned128, repeated to --epoch_s
 in one run, on this machine's cores:
   (a) the seed's design: a keras.utils.PyDataset that reads PNGs with OpenCV and flips and
       brightens them in NumPy, batch by batch;
-  (b) facekp.input_pipeline.create_split(train=True) from a cold start (shard check, PNG decode,
+  (b) facekp.input.input_pipeline.create_split(train=True) from a cold start (shard check, PNG decode,
       cache fill): the first epoch;
   (c) the same pipeline from its warm in-memory cache: every later epoch.
 (b) and (c) deliver uint8 batches ready for the device: augmentation runs there, in the train step
-(facekp.augment), so its cost on this CPU is printed apart, per batch, and (d) is the warm
+(facekp.input.augment), so its cost on this CPU is printed apart, per batch, and (d) is the warm
 pipeline followed by the seed's two augmentations (flip, brightness) on this CPU, for a
 like-for-like comparison with (a) on a machine without an accelerator.
 """
@@ -21,7 +21,7 @@ import shutil
 import tempfile
 import time
 
-from facekp import cli  # first: quiets the C++ start-up lines of TensorFlow and MediaPipe
+from facekp.core import cli  # first: quiets the C++ start-up lines of TensorFlow and MediaPipe
 from absl import flags
 import cv2
 import keras
@@ -29,10 +29,10 @@ import numpy as np
 import tensorflow as tf
 
 from configs import mobilenet_aug
-from facekp import augment
-from facekp import dataset as dataset_lib
-from facekp import input_pipeline
-from facekp import schema as schema_lib
+from facekp.input import augment
+from facekp.data import shards as dataset_lib
+from facekp.input import input_pipeline
+from facekp.core import schema as schema_lib
 import tools
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -93,7 +93,7 @@ def _sample_faces(folder):
 
 
 def _derived_schema():
-  from facekp import mirror  # MediaPipe, only when no labelled dataset gives the schema
+  from facekp.data import mirror  # MediaPipe, only when no labelled dataset gives the schema
   return mirror.make_schema(schema_lib.DEFAULT_MESH_INDICES)
 
 

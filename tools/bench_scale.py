@@ -15,7 +15,7 @@ at once, and the run resumes (SIGCONT). Each tenth of the annotation (its stretc
 is set against the probes at the stretches' ends, in images/s and in CPU time per image (all
 processes of the run), so a slow or fast spell of the machine falls on both. Paused time is
 taken out of every figure. make_tfrecords' log lines are passed on as they come (progress).
-Every copy of a face is a duplicate to facekp.dedup, so its groups and splits are not a real
+Every copy of a face is a duplicate to facekp.data.dedup, so its groups and splits are not a real
 dataset's; tools.bench_dedup measures the hash index on distinct faces.
 """
 import json
@@ -29,14 +29,14 @@ import tempfile
 import threading
 import time
 
-from facekp import cli  # first: quiets the C++ start-up lines of TensorFlow and MediaPipe
+from facekp.core import cli  # first: quiets the C++ start-up lines of TensorFlow and MediaPipe
 from absl import flags
 import psutil
 
-from facekp import annotate
-from facekp import images
-from facekp import journal
-from facekp import mirror
+from facekp.data import annotate
+from facekp.core import images
+from facekp.core import journal
+from facekp.data import mirror
 import tools
 
 FLAGS = flags.FLAGS

@@ -18,7 +18,7 @@ import platform
 import tempfile
 import time
 
-from facekp import cli  # first: quiets the C++ start-up lines of TensorFlow and MediaPipe
+from facekp.core import cli  # first: quiets the C++ start-up lines of TensorFlow and MediaPipe
 from absl import flags
 from absl import logging
 import numpy as np
@@ -72,10 +72,10 @@ def _image_paths(tmp):
 
 def _write_dataset(paths, out):
   """The same PNGs as a facekp dataset (every split), keypoints at a fixed mean face."""
-  from facekp import dataset  # pylint: disable=g-import-not-at-top
-  from facekp import schema as schema_lib  # pylint: disable=g-import-not-at-top
+  from facekp.data import shards  # pylint: disable=g-import-not-at-top
+  from facekp.core import schema as schema_lib  # pylint: disable=g-import-not-at-top
   schema = schema_lib.Schema(schema_lib.DEFAULT_MESH_INDICES, (1, 263, 291, 33, 61))
-  spec = dataset.features(schema.num_keypoints)
+  spec = shards.features(schema.num_keypoints)
   examples = []
   for path in paths:
     with open(path, "rb") as f:
@@ -83,8 +83,8 @@ def _write_dataset(paths, out):
                        "height": IMAGE_SIZE, "width": IMAGE_SIZE,
                        "keypoints_px": MEAN_FACE * IMAGE_SIZE, "keypoints": MEAN_FACE})
   for split in ("train", "validation", "test"):
-    dataset.write_shard(dataset.shard_path(out, split, 0, 1), examples, spec)
-  dataset.write_metadata(out, spec, schema)
+    shards.write_shard(shards.shard_path(out, split, 0, 1), examples, spec)
+  shards.write_metadata(out, spec, schema)
   return schema
 
 
@@ -121,7 +121,7 @@ def seed_way(backbone, paths):
   """PyDataset of cv2-loaded PNGs -> model.fit, float32, the default strategy."""
   import cv2  # pylint: disable=g-import-not-at-top
   import keras  # pylint: disable=g-import-not-at-top
-  from facekp import models  # pylint: disable=g-import-not-at-top
+  from facekp.models import keypoint_model  # pylint: disable=g-import-not-at-top
 
   class Faces(keras.utils.PyDataset):
     def __len__(self):
@@ -133,7 +133,7 @@ def seed_way(backbone, paths):
       return images.astype(np.float32), np.broadcast_to(MEAN_FACE, (len(batch), 5, 2))
 
   keras.mixed_precision.set_global_policy("float32")
-  model = models.create_model(_config(backbone, "float32", False, "auto"), 5)
+  model = keypoint_model.create_model(_config(backbone, "float32", False, "auto"), 5)
   model.compile(keras.optimizers.Adam(1e-3), keras.losses.Huber(), metrics=["mae"],
                 jit_compile=False)
   timer = _StepTimer()
@@ -145,10 +145,10 @@ def seed_way(backbone, paths):
 def facekp_way(backbone, precision, xla, replicas, data_dir, schema):
   """tf.data (cached uint8) -> KeypointTrainer with augmentation in the train step."""
   import keras  # pylint: disable=g-import-not-at-top
-  from facekp import input_pipeline  # pylint: disable=g-import-not-at-top
-  from facekp import models  # pylint: disable=g-import-not-at-top
-  from facekp import hardware  # pylint: disable=g-import-not-at-top
-  from facekp import train  # pylint: disable=g-import-not-at-top
+  from facekp.input import input_pipeline  # pylint: disable=g-import-not-at-top
+  from facekp.models import keypoint_model  # pylint: disable=g-import-not-at-top
+  from facekp.train import hardware  # pylint: disable=g-import-not-at-top
+  from facekp.train import loop  # pylint: disable=g-import-not-at-top
 
   strategy = hardware.create_strategy("mirrored" if replicas > 1 else "one_device")
   config = _config(backbone, precision, xla, "")
@@ -157,7 +157,7 @@ def facekp_way(backbone, precision, xla, replicas, data_dir, schema):
       strategy, data_dir, "train", global_batch_size=FLAGS.batch_size, train=True,
       image_size=IMAGE_SIZE, cache=True)
   with strategy.scope():
-    trainer = train.KeypointTrainer(models.create_model(config, 5), config.augment,
+    trainer = loop.KeypointTrainer(keypoint_model.create_model(config, 5), config.augment,
                                     schema.flip_permutation, seed=0)
     trainer.compile(keras.optimizers.Adam(1e-3), keras.losses.Huber(),
                     metrics=["mae"], jit_compile=xla)
@@ -171,7 +171,7 @@ def main(argv):
   del argv
   device = _split_devices()
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  from facekp import hardware  # pylint: disable=g-import-not-at-top
+  from facekp.train import hardware  # pylint: disable=g-import-not-at-top
   mixed = "mixed_float16" if device == "GPU" else "mixed_bfloat16"
   results = {"device": device, "machine": platform.processor() or platform.machine(),
              "cpu_count": os.cpu_count(), "tensorflow": tf.__version__,

@@ -1,0 +1,361 @@
+"""What every facekp command shares: quiet start-up, one-line user errors, configs from anywhere.
+
+Import it first in an entry point, before anything that imports TensorFlow or MediaPipe:
+
+  from facekp.core import cli  # first: quiets the C++ start-up lines of TensorFlow and MediaPipe
+  ...
+  def run():  # the console script (setup.cfg)
+    cli.run(main)
+
+  if __name__ == "__main__":
+    run()
+
+By default a command shows facekp's own lines; `--verbosity=1` (or FACEKP_DEBUG=1) shows
+TensorFlow's and MediaPipe's start-up and INFO lines too, and the traceback of every error.
+A user error (a bad flag, config value, path or input) ends with one line saying what is wrong
+and what to do, and exit status 1; anything else is a bug and keeps its traceback.
+"""
+import contextlib
+import importlib.util
+import os
+import re
+import sys
+import tempfile
+
+_VERBOSITY = re.compile(r"^--?(?:v|verbosity)=(-?\d+)$")
+
+
+def _debug_requested(argv, environ):
+  verbosity = [int(m.group(1)) for m in map(_VERBOSITY.match, argv) if m]
+  return environ.get("FACEKP_DEBUG", "0") not in ("", "0") or bool(verbosity and verbosity[-1] > 0)
+
+
+DEBUG = _debug_requested(sys.argv[1:], os.environ)
+# Lines TensorFlow's, TFLite's and MediaPipe's C++ print on every run, which say nothing about
+# this run (duplicate plugin registrations and the CUDA probe on a machine without a GPU,
+# MediaPipe's graph set-up, the TFLite converter's ignored options). Every other line passes.
+_NOISE = re.compile(
+    r"Unable to register cu(FFT|DNN|BLAS) factory|computation placer already registered|"
+    r"All log messages before absl::InitializeLog|failed call to cuInit|"
+    r"This TensorFlow binary is optimized to use available CPU|"
+    r"To enable the following instructions|rebuild TensorFlow with the appropriate compiler|"
+    r"Could not find cuda drivers|TF-TRT Warning|oneDNN custom operations are on|"
+    r"Created TensorFlow Lite XNNPACK delegate|inference_feedback_manager\.cc|"
+    r"landmark_projection_calculator\.cc|gl_context\.cc|Ignored output_format|"
+    r"Ignored drop_control_dependency|MLIR V1 optimization pass is not enabled|"
+    r"Local rendezvous is aborting with status: OUT_OF_RANGE|"
+    r"^\s*\d+%\|.*\| \d+/\d+ \[")  # TFDS's progress bars
+
+
+def _passes(line):
+  return not _NOISE.search(line)
+
+
+def quiet_environment(environ=os.environ):
+  """C++ logging of TensorFlow and MediaPipe (glog/absl) at errors only, unless set already."""
+  environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+  environ.setdefault("GLOG_minloglevel", "2")
+
+
+@contextlib.contextmanager
+def _filtered_stderr():
+  """Runs the body with the process's stderr (file descriptor 2, where C++ writes) in a
+  temporary file, then passes on the lines that are not known noise."""
+  sys.stderr.flush()
+  saved = os.dup(2)
+  with tempfile.TemporaryFile(mode="w+b") as captured:
+    os.dup2(captured.fileno(), 2)
+    try:
+      yield
+    finally:
+      sys.stderr.flush()
+      os.dup2(saved, 2)
+      os.close(saved)
+      captured.seek(0)
+      for line in captured.read().decode("utf-8", "replace").splitlines(keepends=True):
+        if _passes(line):
+          sys.stderr.write(line)
+      sys.stderr.flush()
+
+
+_FILTERING = False
+_UNFILTERED_STDERR = None  # the real stderr once filter_stderr_for_good has replaced fd 2
+
+
+def unfiltered_stderr():
+  """The real stderr (a file descriptor) for a process that must be heard even when this one
+  hangs inside TensorFlow with the interpreter held (the filter thread cannot run then); None
+  when stderr is not filtered."""
+  return _UNFILTERED_STDERR
+
+
+def filter_stderr_for_good():
+  """From now on the process's stderr, and that of the processes it starts (MediaPipe workers),
+  goes through a pipe whose reader drops the known noise lines. Lines end at a newline or a
+  carriage return (progress lines); a partial line is passed on once the writer pauses. At exit
+  the reader drains what is left, so no final message is lost."""
+  global _FILTERING, _UNFILTERED_STDERR
+  if _FILTERING:
+    return
+  _FILTERING = True
+  import atexit  # pylint: disable=import-outside-toplevel
+  import select  # pylint: disable=import-outside-toplevel
+  import threading  # pylint: disable=import-outside-toplevel
+  sys.stderr.flush()
+  original, (read_end, write_end) = os.dup(2), os.pipe()
+  _UNFILTERED_STDERR = original
+  os.dup2(write_end, 2)
+  os.close(write_end)
+  closing = threading.Event()
+
+  def write(segment):
+    if _passes(segment.decode("utf-8", "replace")):
+      os.write(original, segment)
+
+  def forward():
+    pending = b""
+    while True:
+      if not select.select([read_end], [], [], 0.1)[0]:
+        if pending:
+          write(pending)
+          pending = b""
+        if closing.is_set():
+          return
+        continue
+      chunk = os.read(read_end, 65536)
+      if not chunk:
+        break
+      *complete, pending = re.split(rb"(?<=[\r\n])", pending + chunk)
+      for segment in complete:
+        write(segment)
+    if pending:
+      write(pending)
+
+  reader = threading.Thread(target=forward, name="facekp-stderr", daemon=True)
+  reader.start()
+
+  def drain():
+    sys.stderr.flush()
+    os.dup2(original, 2)  # this process now writes past the pipe; its children may still hold it
+    closing.set()
+    reader.join(timeout=5)
+
+  atexit.register(drain)
+
+
+if not DEBUG and "tensorflow" not in sys.modules:
+  quiet_environment()
+  with _filtered_stderr():
+    import tensorflow
+    tensorflow.config.list_physical_devices("GPU")  # CUDA's probe prints its lines now
+
+# pylint: disable=wrong-import-position
+from absl import app
+from absl import flags
+from absl import logging
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+_OWN_CODE = tuple(os.path.join(ROOT, folder) + os.sep for folder in ("facekp", "tools", "configs"))
+
+
+class _OwnLinesOnly:
+  """An absl log filter: INFO lines from facekp's own code, warnings and errors from any."""
+
+  def filter(self, record):
+    return record.levelno >= 30 or record.pathname.startswith(_OWN_CODE)
+
+
+def quiet_logs():
+  """INFO lines of facekp's own code only; TensorFlow's and TFDS's warnings and errors."""
+  logging.get_absl_handler().addFilter(_OwnLinesOnly())
+  for name in ("tensorflow", "tensorflow_datasets"):
+    logging.logging.getLogger(name).setLevel(logging.logging.WARNING)
+  try:
+    import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
+    tfds.disable_progress_bar()
+  except ImportError:
+    pass
+
+
+FLAGS = flags.FLAGS
+# What a user can get wrong, as opposed to a bug: these end with their message on one line.
+USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError,
+               PermissionError, FileExistsError, app.UsageError, flags.Error)
+_HINT = "(FACEKP_DEBUG=1 or --verbosity=1 shows the traceback)"
+
+
+def define_workdir(help_text, required=True):
+  """The --workdir flag, defined here once for every entry point that takes one."""
+  flags.DEFINE_string("workdir", None, help_text, required=required)
+
+
+def _user_error_types():
+  from facekp.core import files  # pylint: disable=import-outside-toplevel
+  extra = [files.FolderInUseError]
+  models = sys.modules.get("facekp.models.keypoint_model")
+  if models is not None:
+    extra.append(models.WeightsUnavailableError)
+  tf = sys.modules.get("tensorflow")
+  if tf is not None:  # file errors raised inside tf.io.gfile name the file
+    extra += [tf.errors.NotFoundError, tf.errors.PermissionDeniedError]
+  checkpointing = sys.modules.get("facekp.train.checkpointing")
+  if checkpointing is not None:  # a full disk, NaN weights: the message says what to do
+    extra.extend([checkpointing.DiskFullError, FloatingPointError])
+  return USER_ERRORS + tuple(extra)
+
+
+def one_line(error):
+  """The message of a user error on one line."""
+  return " ".join(str(error).split()) or type(error).__name__
+
+
+def fail(message, status=1):
+  """Ends the program with `message` as one line on stderr."""
+  sys.stderr.write(message.rstrip() + "\n")
+  sys.stderr.flush()
+  sys.exit(status)
+
+
+def config_module_path(argv):
+  """The file of --config=PATH[:ARG] in argv, or None."""
+  for arg in argv:
+    match = re.match(r"^--?config=([^:]*)", arg)
+    if match:
+      return match.group(1)
+  return None
+
+
+def config_arguments(argv=None):
+  """--config=... and the --config.FIELD overrides of the command line, as one string."""
+  argv = sys.argv[1:] if argv is None else argv
+  return " ".join(a for a in argv if re.match(r"^--?(no)?config[.=]", a))
+
+
+def make_config_importable(argv):
+  """A config file imports its package (`from configs import default`): put the folder above
+  that package on sys.path, so --config=/any/path/configs/tiny.py works from any directory.
+  Returns a one-line problem when the file cannot be a config, else None."""
+  path = config_module_path(argv)
+  if path is None:
+    return None
+  if not os.path.isfile(path):
+    return (f"--config={path}: no such file (configs are Python files such as configs/tiny.py; "
+            "give its path, absolute or from the current directory)")
+  folder = os.path.dirname(os.path.abspath(path))
+  if os.path.isfile(os.path.join(folder, "__init__.py")):
+    parent = os.path.dirname(folder)
+    if parent not in sys.path:
+      sys.path.insert(0, parent)
+  return None
+
+
+def _load_config_file(path):
+  spec = importlib.util.spec_from_file_location("_facekp_config", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
+
+
+def _field_paths(config, prefix=""):
+  for key, value in config.items():
+    yield prefix + key
+    if hasattr(value, "items"):
+      yield from _field_paths(value, f"{prefix}{key}.")
+
+
+def config_override_problems(argv):
+  """What is wrong with the --config.FIELD=VALUE arguments: fields the config lacks (with the
+  closest ones) and values of the wrong type. [] when the config file itself does not load."""
+  import difflib  # pylint: disable=import-outside-toplevel
+  path = config_module_path(argv)
+  try:
+    config = _load_config_file(path)
+  except Exception:  # pylint: disable=broad-except  (reported by config_flags itself)
+    return []
+  fields = list(_field_paths(config))
+  problems = []
+  for arg in argv:
+    match = re.match(r"^--?(?:no)?config\.([^=]+)(?:=(.*))?$", arg)
+    if not match:
+      continue
+    name, value = match.groups()
+    if name not in fields:
+      close = difflib.get_close_matches(name, fields, n=3, cutoff=0.6)
+      problems.append(f"--config.{name}: no such config field"
+                      + (f"; did you mean {', '.join(close)}?" if close else "")
+                      + " (--print_config lists every field)")
+    elif value is not None:
+      problem = _override_type_problem(name, value, config)
+      if problem:
+        problems.append(problem)
+  return problems
+
+
+def _override_type_problem(name, value, config):
+  node = config
+  for key in name.split(".")[:-1]:
+    node = node[key]
+  wanted = node.get_ref(name.split(".")[-1]).get_type()
+  if wanted in (int, float):
+    try:
+      wanted(value)
+    except ValueError:
+      return (f"--config.{name}={value}: not a number ({wanted.__name__}); e.g. "
+              f"--config.{name}={node[name.split('.')[-1]]}")
+  return None
+
+
+def parse_flags(argv):
+  """absl's parsing with each mistake as one line: unknown flags, missing ones, config files
+  that do not exist, unknown config fields and values of the wrong type."""
+  problem = make_config_importable(argv[1:])
+  if problem:
+    fail(f"error: {problem}")
+  try:
+    return FLAGS(argv)
+  except SystemExit:  # absl ends --help with status 1: asking for help is no error
+    if any(re.match(r"^--?(help|helpshort|helpfull|helpxml|h|\?)$", a) for a in argv[1:]):
+      sys.exit(0)
+    raise
+  except flags.Error as e:
+    missing = re.findall(r"Flag --(\w+) must have a value other than None", str(e))
+    what = (", ".join(f"--{m}" for m in missing) + (" is" if len(missing) == 1 else " are")
+            + " required") if missing else one_line(e)
+    fail(f"error: {what}; --help lists the flags")
+  except Exception as e:  # pylint: disable=broad-except  (config_flags: bad --config.X values)
+    if DEBUG:
+      raise
+    problems = config_override_problems(argv[1:]) or [
+        f"could not load the config {config_module_path(argv[1:])}: {one_line(e)} {_HINT}"]
+    fail("error: " + "; ".join(problems))
+
+
+def command(main, define_flags):
+  """A module's console-script entry point: defines the module's flags, then run(main)."""
+  def entry():
+    define_flags()
+    run(main)
+  return entry
+
+
+def run(main, flags_parser=parse_flags):
+  """app.run(main) with every user error as one line on stderr and exit status 1."""
+  def guarded(argv):
+    try:
+      if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+      return main(argv)
+    except _user_error_types() as e:
+      if DEBUG:
+        raise
+      logging.flush()
+      fail(f"error: {one_line(e)}" + ("" if isinstance(e, app.UsageError) else f" {_HINT}"))
+    except KeyboardInterrupt:
+      fail("interrupted: run the same command again to continue where it stopped", 130)
+  entry = sys.modules["__main__"]
+  if not entry.__doc__:  # a console script (facekp-train): --help shows the module's usage
+    entry.__doc__ = sys.modules[main.__module__].__doc__
+  if not DEBUG:
+    quiet_logs()
+    filter_stderr_for_good()
+  app.run(guarded, flags_parser=flags_parser)

@@ -1,0 +1,282 @@
+"""Pictures of keypoint predictions: face grids, the CED curve, training curves, photo overlays.
+
+Points are drawn in facekp's continuous convention (facekp.core.keypoints): every image is shown with
+extent (0, W, H, 0), so pixel i covers [i, i + 1) on the axes and a point at x = i + 0.5 lands on
+pixel i's centre (matplotlib's default extent puts pixel centres at integers, half a pixel off).
+
+Every function draws on its own matplotlib figure (Agg backend, no display needed) and writes a
+PNG through facekp.core.files (whole or absent). Figure sizes are fixed in inches at DPI, so a
+picture's pixel size is known in advance (tests check it).
+"""
+import csv
+import io
+import math
+import textwrap
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+from matplotlib.lines import Line2D  # pylint: disable=g-import-not-at-top
+from matplotlib import ticker  # pylint: disable=g-import-not-at-top
+import numpy as np  # pylint: disable=g-import-not-at-top
+import tensorflow as tf  # pylint: disable=g-import-not-at-top
+
+from facekp.core import files  # pylint: disable=g-import-not-at-top
+from facekp.eval import metrics as metrics_lib  # pylint: disable=g-import-not-at-top
+
+DPI = 100
+PANEL_INCHES = 2.0  # one face of a grid
+GAP_INCHES = 0.1
+MARGIN_INCHES = 0.1
+MIN_GRID_INCHES = 6.0  # room for the title and legend however few faces there are
+TITLE_LINE_INCHES = 0.19  # 9 pt text
+CAPTION_LINE_INCHES = 0.13  # 7 pt text
+LEGEND_ENTRY_INCHES = 1.5
+LEGEND_ROW_INCHES = 0.2
+NAME_CHARS = 30
+LABEL_COLOUR = "#1ec31e"
+PREDICTION_COLOUR = "#ff2d2d"
+SLOT_MARKERS = ("o", "^", "s", "v", "D", "P", "X", "*", "p", "h")
+
+
+def slot_marker(slot):
+  return SLOT_MARKERS[slot % len(SLOT_MARKERS)]
+
+
+def save_figure(fig, path):
+  """Writes the figure as PNG at DPI without trimming, so its size is figsize * DPI."""
+  buffer = io.BytesIO()
+  fig.savefig(buffer, format="png", dpi=DPI, pil_kwargs={"compress_level": 6})
+  plt.close(fig)
+  files.atomic_write(str(path), buffer.getvalue())
+
+
+def short_name(name, limit=NAME_CHARS):
+  """`name` in at most `limit` characters, cut in the middle: its start and its end (the face
+  number and extension) stay readable."""
+  if len(name) <= limit:
+    return name
+  head = (limit - 1) * 2 // 5
+  return name[:head] + "\u2026" + name[len(name) - (limit - 1 - head):]
+
+
+def show_image(ax, image):
+  """The image on `ax` in continuous pixel coordinates: [0, W] x [0, H], y down."""
+  height, width = image.shape[:2]
+  ax.imshow(np.clip(image, 0, 255).astype(np.uint8), extent=(0, width, height, 0),
+            interpolation="nearest")
+  ax.set_xlim(0, width)
+  ax.set_ylim(height, 0)
+  ax.axis("off")
+
+
+def _legend_handles(names, with_colours=True):
+  handles = []
+  if with_colours:
+    handles += [Line2D([], [], color=LABEL_COLOUR, marker="o", linestyle="", label="label"),
+                Line2D([], [], color=PREDICTION_COLOUR, marker="o", linestyle="",
+                       label="prediction")]
+  handles += [Line2D([], [], color="0.3", marker=slot_marker(k), linestyle="", label=name)
+              for k, name in enumerate(names)]
+  return handles
+
+
+def _draw_points(ax, points_px, colour, size=28, filled=True, linewidth=1.2):
+  for k, (x, y) in enumerate(points_px):
+    ax.scatter([x], [y], s=size, marker=slot_marker(k), linewidths=linewidth,
+               facecolors=colour if filled else "none", edgecolors=colour)
+
+
+def grid_heading(title, shown, total, chosen="first"):
+  """The title of a face grid and a line saying which faces of how many it shows."""
+  faces = "face" if (total or shown) == 1 else "faces"
+  if total is None or total == shown:
+    count = "the only face" if shown == 1 else f"all {shown} faces"
+  elif chosen == "worst":
+    count = f"the {shown} worst of {total} {faces}"
+  else:
+    count = f"{shown} of {total} {faces} ({chosen} in stored order)"
+  return f"{title}\n{count}" if title else count
+
+
+def _wrap(text, inches, points):
+  """Lines of `text` that fit `inches` at a font of `points` (about 0.55 em per character)."""
+  chars = max(10, int(inches * 72 / (0.55 * points)))
+  return [line for paragraph in text.split("\n") for line in textwrap.wrap(paragraph, chars)]
+
+
+def face_grid(path, images, true_px, pred_px, names, captions=None, title="", columns=4,
+              total=None, chosen="first"):
+  """A grid of faces with labelled points (green) and predicted points (red), error lines.
+
+  images: uint8 or float [N,S,S,3] (0..255); true_px, pred_px: [N,K,2] pixels of the images;
+  names: K slot names for the legend; captions: N short texts above the faces (a line break
+  gives a second line); total: how many faces these N were chosen from ("first" or "worst"),
+  said under the title. The figure is laid out in inches: panels of PANEL_INCHES, a band for
+  the title, one for each row's captions, one for the legend; never narrower than
+  MIN_GRID_INCHES. Returns the heading drawn.
+  """
+  num = len(images)
+  columns = max(1, min(columns, num))
+  rows = max(1, -(-num // columns))
+  grid_width = columns * PANEL_INCHES + (columns - 1) * GAP_INCHES
+  width = max(grid_width + 2 * MARGIN_INCHES, MIN_GRID_INCHES)
+  heading = grid_heading(title, num, total, chosen)
+  heading_lines = _wrap(heading, width - 2 * MARGIN_INCHES, 9)
+  caption_lines = max((len(c.split("\n")) for c in captions), default=0) if captions else 0
+  caption_band = caption_lines * CAPTION_LINE_INCHES + (0.05 if caption_lines else 0.0)
+  entries = len(names) + 2
+  legend_columns = max(1, min(entries, int(width // LEGEND_ENTRY_INCHES)))
+  legend_band = math.ceil(entries / legend_columns) * LEGEND_ROW_INCHES + MARGIN_INCHES
+  top_band = MARGIN_INCHES + len(heading_lines) * TITLE_LINE_INCHES + 0.05
+  row_height = caption_band + PANEL_INCHES
+  height = top_band + rows * row_height + (rows - 1) * GAP_INCHES + legend_band
+  fig = plt.figure(figsize=(width, height))
+  left0 = (width - grid_width) / 2
+  for i in range(num):
+    row, column = divmod(i, columns)
+    left = left0 + column * (PANEL_INCHES + GAP_INCHES)
+    bottom = height - top_band - row * (row_height + GAP_INCHES) - row_height
+    ax = fig.add_axes((left / width, bottom / height, PANEL_INCHES / width,
+                       PANEL_INCHES / height))
+    show_image(ax, images[i])
+    for (x0, y0), (x1, y1) in zip(true_px[i], pred_px[i]):
+      ax.plot([x0, x1], [y0, y1], color="yellow", linewidth=0.8)
+    _draw_points(ax, true_px[i], LABEL_COLOUR, filled=False)
+    _draw_points(ax, pred_px[i], PREDICTION_COLOUR, size=14)
+    if captions is not None:
+      ax.set_title(captions[i], fontsize=7, pad=3, linespacing=1.1)
+  fig.text(0.5, 1 - MARGIN_INCHES / height, "\n".join(heading_lines), ha="center", va="top",
+           fontsize=9)
+  fig.legend(handles=_legend_handles(names), loc="lower center", ncol=legend_columns,
+             fontsize=7, frameon=False, bbox_to_anchor=(0.5, MARGIN_INCHES / 2 / height))
+  save_figure(fig, path)
+  return heading
+
+
+CURVE_STYLES = {"model": {"color": "C0"}, "model + flip TTA": {"color": "C2"},
+                "mean shape": {"color": "C1", "linestyle": ":"},
+                "teacher floor": {"color": "0.45", "linestyle": "--"}}
+
+
+def ced_curves(path, panels, limit=metrics_lib.AUC_LIMIT):
+  """Cumulative error distributions.
+
+  panels: list of (title, {curve name: per-image NME array}); one plot per panel, each curve
+  labelled with its AUC up to `limit` (dotted line), the yardsticks (CURVE_STYLES) in their own
+  style. The x axis reaches past `limit` where most faces of a panel lie beyond it.
+  """
+  fig, axes = plt.subplots(1, len(panels), squeeze=False, figsize=(5.0 * len(panels), 4.0))
+  for ax, (title, curves) in zip(axes.flat, panels):
+    largest = max(float(np.quantile(nme, 0.9)) for nme in curves.values())
+    x_max = min(max(limit, largest * 1.1), 5 * limit)
+    thresholds = np.linspace(0.0, x_max, 401)
+    for name, nme in curves.items():
+      ax.plot(thresholds * 100, metrics_lib.ced(nme, thresholds) * 100,
+              label=f"{name} (AUC {metrics_lib.auc(nme, limit):.3f})",
+              **CURVE_STYLES.get(name, {}))
+    if x_max > limit:
+      ax.axvline(limit * 100, color="0.6", linestyle=":", linewidth=1)
+    ax.set_xlim(0, x_max * 100)
+    ax.set_ylim(0, 100)
+    ax.set_xlabel("NME, % of inter-ocular distance")
+    ax.set_ylabel("faces with error at most x, %")
+    ax.set_title("\n".join(_wrap(title, 4.5, 10)), fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+  fig.tight_layout()
+  save_figure(fig, path)
+
+
+def read_history(path):
+  """history.csv (keras CSVLogger) -> {column: float array}."""
+  with tf.io.gfile.GFile(path) as f:
+    rows = list(csv.DictReader(f))
+  if not rows:
+    raise ValueError(f"{path} holds no epochs")
+  return {key: np.array([float(r[key]) for r in rows]) for key in rows[0]}
+
+
+def epoch_numbers(history):
+  """Epochs counted from 1 (keras' CSVLogger counts from 0)."""
+  epochs = np.asarray(history.get("epoch", np.arange(len(next(iter(history.values()))))))
+  return epochs + 1 if len(epochs) and epochs[0] == 0 else epochs
+
+
+def best_epoch(history, monitor=None):
+  """(epoch, monitored column) of the best validation figure: `monitor`, else val_mae_px, else
+  val_loss (lower is better); None when the history has none of them."""
+  for name in (monitor, "val_mae_px", "val_loss"):
+    if name and name in history:
+      return int(epoch_numbers(history)[int(np.argmin(history[name]))]), name
+  return None
+
+
+def _log_scale(ax):
+  """A log y axis whose labels never crowd: decades, plus 2 and 5 when it spans little."""
+  ax.set_yscale("log")
+  ax.yaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+  low, high = ax.get_ylim()
+  if high / low < 100:
+    ax.yaxis.set_minor_locator(ticker.LogLocator(subs=(2.0, 5.0)))
+    ax.yaxis.set_minor_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+  else:
+    ax.yaxis.set_minor_formatter(ticker.NullFormatter())
+
+
+def training_curves(path, history, monitor=None):
+  """One plot per metric that has a validation twin (loss, MAE, ...): train and validation,
+  and the best epoch (best_epoch: the one the saved model comes from) marked on each."""
+  epochs = epoch_numbers(history)
+  metrics = [k for k in history if f"val_{k}" in history]
+  if not metrics:
+    raise ValueError("history has no metric with a val_ twin to plot")
+  best = best_epoch(history, monitor)
+  fig, axes = plt.subplots(1, len(metrics), squeeze=False, figsize=(4.5 * len(metrics), 3.5))
+  for ax, name in zip(axes.flat, metrics):
+    marker = "." if len(epochs) <= 60 else None
+    ax.plot(epochs, history[name], marker=marker, label="train")
+    ax.plot(epochs, history[f"val_{name}"], marker=marker, label="validation")
+    if best is not None:
+      ax.axvline(best[0], color="0.4", linestyle="--", linewidth=1,
+                 label=f"best epoch {best[0]} ({best[1]})")
+    if np.all(history[name] > 0) and np.all(history[f"val_{name}"] > 0):
+      _log_scale(ax)
+    ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(ticker.MaxNLocator(integer=True))
+    ax.set_title(name, fontsize=10)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
+  fig.tight_layout()
+  save_figure(fig, path)
+
+
+def _face_side(outline):
+  """The side of a face's crop outline [4, 2] in the photo's pixels."""
+  return float(np.linalg.norm(np.asarray(outline[1]) - np.asarray(outline[0])))
+
+
+def photo_overlay(path, image, faces, names, max_inches=10.0):
+  """A photo with each face's predicted points and the outline of its aligned crop.
+
+  faces: list of (points_px [K,2], crop_outline_px [4,2]) in the photo's pixels. Markers and
+  lines scale with each face as drawn (a face filling a large photo gets large markers, a small
+  one stays readable).
+  """
+  height, width = image.shape[:2]
+  scale = max_inches / max(height, width)  # inches per photo pixel
+  fig = plt.figure(figsize=(width * scale, height * scale))
+  ax = fig.add_axes((0, 0, 1, 1))
+  show_image(ax, image)
+  for points, outline in faces:
+    side_points = _face_side(outline) * scale * 72
+    closed = np.concatenate([outline, outline[:1]])
+    ax.plot(closed[:, 0], closed[:, 1], color="yellow",
+            linewidth=float(np.clip(side_points / 150, 1.0, 3.0)))
+    diameter = float(np.clip(side_points / 16, 4.0, 16.0))
+    _draw_points(ax, points, PREDICTION_COLOUR, size=diameter ** 2,
+                 linewidth=float(np.clip(diameter / 8, 0.8, 2.0)))
+  ax.legend(handles=_legend_handles(names, with_colours=False), loc="upper right", fontsize=7,
+            framealpha=0.6)
+  save_figure(fig, path)

@@ -1,0 +1,97 @@
+"""The keypoint schema: which Face Mesh landmarks are predicted, and how they mirror.
+
+Every stage imports this module. The coordinate convention and the flip itself are
+facekp.core.keypoints'.
+"""
+import dataclasses
+
+from facekp.core import files
+
+DEFAULT_MESH_INDICES = (1, 33, 61, 263, 291)
+
+# Names read off MediaPipe's output on frontal faces; "left"/"right" are the subject's own,
+# so the subject's right eye is on the image's left.
+LANDMARK_NAMES = {
+    1: "nose_tip",
+    33: "right_eye_outer",
+    61: "right_mouth_corner",
+    263: "left_eye_outer",
+    291: "left_mouth_corner",
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Schema:
+  """Face Mesh indices of the K slots and, for each slot, the index of its mirror partner.
+
+  `mirror_indices` is derived from MediaPipe itself (facekp.data.mirror.derive_mirror_indices),
+  never typed by hand; the flip permutation follows from it.
+  """
+
+  mesh_indices: tuple
+  mirror_indices: tuple
+
+  def __post_init__(self):
+    object.__setattr__(self, "mesh_indices", tuple(int(i) for i in self.mesh_indices))
+    object.__setattr__(self, "mirror_indices", tuple(int(i) for i in self.mirror_indices))
+    if len(set(self.mesh_indices)) != len(self.mesh_indices):
+      raise ValueError(f"duplicate mesh indices in {self.mesh_indices}")
+    if len(self.mirror_indices) != len(self.mesh_indices):
+      raise ValueError("mirror_indices must give one partner per slot")
+    missing = sorted(set(self.mirror_indices) - set(self.mesh_indices))
+    if missing:
+      raise ValueError(
+          f"the mirror partners {missing} of the selected landmarks are not selected; "
+          "a horizontal flip needs every slot's partner among the slots")
+
+  @property
+  def num_keypoints(self):
+    return len(self.mesh_indices)
+
+  @property
+  def names(self):
+    return tuple(LANDMARK_NAMES.get(i, f"mesh_{i}") for i in self.mesh_indices)
+
+  @property
+  def flip_permutation(self):
+    """Slot j of a flipped face holds what slot flip_permutation[j] held before the flip."""
+    return tuple(self.mesh_indices.index(m) for m in self.mirror_indices)
+
+  @property
+  def eye_slots(self):
+    """Slots of the outer eye corners (inter-ocular distance for NME), or None."""
+    if 33 in self.mesh_indices and 263 in self.mesh_indices:
+      return self.mesh_indices.index(33), self.mesh_indices.index(263)
+    return None
+
+  @property
+  def csv_point_columns(self):
+    """The seed's column names: point_1_x, point_1_y, ..., point_K_y."""
+    return tuple(f"point_{k + 1}_{axis}" for k in range(self.num_keypoints) for axis in "xy")
+
+  def to_dict(self):
+    return {"mesh_indices": list(self.mesh_indices), "mirror_indices": list(self.mirror_indices),
+            "names": list(self.names), "flip_permutation": list(self.flip_permutation)}
+
+  @classmethod
+  def from_dict(cls, d):
+    return cls(d["mesh_indices"], d["mirror_indices"])
+
+  def save(self, path):
+    files.write_json(path, self.to_dict())
+
+  @classmethod
+  def load(cls, path):
+    return cls.from_dict(files.read_json(path, "keypoint schema"))
+
+
+def parse_mesh_indices(text):
+  """'1,33,61,263,291' -> (1, 33, 61, 263, 291), with a clear error for bad input."""
+  try:
+    indices = tuple(int(t) for t in text.split(",") if t.strip())
+  except ValueError:
+    raise ValueError(f"--landmarks must be comma-separated integers, got {text!r}") from None
+  bad = [i for i in indices if not 0 <= i < 468]
+  if not indices or bad:
+    raise ValueError(f"Face Mesh indices must lie in 0..467, got {text!r}")
+  return indices

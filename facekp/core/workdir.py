@@ -1,0 +1,87 @@
+"""The layout of a training workdir, and the one place that reads it.
+
+  config.json                the resolved config the run was started with
+  train_mean_keypoints.json  the training split's mean face (normalised [K, 2]), recorded at
+                             training time so a model can be scored on any other dataset
+  checkpoints/               best.weights.h5 and backup/ (the latest state, for resuming)
+  history.csv                one row per epoch
+  tensorboard/               TensorBoard logs
+  model.keras                the inference model with the best weights
+  eval/<name>/               metrics.json and pictures/ of each evaluation (facekp.eval.evaluate)
+  export/                    SavedModel, TFLite and export_report.json (facekp.serve.export)
+"""
+import keras
+import numpy as np
+import tensorflow as tf
+
+from facekp.core import files
+from facekp.models import keypoint_model  # pylint: disable=unused-import  (registers the custom layers)
+
+CONFIG = "config.json"
+TRAIN_MEAN = "train_mean_keypoints.json"
+CHECKPOINTS = "checkpoints"
+HISTORY = "history.csv"
+TENSORBOARD = "tensorboard"
+MODEL = "model.keras"
+EXPORT = "export"
+EVAL = "eval"
+# What a run writes, config.json last: a deletion cut short leaves a workdir that is still known
+# as one, and --restart again finishes the job. metrics.json and pictures/ are older layouts'.
+RUN_FILES = (TRAIN_MEAN, CHECKPOINTS, HISTORY, TENSORBOARD, MODEL, EVAL, EXPORT, "workers",
+             "metrics.json",
+             "pictures", CONFIG)
+
+
+def path(workdir, name):
+  return f"{str(workdir).rstrip('/')}/{name}"
+
+
+def read_config(workdir):
+  """The config.json of a workdir as a dict; a clear error when it is not a workdir."""
+  if not tf.io.gfile.exists(path(workdir, CONFIG)):
+    raise FileNotFoundError(f"{workdir} is not a facekp workdir: {CONFIG} is missing (train "
+                            "one with python -m facekp.main --config=... --workdir=...)")
+  return files.read_json(path(workdir, CONFIG), "config")
+
+
+def remove_run(workdir):
+  """Deletes what a run wrote into `workdir` (RUN_FILES, nothing else); returns what it found."""
+  found = [name for name in RUN_FILES if tf.io.gfile.exists(path(workdir, name))]
+  for name in found:
+    if tf.io.gfile.isdir(path(workdir, name)):
+      tf.io.gfile.rmtree(path(workdir, name))
+    else:
+      tf.io.gfile.remove(path(workdir, name))
+  return found
+
+
+def write_config(workdir, config):
+  tf.io.gfile.makedirs(str(workdir))
+  files.atomic_write(path(workdir, CONFIG),
+                     config.to_json_best_effort(indent=2, sort_keys=True) + "\n")
+
+
+def load_model(workdir):
+  """The workdir's model.keras; a clear error when it is missing or damaged."""
+  model_path = path(workdir, MODEL)
+  if not tf.io.gfile.exists(model_path):
+    raise FileNotFoundError(f"{workdir} has no {MODEL}: train it first "
+                            "(python -m facekp.main --workdir=... --config=...)")
+  if tf.io.gfile.stat(model_path).length == 0:
+    raise ValueError(f"{model_path} is empty (a run was killed while saving it): run the same "
+                     "training command again to write it anew")
+  return keras.models.load_model(model_path)
+
+
+def write_train_mean(workdir, mean_keypoints, data_dir, num_examples):
+  files.write_json(path(workdir, TRAIN_MEAN), {
+      "mean_keypoints": np.asarray(mean_keypoints, np.float64).tolist(),
+      "data_dir": str(data_dir), "num_examples": int(num_examples)})
+
+
+def read_train_mean(workdir):
+  """The recorded training mean face float32 [K, 2], or None for a workdir without one."""
+  if not tf.io.gfile.exists(path(workdir, TRAIN_MEAN)):
+    return None
+  record = files.read_json(path(workdir, TRAIN_MEAN), "training mean")
+  return np.asarray(record["mean_keypoints"], np.float32)

@@ -1,0 +1,219 @@
+"""MediaPipe Face Mesh annotation of a folder: resumable face_keypoints.csv.
+
+`annotate_folder` labels every image of a folder (or, with `align_size`, every face of every
+photo, cropped FFHQ-style first; facekp.data.faces) in worker processes (facekp.core.workers) holding one
+FaceMesh each, and writes face_keypoints.csv. Finished work goes to a journal (facekp.core.journal)
+as it arrives, so a run killed at any moment (SIGKILL included) continues where it stopped and
+ends with the same CSV an uninterrupted run writes; a file whose content changed since it was
+labelled is labelled again.
+"""
+import dataclasses
+import itertools
+import os
+import posixpath
+import time
+
+from absl import logging
+
+from facekp.data import shards
+from facekp.data import face_mesh
+from facekp.data import faces
+from facekp.core import files
+from facekp.core import images
+from facekp.core import journal as journal_lib
+from facekp.core import workers as workers_lib
+from facekp.core.keypoint_csv import KeypointRow, OK, missing_row, write_keypoints_csv
+
+JOURNAL = "face_keypoints.journal"
+ALIGNED_DIR = "aligned"
+NO_FACE_TRANSPARENT = "no_face_transparent"
+_PROGRESS_SECONDS = 10.0
+# Per chunk the pool's queues cost the main process ~1 ms: 64 images a chunk keep that near 1 % of
+# Face Mesh's time, and a killed run loses at most two chunks a worker.
+MAX_CHUNK = 64
+# 2: stamps of the labelled files; faces largest first, also those of the full-range detector
+_JOURNAL_VERSION = 2
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+  """Everything that decides the annotation values (the journal refuses to mix settings)."""
+  images_dir: str
+  out_dir: str
+  mesh_indices: tuple
+  align_size: int = 0  # 0: annotate the images as they are
+  max_faces: int = 1  # faces per photo when aligning
+
+  def fingerprint(self):
+    return {"mesh_indices": list(self.mesh_indices), "align_size": self.align_size,
+            "max_faces": self.max_faces if self.align_size else 1,
+            "journal": _JOURNAL_VERSION}
+
+
+_meshes = {}  # this process's MediaPipe instances: FaceMesh by max_faces, the detector by None
+
+
+def _mesh(max_faces):
+  if max_faces not in _meshes:
+    _meshes[max_faces] = face_mesh.FaceDetector() if max_faces is None else face_mesh.FaceMesh(
+        max_faces)
+  return _meshes[max_faces]
+
+
+class Labeller:
+  """Turns one listed image into its CSV rows, with this process's FaceMesh instances."""
+
+  def __init__(self, settings):
+    self.settings = settings
+    max_faces = settings.max_faces if settings.align_size else 1
+    # Photos (--align) also get the full-range detector; images stored as face crops (FFHQ) are
+    # what Face Mesh's own detector is made for, and a second detector would double the cost.
+    detector = _mesh(None) if settings.align_size else None
+    self.finder = faces.Finder(_mesh(faces.search_limit(max_faces)), _mesh(1), detector)
+    self.indices = list(settings.mesh_indices)
+
+  def label(self, image_name, image_rgb):
+    """The row of the image's largest face (facekp.data.faces' order), or a no_face row."""
+    height, width = image_rgb.shape[:2]
+    landmarks = faces.largest_face(self.finder, image_rgb)
+    if landmarks is None:
+      return missing_row(image_name, len(self.indices), "no_face", width, height)
+    return KeypointRow(image_name, width, height, tuple(landmarks[self.indices].ravel().tolist()),
+                       OK)
+
+  def rows_for(self, name):
+    """Rows for one listed image; a bad input gives a row with its reason, never an exception."""
+    return self.label_file(name)[1]
+
+  def label_file(self, name):
+    """(journal.Stamp of the file, or None when it could not be read; its rows)."""
+    path = f"{self.settings.images_dir}/{name}"
+    stamp = None
+    try:
+      data = images.read_bytes(path)
+      stamp = journal_lib.stamp_of(path, data)
+      image_rgb = images.decode_rgb(data, path)
+      rows = (self._align_and_label(name, image_rgb) if self.settings.align_size else
+              [self.label(name, image_rgb)])
+    except images.ImageError as e:
+      return stamp, [missing_row(name, len(self.indices), e.reason)]
+    except faces.FACE_ERRORS as e:
+      # One odd image must not stop a run over millions; the row and the log say so.
+      logging.warning("%s: %s: %s", name, type(e).__name__, e)
+      return stamp, [missing_row(name, len(self.indices), "error")]
+    if rows[0].status == "no_face" and len(rows) == 1 and images.has_transparency(data):
+      rows = [rows[0]._replace(status=NO_FACE_TRANSPARENT)]
+    return stamp, rows
+
+  def _align_and_label(self, photo_name, photo_rgb):
+    size = self.settings.align_size
+    found = faces.aligned_faces(self.finder, photo_name, photo_rgb, size, self.settings.max_faces)
+    if not found:
+      height, width = photo_rgb.shape[:2]
+      return [missing_row(photo_name, len(self.indices), "no_face", width, height)]
+    rows = []
+    for face in found:
+      path = f"{self.settings.out_dir}/{ALIGNED_DIR}/{face.name}"
+      os.makedirs(posixpath.dirname(path), exist_ok=True)
+      files.atomic_write(path, images.encode_png(face.crop))
+      rows.append(KeypointRow(face.name, size, size,
+                              tuple(face.landmarks[self.indices].ravel().tolist()),
+                              OK) if face.status == OK else
+                  missing_row(face.name, len(self.indices), face.status, size, size))
+    return rows
+
+
+def _label_chunk(settings, names):
+  labeller = Labeller(settings)
+  return [(name, *labeller.label_file(name)) for name in names]
+
+
+def _start_worker():
+  """Builds what Labellers use (Face Mesh for a photo's faces and for one, the detector)."""
+  _mesh(faces.search_limit(1))
+  _mesh(1)
+  _mesh(None)
+  return workers_lib.report_pid()
+
+
+class Pool(workers_lib.Pool):
+  """Annotation workers, each keeping its own FaceMesh instances across tasks."""
+
+  def __init__(self, workers=None):
+    super().__init__(workers, preload=[__name__], warm_up=_start_worker)
+
+  def label_chunks(self, settings, chunks):
+    """Yields [(name, stamp, rows)] of each chunk as it finishes."""
+    return self.imap_unordered(_label_chunk, itertools.repeat(settings), chunks)
+
+
+def _unique_crop_stems(names):
+  """With alignment, photos a.jpg and a.png would write the same crops: keep the first."""
+  seen, kept = set(), []
+  for name in names:
+    stem = posixpath.splitext(name)[0]
+    if stem in seen:
+      logging.warning("skipping %s: photo %s.* before it writes the same crop names", name, stem)
+    else:
+      seen.add(stem)
+      kept.append(name)
+  return kept
+
+
+def _progress(done, total, seconds, found):
+  rate = done / max(seconds, 1e-9)
+  minutes, secs = divmod(round((total - done) / rate) if rate else 0, 60)
+  logging.info("annotated %d/%d images (%.1f%%), %.1f images/s, %d faces found, ETA %d:%02d:%02d",
+               done, total, 100 * done / max(total, 1), rate, found, minutes // 60, minutes % 60,
+               secs)
+
+
+def annotate_folder(settings, schema, *, names=None, workers=None, chunk_size=0, pool=None):
+  """Annotates the images of settings.images_dir into <out_dir>/face_keypoints.csv.
+
+  Resumes from the journal in out_dir; the journal commits once per chunk of `chunk_size`
+  images (0: MAX_CHUNK, or fewer so that each worker gets four chunks). Returns the CSV's rows
+  (sorted by image name); with alignment, a photo's rows are its crops, or one row under the
+  photo's name if none.
+  """
+  if "://" in settings.out_dir:
+    raise ValueError(f"annotation needs a local output folder, not {settings.out_dir}: its "
+                     "journal is appended to and fsynced (copy the finished folder over after)")
+  if names is None:
+    names = images.list_images(settings.images_dir, exclude=[settings.out_dir])
+  if not names:
+    raise ValueError(f"no images under {settings.images_dir} (looked for files ending in "
+                     f"{', '.join(images.IMAGE_EXTENSIONS)})")
+  if settings.align_size:
+    names = _unique_crop_stems(names)
+  os.makedirs(settings.out_dir, exist_ok=True)
+  journal = journal_lib.Journal(f"{settings.out_dir}/{JOURNAL}", settings.fingerprint())
+  done = journal.read()
+  changed = [name for name in names if name in done and not journal_lib.unchanged(
+      f"{settings.images_dir}/{name}", done[name][0])]
+  todo = [name for name in names if name not in done] + changed
+  logging.info("%d images: %d annotated before, %d changed since (labelled again), %d to do",
+               len(names), len(names) - len(todo), len(changed), len(todo))
+  if todo:
+    own_pool = pool is None
+    pool = pool or Pool(workers)
+    chunk_size = chunk_size or max(1, min(MAX_CHUNK, len(todo) // (4 * pool.workers)))
+    start = last_report = time.time()
+    finished = found = 0
+    try:
+      chunks = (todo[i:i + chunk_size] for i in range(0, len(todo), chunk_size))
+      for results in pool.label_chunks(settings, chunks):
+        journal.append(results)
+        done.update((name, (stamp, rows)) for name, stamp, rows in results)
+        finished += len(results)
+        found += sum(row.status == OK for _, _, rows in results for row in rows)
+        if time.time() - last_report > _PROGRESS_SECONDS or finished == len(todo):
+          _progress(finished, len(todo), time.time() - start, found)
+          last_report = time.time()
+    finally:
+      journal.close()
+      if own_pool:
+        pool.close()
+  rows = sorted((row for name in names for row in done[name][1]), key=lambda r: r.image_name)
+  write_keypoints_csv(f"{settings.out_dir}/{shards.KEYPOINTS_CSV}", rows, schema)
+  return rows

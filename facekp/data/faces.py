@@ -1,0 +1,143 @@
+"""One face routine for annotation and prediction: find a photo's faces, order them, crop them.
+
+make_tfrecords (with and without --align) and predict see a photo's faces the same way:
+  finding Face Mesh's own faces, then (for photos: predict, make_tfrecords --align) those only
+          MediaPipe's full-range detector finds (small, distant or many faces), each placed by
+          Face Mesh on a crop around its box;
+  order   largest first, by the side of the face's FFHQ-style square (facekp.data.align);
+  names   face k of photo "dir/a.jpg" is "dir/a_f<k>.png" (k from 0, in that order);
+  crops   `crop_face`: the FFHQ-style crop, placed by Face Mesh on a first crop of it;
+  errors  FACE_ERRORS give the photo an "error" row and the run goes on; an unreadable file
+          gets facekp.core.images' reason; anything else (I/O errors, bugs) stops the run.
+"""
+import posixpath
+import typing
+
+import cv2
+import numpy as np
+
+from facekp.data import align
+from facekp.core.keypoint_csv import OK
+
+# MediaPipe is asked for a few faces even when one is wanted, so that "largest" is a real choice.
+FACE_SEARCH_LIMIT = 5
+# A crop whose Face Mesh centre lies this far (a fraction of the crop side) from the centre of
+# the photo's landmarks mapped into it has found another face than the one it was cut for.
+OTHER_FACE_OFFSET = 0.35
+# What MediaPipe, OpenCV or a degenerate face square raise on one odd photo.
+FACE_ERRORS = (ValueError, RuntimeError, cv2.error)
+# Around a detector's box, Face Mesh gets a square this many box sides wide, enlarged to at least
+# _BOX_MIN_SIDE pixels (Face Mesh misses faces far below its own input scale).
+_BOX_CONTEXT = 2.0
+_BOX_MIN_SIDE = 192
+# A detected face is new when its centre lies this far (in face sizes) from every face found.
+_SAME_FACE = 0.5
+_CENTRE_LANDMARKS = [33, 263, 61, 291]  # eye and mouth corners
+
+
+class Finder(typing.NamedTuple):
+  """What finds a photo's faces: Face Mesh for several faces and for one, and the full-range
+  detector (None: Face Mesh's own detector only)."""
+  photo_mesh: typing.Any
+  crop_mesh: typing.Any
+  detector: typing.Any = None
+
+
+class Face(typing.NamedTuple):
+  """One face of a photo, cropped: status "ok", "no_face" or "face_mismatch" (crop_face)."""
+  name: str
+  crop: np.ndarray
+  matrix: np.ndarray  # photo pixels -> crop pixels
+  landmarks: typing.Optional[np.ndarray]  # the crop's [468, 2] Face Mesh landmarks
+  status: str
+
+
+def face_size(landmarks_px):
+  """Side of the face's FFHQ-style square in the image's pixels: what "largest" means."""
+  _, half_side, _ = align.face_square(landmarks_px)
+  return 2.0 * float(np.hypot(*half_side))
+
+
+def largest_first(faces, max_faces):
+  if len(faces) < 2:  # nothing to order (most images: one face)
+    return faces[:max_faces]
+  return sorted(faces, key=face_size, reverse=True)[:max_faces]
+
+
+def face_name(photo_name, k):
+  return f"{posixpath.splitext(photo_name)[0]}_f{k}.png"
+
+
+def search_limit(max_faces):
+  """How many faces to ask Face Mesh for, to keep the `max_faces` largest."""
+  return max(max_faces, FACE_SEARCH_LIMIT)
+
+
+def _landmarks_in_box(mesh, photo_rgb, box):
+  """Face Mesh's landmarks (photo pixels) of the face in a detector's box, or None."""
+  height, width = photo_rgb.shape[:2]
+  x0, y0, x1, y1 = box
+  half = _BOX_CONTEXT * max(x1 - x0, y1 - y0) / 2
+  left, top = int(max(0, (x0 + x1) / 2 - half)), int(max(0, (y0 + y1) / 2 - half))
+  right, bottom = int(min(width, (x0 + x1) / 2 + half)), int(min(height, (y0 + y1) / 2 + half))
+  if right - left < 8 or bottom - top < 8:
+    return None
+  crop = photo_rgb[top:bottom, left:right]
+  scale = max(1.0, _BOX_MIN_SIDE / max(crop.shape[:2]))
+  if scale > 1:
+    crop = cv2.resize(crop, None, fx=scale, fy=scale, interpolation=cv2.INTER_LINEAR)
+  found = mesh.detect(crop)
+  return found[0] / scale + [left, top] if found else None
+
+
+def _is_new(centre, faces):
+  return all(np.linalg.norm(centre - other[_CENTRE_LANDMARKS].mean(axis=0)) >
+             _SAME_FACE * face_size(other) for other in faces)
+
+
+def find_faces(finder, photo_rgb):
+  """[468, 2] landmarks (photo pixels) of every face found, in the order found."""
+  faces = finder.photo_mesh.detect(photo_rgb)
+  for box in finder.detector.detect(photo_rgb) if finder.detector else ():
+    x0, y0, x1, y1 = box
+    if not _is_new(np.array([(x0 + x1) / 2, (y0 + y1) / 2]), faces):
+      continue  # a face Face Mesh found already: no second Face Mesh run for it
+    landmarks = _landmarks_in_box(finder.crop_mesh, photo_rgb, box)
+    if landmarks is not None and _is_new(landmarks[_CENTRE_LANDMARKS].mean(axis=0), faces):
+      faces.append(landmarks)
+  return faces
+
+
+def largest_face(finder, image_rgb):
+  """The [468, 2] landmarks of the image's largest face, or None."""
+  faces = largest_first(find_faces(finder, image_rgb), 1)
+  return faces[0] if faces else None
+
+
+def aligned_faces(finder, photo_name, photo_rgb, size, max_faces):
+  """Up to `max_faces` faces of a photo, largest first, each cropped to size x size."""
+  faces = largest_first(find_faces(finder, photo_rgb), max_faces)
+  return [Face(face_name(photo_name, k), *crop_face(finder.crop_mesh, photo_rgb, landmarks, size))
+          for k, landmarks in enumerate(faces)]
+
+
+def crop_face(mesh, photo_rgb, landmarks, size):
+  """The FFHQ-style crop of one face, placed by Face Mesh on a first crop of it.
+
+  Face Mesh on a small face in a big photo is coarse, so the face is cropped from `landmarks`,
+  Face Mesh runs on that crop, and its landmarks mapped back to the photo place the final crop.
+
+  Returns:
+    (crop, matrix from photo to crop pixels, the final crop's [468, 2] landmarks or None,
+    status: "ok", "no_face", or "face_mismatch" when a crop shows another face).
+  """
+  for _ in range(2):
+    crop, matrix = align.align_face(photo_rgb, landmarks, size)
+    faces = mesh.detect(crop)
+    if not faces:
+      return crop, matrix, None, "no_face"
+    expected_centre = align.transform_points(matrix, landmarks).mean(axis=0)
+    if np.linalg.norm(faces[0].mean(axis=0) - expected_centre) > OTHER_FACE_OFFSET * size:
+      return crop, matrix, None, "face_mismatch"
+    landmarks = align.transform_points(align.invert(matrix), faces[0])
+  return crop, matrix, faces[0], OK

@@ -1,0 +1,55 @@
+"""Splitting: train / validation / test by a hash of the photo, stable when images change."""
+import hashlib
+import posixpath
+import re
+
+SPLITS = ("train", "validation", "test")
+_FACE_SUFFIX = re.compile(r"_f\d+$")
+
+
+def parse_fractions(text):
+  """'0.8,0.1,0.1' -> (0.8, 0.1, 0.1): train, validation, test; non-negative, summing to 1."""
+  try:
+    fractions = tuple(float(t) for t in text.split(","))
+  except ValueError:
+    raise ValueError(f"--split must be three comma-separated numbers, got {text!r}") from None
+  if len(fractions) != len(SPLITS) or min(fractions) < 0 or abs(sum(fractions) - 1) > 1e-6:
+    raise ValueError(f"--split must give {len(SPLITS)} non-negative fractions (train, validation, "
+                     f"test) summing to 1, got {text!r}")
+  return fractions
+
+
+def group_key(image_name):
+  """Faces cropped from one photo share a key: the name without extension and '_f<k>' suffix."""
+  return _FACE_SUFFIX.sub("", posixpath.splitext(image_name)[0])
+
+
+def split_hash(key):
+  """A fixed pseudo-random number in [0, 1) per split key: splits never move when others change."""
+  digest = hashlib.sha256(key.encode("utf-8", "surrogateescape")).digest()
+  return int.from_bytes(digest[:8], "big") / 2.0**64
+
+
+def split_of(image_name, fractions, key=None):
+  """The split of an image: by a hash of `key`, by default its photo's group_key."""
+  h = split_hash(group_key(image_name) if key is None else key)
+  bound = 0.0
+  for split, fraction in zip(SPLITS, fractions):
+    bound += fraction
+    if h < bound:
+      return split
+  return [split for split, fraction in zip(SPLITS, fractions) if fraction > 0][-1]  # rounding
+
+
+def assign_splits(rows, fractions, split_keys=None):
+  """{split: rows}, each ordered by hash: a fixed shuffle that keeps a photo's faces together.
+
+  `split_keys` ({image name: key}, facekp.data.dedup.split_keys) overrides the photo's group_key, so
+  that copies of one image under different names land in one split.
+  """
+  split_keys = split_keys or {}
+  key_of = lambda row: split_keys.get(row.image_name) or group_key(row.image_name)
+  splits = {split: [] for split in SPLITS}
+  for row in sorted(rows, key=lambda r: (split_hash(key_of(r)), r.image_name)):
+    splits[split_of(row.image_name, fractions, key_of(row))].append(row)
+  return splits

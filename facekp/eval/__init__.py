@@ -1,0 +1,6 @@
+"""Evaluation: a trained workdir and a labelled split -> metrics.json and pictures.
+
+In: a workdir's model and a dataset folder. Out: the seed's MAE and the field's NME, failure
+rate, CED and AUC (metrics), read beside the mean shape and the teacher's own floor
+(yardsticks), written with pictures under the workdir's eval/ (evaluate).
+"""

@@ -1,0 +1,261 @@
+"""tf.data input pipeline: TFDS shards -> parse -> decode -> cache -> shuffle -> batch -> prefetch.
+
+The dataset is found through its TFDS metadata (facekp.data.shards.builder): the split's shard files
+and their example counts come from dataset_info.json, the parser from the stored feature spec.
+Images are decoded here (TFDS's own decoding is skipped), in parallel, once: decoded uint8
+images are cached in memory or in cache files, and stay uint8 until they reach the device.
+Random augmentation is not done here but in the train step (facekp.input.augment): a random op before
+cache() would be frozen after the first epoch.
+"""
+import hashlib
+
+import numpy as np
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+from facekp.data import shards as dataset_lib
+
+AUTOTUNE = tf.data.AUTOTUNE
+
+
+def _split_info(data_dir, split):
+  """The TFDS SplitInfo of `split`, after checking that `data_dir` is a facekp dataset."""
+  builder = dataset_lib.builder(data_dir)
+  schema = dataset_lib.load_schema(data_dir)
+  features = builder.info.features
+  missing = {"image", "keypoints", "image_name"} - set(features.keys())
+  if missing:
+    raise ValueError(f"{data_dir}/features.json: not a facekp dataset, features {sorted(missing)} "
+                     "are missing")
+  if features["keypoints"].shape[0] != schema.num_keypoints:
+    raise ValueError(f"{data_dir}: features.json has {features['keypoints'].shape[0]} keypoints, "
+                     f"{dataset_lib.SCHEMA_FILE} has {schema.num_keypoints}")
+  if split not in builder.info.splits:
+    raise ValueError(f"{data_dir} has no split {split!r} (dataset_info.json lists "
+                     f"{sorted(builder.info.splits.keys())})")
+  return builder, builder.info.splits[split]
+
+
+def num_examples(data_dir, split):
+  """The number of examples of `split`, read from the dataset's metadata."""
+  return _split_info(data_dir, split)[1].num_examples
+
+
+def _pipeline_shards(split_info, input_context):
+  """(path, expected number of records) of the shards this input pipeline reads, and how many
+  further ways it must split their records: whole files when there are enough, else records."""
+  shards = [(str(p), n) for p, n in zip(split_info.filepaths, split_info.shard_lengths)]
+  if input_context is None or input_context.num_input_pipelines == 1:
+    return shards, 1, 0
+  num, index = input_context.num_input_pipelines, input_context.input_pipeline_id
+  if len(shards) >= num:
+    return shards[index::num], 1, 0
+  return shards, num, index
+
+
+def _check_shards_exist(shards):
+  for path, _ in shards:
+    if not tf.io.gfile.exists(path):
+      raise FileNotFoundError(f"{path}: shard listed in dataset_info.json is missing")
+
+
+def _check_shards_readable(shards):
+  """Reads every record once (checking its CRC) and compares the count with the metadata's.
+
+  tf.data's own error for a damaged record does not say which file holds it; this costs about
+  a sixth of the decoding that follows, and only when the cache is not already filled.
+  """
+  for path, expected in shards:
+    try:
+      count = int(tf.data.TFRecordDataset(path).batch(1024).reduce(
+          np.int64(0), lambda n, records: n + tf.size(records, out_type=tf.int64)))
+    except tf.errors.OpError as e:
+      raise ValueError(f"{path}: corrupt TFRecord shard ({e.message.splitlines()[0]}); "
+                       "rewrite the dataset with tools/make_tfrecords") from None
+    if count != expected:
+      raise ValueError(f"{path}: holds {count} records, dataset_info.json says {expected}; "
+                       "rewrite the dataset with tools/make_tfrecords")
+
+
+def _cache_file(cache_dir, split, image_size, shards, num_splits, index):
+  """A cache file name that changes whenever the shards change, so a stale cache is never read:
+  it hashes each shard's path, size, modification time and first 64 KiB."""
+  fingerprint = hashlib.sha1(f"{num_splits}:{index}".encode())
+  for path, _ in shards:
+    stat = tf.io.gfile.stat(path)
+    fingerprint.update(f";{path}:{stat.length}:{stat.mtime_nsec}:".encode())
+    with tf.io.gfile.GFile(path, "rb") as f:
+      fingerprint.update(f.read(1 << 16))
+  tf.io.gfile.makedirs(cache_dir)
+  return (f"{cache_dir}/{dataset_lib.DATASET_NAME}-{split}-{image_size}px-"
+          f"{fingerprint.hexdigest()[:16]}")
+
+
+def _decode(example, image_size):
+  """Encoded example -> (uint8 [S,S,3] image, normalised keypoints, name); resized if needed."""
+  image = tf.io.decode_image(example["image"], channels=3, expand_animations=False)
+  image = tf.cond(
+      tf.reduce_all(tf.shape(image)[:2] == image_size),
+      lambda: image,
+      lambda: tf.cast(tf.clip_by_value(tf.round(tf.image.resize(
+          image, [image_size, image_size], antialias=True)), 0, 255), tf.uint8))
+  image = tf.ensure_shape(image, [image_size, image_size, 3])
+  return image, example["keypoints"], example["image_name"]
+
+
+def _decoded_examples(data_dir, split, image_size, cache, input_context, with_names=False):
+  """Decoded (image, keypoints[, image_name]) examples of this input pipeline, in file order,
+  cached when `cache` says so."""
+  builder, split_info = _split_info(data_dir, split)
+  shards, num_splits, index = _pipeline_shards(split_info, input_context)
+  _check_shards_exist(shards)
+  cache_file = None
+  if isinstance(cache, str):
+    cache_file = _cache_file(cache, split, image_size, shards, num_splits, index)
+  if cache_file is None or not tf.io.gfile.exists(cache_file + ".index"):
+    _check_shards_readable(shards)
+
+  features = builder.info.features
+  decoders = {"image": tfds.decode.SkipDecoding()}
+  ds = tf.data.TFRecordDataset([path for path, _ in shards])
+  if num_splits > 1:
+    ds = ds.shard(num_splits, index)
+
+  def parse_and_decode(record):
+    decoded = _decode(features.deserialize_example(record, decoders=decoders), image_size)
+    return decoded if with_names else decoded[:2]
+
+  ds = ds.map(parse_and_decode, num_parallel_calls=AUTOTUNE)
+  if cache_file is not None:
+    ds = ds.cache(cache_file)
+  elif cache:
+    ds = ds.cache()
+  return ds
+
+
+def _num_passes(repeat, train):
+  """None: train repeats forever, evaluation reads once. True: forever; False: once; n: n passes."""
+  if repeat is None:
+    return -1 if train else 1
+  if isinstance(repeat, bool):
+    return -1 if repeat else 1
+  if repeat < 1:
+    raise ValueError(f"repeat must be None, a bool or a positive number of passes, got {repeat}")
+  return int(repeat)
+
+
+def create_split(data_dir, split, *, batch_size, train, image_size=128, cache=True,
+                 shuffle_buffer=10_000, seed=0, input_context=None, repeat=None):
+  """Batches (images uint8 [B,S,S,3], keypoints float32 [B,K,2] normalised) of one split.
+
+  Args:
+    data_dir: a facekp dataset directory (tools/make_tfrecords --out).
+    split: "train", "validation" or "test".
+    batch_size: the global batch size; with `input_context` each replica gets its share.
+    train: True: shuffled (reproducibly from `seed`), repeated, full batches only.
+      False: every example exactly once, in stored order; the last batch may be short.
+    image_size: S; stored images of another size are resized (normalised keypoints unchanged).
+    cache: True: decoded images cached in memory; a directory path: cached in files there (for
+      sets larger than memory; the file name changes when the shards change); False: no cache.
+    shuffle_buffer: shuffle buffer size in examples (train only).
+    seed: seed of the shuffle order.
+    input_context: a tf.distribute.InputContext: reads this input pipeline's part of the split.
+    repeat: None: train repeats forever, evaluation reads once; else the number of passes
+      (True: forever).
+  """
+  per_replica_batch = (input_context.get_per_replica_batch_size(batch_size)
+                       if input_context else batch_size)
+  ds = _decoded_examples(data_dir, split, image_size, cache, input_context)
+  if train:
+    ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+  passes = _num_passes(repeat, train)
+  if passes != 1:
+    ds = ds.repeat(passes)
+  ds = ds.batch(per_replica_batch, drop_remainder=train, num_parallel_calls=AUTOTUNE)
+  return ds.prefetch(AUTOTUNE)
+
+
+def distributed_dataset(strategy, data_dir, split, *, global_batch_size, train,
+                        split_across_workers=True, **kwargs):
+  """create_split per input pipeline of `strategy` (one per worker); each replica gets its
+  share of the batch.
+
+  With several workers each reads its part of the split (whole shard files when there are at
+  least as many shards as workers, else every n-th record), unless `split_across_workers` is
+  False: then every worker reads the whole split (evaluation: every worker runs the same number
+  of steps, whatever the shards, and the metrics averaged over workers are exactly the split's).
+  """
+  def dataset_fn(input_context):
+    if not split_across_workers:
+      input_context = tf.distribute.InputContext(
+          num_replicas_in_sync=input_context.num_replicas_in_sync)
+    return create_split(data_dir, split, batch_size=global_batch_size, train=train,
+                        input_context=input_context, **kwargs)
+  return strategy.distribute_datasets_from_function(dataset_fn)
+
+
+def undecodable_image(data_dir, splits):
+  """Where the first stored image that does not decode lies, 'shard, record i (name): why', or
+  None. tf.data's own error for it names neither the shard nor the example."""
+  for split in splits:
+    where = _undecodable_example(data_dir, split)
+    if where:
+      return where
+  return None
+
+
+def _undecodable_example(data_dir, split):
+  """Where the first record of `split` whose image does not decode lies, or None."""
+  builder, split_info = _split_info(data_dir, split)
+  decoders = {"image": tfds.decode.SkipDecoding()}
+  for path in split_info.filepaths:
+    for i, record in enumerate(tf.data.TFRecordDataset(str(path))):
+      example = builder.info.features.deserialize_example(record, decoders=decoders)
+      try:
+        tf.io.decode_image(example["image"], channels=3, expand_animations=False)
+      except tf.errors.InvalidArgumentError as e:
+        name = example["image_name"].numpy().decode("utf-8", "replace")
+        return f"{path}, record {i} ({name}): {e.message.splitlines()[0]}"
+  return None
+
+
+def load_arrays(data_dir, split, image_size=128):
+  """The whole split in memory, in stored order: {"images" uint8 [N,S,S,3], "keypoints" float32
+  [N,K,2] normalised, "image_names" str [N]}."""
+  ds = _decoded_examples(data_dir, split, image_size, cache=False, input_context=None,
+                         with_names=True)
+  images, keypoints, names = [], [], []
+  try:
+    for image, points, name in ds.batch(1024).prefetch(AUTOTUNE).as_numpy_iterator():
+      images.append(image)
+      keypoints.append(points)
+      names.extend(n.decode("utf-8") for n in name)
+  except tf.errors.InvalidArgumentError:  # a record whose CRC holds but whose image is corrupt
+    where = _undecodable_example(data_dir, split) or f"the {split} split of {data_dir}"
+    raise ValueError(f"corrupt image in {where}; rewrite the dataset with tools/make_tfrecords"
+                     ) from None
+  num_keypoints = ds.element_spec[1].shape[0]
+  return {
+      "images": (np.concatenate(images) if images
+                 else np.zeros((0, image_size, image_size, 3), np.uint8)),
+      "keypoints": (np.concatenate(keypoints) if keypoints
+                    else np.zeros((0, num_keypoints, 2), np.float32)),
+      "image_names": np.array(names, dtype=str),
+  }
+
+
+def train_mean_keypoints(data_dir):
+  """Mean normalised keypoints [K, 2] of the training split, read without decoding images."""
+  shards, _, _ = _pipeline_shards(_split_info(data_dir, "train")[1], None)
+  _check_shards_exist(shards)
+  _check_shards_readable(shards)  # a damaged shard is named, not a bare DataLossError
+  ds = dataset_lib.builder(data_dir).as_dataset(
+      split="train", decoders={"image": tfds.decode.SkipDecoding()})
+  ds = ds.map(lambda ex: ex["keypoints"]).batch(4096)
+  total, count = 0.0, 0
+  for batch in ds.as_numpy_iterator():
+    total = total + batch.astype(np.float64).sum(axis=0)
+    count += len(batch)
+  if not count:
+    raise ValueError(f"the train split of {data_dir} is empty: no mean shape")
+  return (total / count).astype(np.float32)

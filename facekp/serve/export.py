@@ -1,0 +1,292 @@
+"""Exports a trained workdir for serving and checks every export against the Keras model.
+
+  python -m facekp.serve.export --workdir=runs/effnet_aug
+
+Writes into workdir/export/:
+  saved_model/                 serving signature: uint8 images [N, S, S, 3] ->
+                               {"keypoints_px": [N, K, 2] pixels, "keypoints": [N, K, 2] in 0..1}
+  model_float32.tflite         the same signature in TFLite
+  model_dynamic_range.tflite   weights quantised to int8, activations float
+  model_float16.tflite         weights stored as float16
+  schema.json                  slot names and flip permutation (predict reads it)
+  keypoints.json               what the model takes and returns (facekp.core.keypoints.metadata):
+                               the coordinate convention, the crop its faces were made with
+                               (from the dataset's metadata; "unknown" when it records none) and
+                               the input size, so a reader can check what it feeds the model;
+                               "flip_tta": whether the exports average each face with its mirror
+                               (--tta_flip)
+  export_report.json           per export: file size, max and mean |difference| from Keras in
+                               pixels on test faces, CPU latency per image; and "keypoints"
+Every file is written whole or not at all (facekp.core.files).
+Quantised keypoint models are known to drift (tensorflow/tensorflow#39954), hence the check on
+real faces: the workdir's test split, or the sample photos when the dataset is not at hand.
+"""
+import os
+import time
+import warnings
+
+from facekp.core import cli  # first: quiets the C++ start-up lines of TensorFlow and MediaPipe
+from absl import flags
+from absl import logging
+import keras
+import numpy as np
+import tensorflow as tf
+
+from facekp.data import shards
+from facekp.core import files
+from facekp.core import images as images_lib
+from facekp.input import input_pipeline
+from facekp.core import keypoints as keypoints_lib
+from facekp.core import sample
+from facekp.models import keypoint_model
+from facekp.core import workdir as workdir_lib
+
+TFLITE_VARIANTS = ("float32", "dynamic_range", "float16")
+SERVING_SIGNATURE = "serving_default"
+KEYPOINTS_FILE = "keypoints.json"
+UNKNOWN_CROP = "unknown"
+
+
+# Writing.
+
+def write_saved_model(model, image_size, path):
+  """SavedModel whose serving signature takes uint8 images and returns pixels and normalised.
+
+  keras.export.ExportArchive (a tf.Module) tracks the Keras 3 variables so that the TFLite
+  converter can freeze them; a bare tf.Module holding the model converts to a TFLite file that
+  fails at run time on READ_VARIABLE.
+  """
+  def serve(images):
+    keypoints = tf.cast(model(tf.cast(images, tf.float32), training=False), tf.float32)
+    return {"keypoints_px": keypoints_lib.to_pixels(keypoints, float(image_size)),
+            "keypoints": keypoints}
+
+  archive = keras.export.ExportArchive()
+  archive.track(model)
+  archive.add_endpoint(
+      SERVING_SIGNATURE, serve,
+      input_signature=[tf.TensorSpec([None, image_size, image_size, 3], tf.uint8, name="images")])
+  with files.atomic_path(path) as tmp:
+    archive.write_out(tmp, verbose=False)
+    files.remove_quietly(path)  # a folder is not renamed over another
+
+
+def tflite_model(saved_model_dir, variant):
+  """TFLite flatbuffer bytes of the SavedModel: float32, dynamic_range or float16."""
+  converter = tf.lite.TFLiteConverter.from_saved_model(saved_model_dir)
+  if variant == "dynamic_range":
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+  elif variant == "float16":
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter.target_spec.supported_types = [tf.float16]
+  elif variant != "float32":
+    raise ValueError(f"unknown TFLite variant {variant!r}; expected one of {TFLITE_VARIANTS}")
+  return converter.convert()
+
+
+# Loading: one interface for every format, used by the checks here and by facekp.serve.predict.
+
+class KeypointModel:
+  """A loaded keypoint model: `model(images uint8 [N, S, S, 3])` -> float32 [N, K, 2] in 0..1."""
+
+  def __init__(self, fn, image_size, path):
+    self._fn = fn
+    self.image_size = int(image_size)
+    self.path = path
+
+  def __call__(self, images, batch_size=32):
+    images = np.asarray(images, np.uint8)
+    if images.shape[1:] != (self.image_size, self.image_size, 3):
+      raise ValueError(f"{self.path} takes images of shape [N, {self.image_size}, "
+                       f"{self.image_size}, 3], got {images.shape}")
+    return np.concatenate([np.asarray(self._fn(images[i:i + batch_size]), np.float32)
+                           for i in range(0, len(images), batch_size)])
+
+
+def keras_model(model, path=""):
+  image_size = model.input_shape[1]
+  if image_size is None:
+    raise ValueError(f"the model {path} does not fix its input size")
+  call = tf.function(lambda x: model(tf.cast(x, tf.float32), training=False))
+  return KeypointModel(lambda x: call(tf.constant(x)), image_size, path)
+
+
+def load_keras(path):
+  return keras_model(keras.models.load_model(path), path)
+
+
+def load_saved_model(path):
+  signature = tf.saved_model.load(path).signatures[SERVING_SIGNATURE]
+  image_size = signature.structured_input_signature[1]["images"].shape[1]
+  return KeypointModel(lambda x: signature(images=tf.constant(x))["keypoints"], image_size, path)
+
+
+def load_tflite(path=None, content=None):
+  """A TFLite model from a file or from flatbuffer bytes; runs through its serving signature."""
+  if content is None:
+    with tf.io.gfile.GFile(path, "rb") as f:
+      content = f.read()
+  with warnings.catch_warnings():
+    # TF 2.19 points to ai_edge_litert, which is not part of the pinned dependency set.
+    warnings.filterwarnings("ignore", message=".*tf.lite.Interpreter is deprecated")
+    interpreter = tf.lite.Interpreter(model_content=content)
+  runner = interpreter.get_signature_runner(SERVING_SIGNATURE)
+  image_size = runner.get_input_details()["images"]["shape"][1]
+  return KeypointModel(lambda x: runner(images=x)["keypoints"], image_size, path)
+
+
+def load(path):
+  """A workdir, a .keras file, a SavedModel directory or a .tflite file -> KeypointModel."""
+  if path.endswith(".tflite"):
+    return load_tflite(path)
+  if path.endswith(".keras"):
+    return load_keras(path)
+  if tf.io.gfile.exists(f"{path}/saved_model.pb"):
+    return load_saved_model(path)
+  if tf.io.gfile.exists(workdir_lib.path(path, workdir_lib.MODEL)):
+    return keras_model(workdir_lib.load_model(path), workdir_lib.path(path, workdir_lib.MODEL))
+  raise FileNotFoundError(f"{path} is not a keypoint model: expected a workdir (with "
+                          "model.keras), a .keras file, a SavedModel directory or a .tflite file")
+
+
+# Checking.
+
+def sample_faces(image_size):
+  """The committed sample photos, centre-cropped square and resized: uint8 [N, S, S, 3]."""
+  faces = []
+  for path in sample.sample_photos():
+    image = images_lib.load_rgb(path)
+    side = min(image.shape[:2])
+    top, left = (image.shape[0] - side) // 2, (image.shape[1] - side) // 2
+    square = image[top:top + side, left:left + side]
+    faces.append(tf.image.resize(square, (image_size, image_size), antialias=True).numpy())
+  return np.clip(np.round(np.stack(faces)), 0, 255).astype(np.uint8)
+
+
+def check_images(data_dir, image_size, max_images):
+  """Test faces of the dataset, or the sample photos when there is no dataset; and their source."""
+  if data_dir and tf.io.gfile.exists(f"{data_dir}/dataset_info.json"):
+    arrays = input_pipeline.load_arrays(data_dir, "test", image_size=image_size)
+    if len(arrays["images"]):
+      return arrays["images"][:max_images], f"{data_dir} test split"
+  logging.warning("no dataset at %r: checking the exports on the sample photos", data_dir)
+  return sample_faces(image_size)[:max_images], "facekp/sample photos"
+
+
+def latency_ms(model, image, repeats):
+  """Median wall time of one single-image call, after two warm-up calls."""
+  for _ in range(2):
+    model(image)
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    model(image)
+    times.append(time.perf_counter() - start)
+  return 1000.0 * float(np.median(times))
+
+
+def path_size(path):
+  if not tf.io.gfile.isdir(path):
+    return tf.io.gfile.stat(path).length
+  return sum(tf.io.gfile.stat(os.path.join(root, name)).length
+             for root, _, files in tf.io.gfile.walk(path) for name in files)
+
+
+def compare(reference, candidate, images, repeats):
+  """|difference| from the reference in pixels, file size and single-image latency."""
+  size = candidate.image_size
+  diff_px = np.abs(keypoints_lib.to_pixels(candidate(images), size)
+                   - keypoints_lib.to_pixels(reference(images), size))
+  return {"path": candidate.path, "size_bytes": int(path_size(candidate.path)),
+          "max_abs_diff_px": float(diff_px.max()), "mean_abs_diff_px": float(diff_px.mean()),
+          "latency_ms": latency_ms(candidate, images[:1], repeats)}
+
+
+def format_report(report):
+  lines = [f"exports of {report['workdir']} checked on {report['num_images']} images "
+           f"({report['images']}), {report['image_size']} px",
+           f"{'model':<28} {'size MB':>8} {'max |diff| px':>14} {'mean |diff| px':>15} "
+           f"{'ms/image':>9}"]
+  for name, r in report["models"].items():
+    lines.append(f"{name:<28} {r['size_bytes'] / 1e6:8.2f} {r['max_abs_diff_px']:14.5f} "
+                 f"{r['mean_abs_diff_px']:15.6f} {r['latency_ms']:9.2f}")
+  return "\n".join(lines)
+
+
+def dataset_crop(data_dir):
+  """The crop method a dataset records (facekp.core.keypoints.crop_method) under "keypoints" in its
+  schema.json or TFDS metadata.json, or UNKNOWN_CROP."""
+  for name in (shards.SCHEMA_FILE, "metadata.json"):
+    path = f"{data_dir}/{name}"
+    if data_dir and tf.io.gfile.exists(path):
+      record = files.read_json(path, "dataset metadata").get("keypoints")
+      crop = record.get("crop") if isinstance(record, dict) else record
+      if crop:
+        return str(crop)
+  return UNKNOWN_CROP
+
+
+def export_workdir(workdir, *, data_dir=None, variants=TFLITE_VARIANTS, max_images=64,
+                   repeats=20, tta_flip=False):
+  """Writes workdir/export (SavedModel, TFLite variants, schema, keypoints metadata) and checks
+  it; returns the report. tta_flip: every export averages each face with its mirror."""
+  data_dir = data_dir or workdir_lib.read_config(workdir).get("data_dir")
+  model = workdir_lib.load_model(workdir)
+  out = workdir_lib.path(workdir, workdir_lib.EXPORT)
+  schema = None
+  if data_dir and tf.io.gfile.exists(f"{data_dir}/{shards.SCHEMA_FILE}"):
+    schema = shards.load_schema(data_dir)
+  if tta_flip:
+    if schema is None:
+      raise ValueError(f"--tta_flip needs the flip permutation of the dataset's "
+                       f"{shards.SCHEMA_FILE}, and {data_dir!r} has none: pass --data_dir")
+    model = keypoint_model.with_flip_tta(model, schema.flip_permutation)
+  tf.io.gfile.makedirs(out)
+  if schema is not None:
+    files.write_json(f"{out}/{shards.SCHEMA_FILE}", schema.to_dict())
+  reference = keras_model(model, workdir_lib.path(workdir, workdir_lib.MODEL))
+  image_size = reference.image_size
+  keypoints = {**keypoints_lib.metadata(dataset_crop(data_dir), image_size),
+               "flip_tta": bool(tta_flip)}
+  files.write_json(f"{out}/{KEYPOINTS_FILE}", keypoints)
+
+  logging.info("writing %s/saved_model", out)
+  write_saved_model(model, image_size, f"{out}/saved_model")
+  exports = {"saved_model": load_saved_model(f"{out}/saved_model")}
+  for variant in variants:
+    path = f"{out}/model_{variant}.tflite"
+    logging.info("converting to %s", path)
+    files.atomic_write(path, tflite_model(f"{out}/saved_model", variant))
+    exports[f"tflite_{variant}"] = load_tflite(path)
+
+  images, source = check_images(data_dir, image_size, max_images)
+  report_models = {name: compare(reference, candidate, images, repeats)
+                   for name, candidate in [("keras", reference), *exports.items()]}
+  report = {"workdir": str(workdir), "image_size": image_size, "images": source,
+            "num_images": int(len(images)), "models": report_models,
+            "schema": schema.to_dict() if schema else None, "keypoints": keypoints}
+  files.write_json(f"{out}/export_report.json", report)
+  print(format_report(report), flush=True)
+  return report
+
+
+def define_flags():
+  cli.define_workdir("Training workdir (config.json, model.keras).")
+  flags.DEFINE_string("data_dir", None, "Dataset for the check; default: the workdir's config.")
+  flags.DEFINE_list("tflite", list(TFLITE_VARIANTS), "TFLite variants to write.")
+  flags.DEFINE_integer("max_images", 64, "Test images to compare the exports on.")
+  flags.DEFINE_bool("tta_flip", False, "Bake test-time flip averaging into every export (twice "
+                    "the compute per face; evaluate --tta_flip shows what it gains).")
+
+
+def main(argv):
+  f = flags.FLAGS
+  export_workdir(f.workdir, data_dir=f.data_dir, variants=f.tflite, max_images=f.max_images,
+                 tta_flip=f.tta_flip)
+
+
+run = cli.command(main, define_flags)  # the facekp-export command (python -m facekp.serve.export)
+
+
+if __name__ == "__main__":
+  run()

@@ -1,0 +1,344 @@
+"""Keypoints on ordinary photos: find each face, align it, predict, map the points back.
+
+  python -m facekp.serve.predict --model=runs/effnet_aug --images=photos/ --out=predictions/
+
+--model is a workdir, a .keras file, a SavedModel directory or a .tflite file (facekp.serve.export).
+--images is one photo or a folder (searched recursively; the formats facekp.core.images reads).
+
+Each photo is read with facekp.core.images.load_rgb and its faces found, ordered (largest first),
+named and cropped by facekp.data.faces, the routine make_tfrecords uses: the FFHQ-style crop of
+facekp.data.align that `make_tfrecords --align` writes, at the model's input size. The model predicts
+on each crop, and the inverse of the crop's matrix takes the points back into the photo's
+pixels. Before the first photo, the keypoint record of the model's training data (the export's
+export_report.json or schema.json, or the workdir's dataset) is checked against this crop.
+Written into --out:
+  predictions.csv  the columns of face_keypoints.csv: image_name, width, height,
+                   point_1_x ... point_K_y (pixels of the photo), status. One row per face,
+                   named as make_tfrecords --align names its crops ("dir/a_f0.png" for the
+                   largest face of "dir/a.jpg", then _f1, ...; up to --max_faces). status is
+                   "ok", or "face_mismatch" / "no_face" for a face whose crop make_tfrecords
+                   would drop too (points -1). A photo without a face has one row under its
+                   own name: "no_face", or the reason facekp.core.images gave for a file it could
+                   not read (points -1, width and height 0), as make_tfrecords writes them.
+  predictions.json the same faces with named points, the face's box in the photo (the aligned
+                   square's corners and their bounding box) and the crop (size and the matrix
+                   from photo to crop pixels).
+  overlays/<image_name>.png  the photo with each face's points and its aligned crop's outline
+                   (--nooverlays skips them: they take most of the time).
+  predictions.journal  each photo's results as they come: a run that is interrupted keeps
+                   them, and the same command continues where it stopped.
+A photo that fails never stops the rest of the folder.
+"""
+import collections
+import csv
+import io
+import json
+import os
+import re
+import signal
+
+from facekp.core import cli  # first: quiets the C++ start-up lines of TensorFlow and MediaPipe
+from absl import flags
+from absl import logging
+import numpy as np
+import tensorflow as tf
+
+from facekp.data import align
+from facekp.data import shards
+from facekp.serve import export
+from facekp.data import face_mesh
+from facekp.data import faces as faces_lib
+from facekp.core import files
+from facekp.core import images as images_lib
+from facekp.core import keypoint_csv
+from facekp.core import keypoints as keypoints_lib
+from facekp.core import plots
+from facekp.core import schema as schema_lib
+from facekp.core.keypoint_csv import OK
+
+PREDICTIONS_CSV = "predictions.csv"
+PREDICTIONS_JSON = "predictions.json"
+JOURNAL = "predictions.journal"
+_EXPORT_REPORT = "export_report.json"
+_ALIGNED_CROP = keypoints_lib.crop_method(1)[:-1] + r"\d+"  # facekp's align, at any size
+
+
+# --- What the model was trained on -------------------------------------------------------------
+
+
+def _model_dirs(model_path):
+  model_dir = model_path if tf.io.gfile.isdir(model_path) else os.path.dirname(model_path)
+  model_dir = model_dir.rstrip("/") or "."
+  return model_dir, os.path.dirname(model_dir) or "."
+
+
+def _training_records(model_path):
+  """(schema dict or None, keypoints record or None, where that record was read) of the
+  model's training data, from the first of: the export's export_report.json ("schema" and
+  "keypoints" entries) and schema.json beside the model or its folder's parent, then the
+  dataset named by a workdir's config.json (its schema.json)."""
+  schema = record = where = None
+  for directory in _model_dirs(model_path):
+    candidates = [f"{directory}/{_EXPORT_REPORT}", f"{directory}/{shards.SCHEMA_FILE}"]
+    if tf.io.gfile.exists(f"{directory}/config.json"):
+      data_dir = files.read_json(f"{directory}/config.json", "config").get("data_dir")
+      if data_dir:
+        candidates.append(f"{data_dir}/{shards.SCHEMA_FILE}")
+    for path in filter(tf.io.gfile.exists, candidates):
+      content = files.read_json(path)
+      found = content.get("schema") if path.endswith(_EXPORT_REPORT) else content
+      if schema is None and found and "mesh_indices" in found:
+        schema = found
+      found_record = content.get("keypoints") or (found or {}).get("keypoints")
+      if record is None and found_record:
+        record, where = found_record, path
+  return schema, record, where
+
+
+def find_schema(model_path):
+  """The schema of the model's training data (see _training_records), or None."""
+  schema, _, _ = _training_records(model_path)
+  return schema_lib.Schema.from_dict(schema) if schema else None
+
+
+def check_training_record(record, where):
+  """Refuses a model trained on another keypoint convention; warns when its training crops are
+  not facekp's alignment (predict's crops would then differ from what it learnt on)."""
+  if record is None:
+    logging.warning("no keypoint record of the model's training data found%s: cannot check "
+                    "that predict crops faces as its training data was cropped",
+                    f" (read {where})" if where else "")
+    return
+  if record.get("coordinates") != keypoints_lib.CONVENTION:
+    raise ValueError(f"{where}: the model was trained on {record.get('coordinates')!r} "
+                     f"keypoint coordinates, but predict uses {keypoints_lib.CONVENTION!r}")
+  crop = record.get("crop", "")
+  if not re.fullmatch(_ALIGNED_CROP, crop):
+    logging.warning("%s: the model was trained on images cropped %r, but predict feeds it "
+                    "facekp's FFHQ-style crops (%s): its points may be off; train on a dataset "
+                    "made with make_tfrecords --align for photos", where, crop,
+                    keypoints_lib.crop_method(1)[:-1] + "<size>")
+
+
+# --- One photo -------------------------------------------------------------------------------
+
+
+class FaceResult(collections.namedtuple("FaceResult", "face points outline")):
+  """A cropped face (facekp.data.faces.Face) and its predicted points in the photo, or None."""
+
+
+def predict_faces(model, finder, image, name, max_faces):
+  """Up to `max_faces` faces of a photo, largest first (facekp.data.faces): [FaceResult]."""
+  size = model.image_size
+  found = faces_lib.aligned_faces(finder, name, image, size, max_faces)
+  good = [face.crop for face in found if face.status == OK]
+  predicted = iter(keypoints_lib.to_pixels(model(np.stack(good)), size) if good else [])
+  corners = np.array([[0, 0], [size, 0], [size, size], [0, size]], np.float64)
+  results = []
+  for face in found:
+    to_photo = align.invert(face.matrix)
+    points = align.transform_points(to_photo, next(predicted)) if face.status == OK else None
+    results.append(FaceResult(face, points, align.transform_points(to_photo, corners)))
+  return results
+
+
+def overlay_path(out_dir, name):
+  return f"{out_dir}/overlays/{name}.png"
+
+
+def _face_json(photo_name, k, result, names, model_size):
+  face = result.face
+  outline = result.outline
+  entry = {"photo": photo_name, "face": k, "image_name": face.name, "status": face.status,
+           "points": None, "box": {"corners": outline.round(3).tolist(),
+                                   "bounds": [*outline.min(0).round(3), *outline.max(0).round(3)]},
+           "crop": {"size": model_size, "method": keypoints_lib.crop_method(model_size),
+                    "photo_to_crop": face.matrix.round(6).tolist()}}
+  if result.points is not None:
+    entry["points"] = {n: [float(x), float(y)] for n, (x, y) in zip(names, result.points)}
+  return entry
+
+
+def predict_photo(model, finder, path, name, out_dir, max_faces, names, overlays):
+  """(keypoint rows, JSON entries) of one photo's faces (overlay written); a bad photo gives
+  one row with its reason."""
+  k = len(names)
+  try:
+    image = images_lib.load_rgb(path)
+    results = predict_faces(model, finder, image, name, max_faces)
+  except images_lib.ImageError as e:
+    logging.warning("skipping %s", e)
+    return [keypoint_csv.missing_row(name, k, e.reason)], []
+  except faces_lib.FACE_ERRORS as e:
+    # One odd file must not stop a folder; the row and the log say what happened.
+    logging.warning("%s: %s: %s", name, type(e).__name__, e)
+    return [keypoint_csv.missing_row(name, k, "error")], []
+  height, width = image.shape[:2]
+  if not results:
+    return [keypoint_csv.missing_row(name, k, "no_face", width, height)], []
+  found = [(r.points, r.outline) for r in results if r.points is not None]
+  if overlays and found:
+    overlay = overlay_path(out_dir, name)
+    tf.io.gfile.makedirs(os.path.dirname(overlay))
+    with files.atomic_path(overlay) as tmp:
+      plots.photo_overlay(tmp, image, found, names)
+  rows = [keypoint_csv.KeypointRow(r.face.name, width, height, tuple(r.points.ravel()), OK)
+          if r.points is not None else
+          keypoint_csv.missing_row(r.face.name, k, r.face.status, width, height)
+          for r in results]
+  entries = [_face_json(name, i, r, names, model.image_size) for i, r in enumerate(results)]
+  return rows, entries
+
+
+# --- A folder --------------------------------------------------------------------------------
+
+
+def photo_list(images_path, exclude=()):
+  """(path, image_name) of one photo or of every photo under a folder."""
+  if tf.io.gfile.isdir(images_path):
+    root = images_path.rstrip("/")
+    photos = [(f"{root}/{name}", name) for name in images_lib.list_images(root, exclude)]
+    if not photos:
+      raise ValueError(f"--images={images_path}: no photos in this folder (looked for files "
+                       f"ending in {', '.join(images_lib.IMAGE_EXTENSIONS)})")
+    return photos
+  if not tf.io.gfile.exists(images_path):
+    raise FileNotFoundError(f"--images={images_path}: no such file or folder")
+  return [(images_path, os.path.basename(images_path))]
+
+
+class _Journal:
+  """predictions.journal: one JSON line per finished photo, flushed as it comes, under a
+  first line recording the model and settings (another model or settings start afresh)."""
+
+  def __init__(self, path, fingerprint):
+    self.path, self.fingerprint = path, fingerprint
+    self._file = None
+
+  def read(self):
+    """{photo name: (stamp, rows, entries)} of the photos finished by an earlier run."""
+    done = {}
+    if os.path.exists(self.path):
+      with open(self.path, encoding="utf-8") as f:
+        lines = f.read().split("\n")
+      if lines and lines[0] == json.dumps(self.fingerprint):
+        for line in lines[1:-1]:  # the last line is "" or a line cut off by a kill
+          photo = json.loads(line)
+          rows = [keypoint_csv.KeypointRow(*fields) for fields in photo["rows"]]
+          done[photo["name"]] = (photo["stamp"], rows, photo["faces"])
+    files.atomic_write(self.path, "".join(
+        json.dumps(line) + "\n" for line in [self.fingerprint] + [
+            {"name": n, "stamp": s, "rows": r, "faces": e} for n, (s, r, e) in done.items()]))
+    return done
+
+  def append(self, name, stamp, rows, entries):
+    if self._file is None:
+      self._file = open(self.path, "a", encoding="utf-8")
+    line = {"name": name, "stamp": stamp, "rows": [list(row) for row in rows], "faces": entries}
+    self._file.write(json.dumps(line) + "\n")
+    self._file.flush()
+
+  def close(self):
+    if self._file is not None:
+      self._file.close()
+
+
+def _stamp(path):
+  try:
+    st = os.stat(path)
+    return [st.st_size, st.st_mtime_ns]
+  except OSError:
+    return None
+
+
+def _write_outputs(out_dir, rows, entries, columns):
+  text = io.StringIO()
+  writer = csv.writer(text, lineterminator="\n")
+  writer.writerow(["image_name", "width", "height", *columns, "status"])
+  writer.writerows(keypoint_csv.format_csv_fields(row) for row in rows)
+  files.atomic_write(f"{out_dir}/{PREDICTIONS_CSV}", text.getvalue())
+  files.write_json(f"{out_dir}/{PREDICTIONS_JSON}", {"faces": entries})
+
+
+def _point_names(model_path, num_keypoints):
+  schema = find_schema(model_path)
+  if schema is not None and schema.num_keypoints == num_keypoints:
+    return schema.names, schema.csv_point_columns
+  names = tuple(f"point_{k + 1}" for k in range(num_keypoints))
+  return names, tuple(f"{n}_{axis}" for n in names for axis in "xy")
+
+
+def predict_images(model_path, images_path, out_dir, max_faces=1, overlays=True):
+  """Predicts on every photo; writes predictions.csv / .json and overlays; returns the rows.
+
+  Holds a lock on out_dir; results go to its journal as they come, so an interrupted run keeps
+  them and the same call continues.
+  """
+  if max_faces < 1:
+    raise ValueError(f"max_faces must be at least 1, got {max_faces}")
+  photos = photo_list(images_path, exclude=[out_dir])
+  model = export.load(model_path)
+  _, record, where = _training_records(model_path)
+  check_training_record(record, where)
+  num_keypoints = model(np.zeros((1, model.image_size, model.image_size, 3), np.uint8)).shape[1]
+  names, columns = _point_names(model_path, num_keypoints)
+  with files.folder_lock(out_dir, "--out"):
+    files.remove_temporaries(out_dir)
+    fingerprint = {"model": os.path.abspath(model_path), "max_faces": max_faces,
+                   "overlays": overlays}
+    journal = _Journal(f"{out_dir}/{JOURNAL}", fingerprint)
+    paths = {name: path for path, name in photos}
+    done = {name: result for name, result in journal.read().items()
+            if name in paths and result[0] is not None and result[0] == _stamp(paths[name])}
+    todo = [(path, name) for path, name in photos if name not in done]
+    if done:
+      logging.info("%d photos: %d predicted before, %d to do", len(photos), len(done), len(todo))
+    try:
+      with face_mesh.FaceMesh(faces_lib.search_limit(max_faces)) as photo_mesh, \
+          face_mesh.FaceMesh(max_faces=1) as crop_mesh, face_mesh.FaceDetector() as detector:
+        finder = faces_lib.Finder(photo_mesh, crop_mesh, detector)
+        for i, (path, name) in enumerate(todo):
+          rows, entries = predict_photo(model, finder, path, name, out_dir, max_faces, names,
+                                        overlays)
+          journal.append(name, _stamp(path), rows, entries)
+          done[name] = (None, rows, entries)
+          if (i + 1) % 100 == 0 or i + 1 == len(todo):
+            logging.info("predicted %d / %d photos", i + 1, len(todo))
+    except KeyboardInterrupt:
+      print(f"interrupted after {len(done)} of {len(photos)} photos: their predictions are kept "
+            f"in {out_dir}/{JOURNAL}; run the same command again to continue", flush=True)
+      raise
+    finally:
+      journal.close()
+    rows = [row for _, name in photos for row in done[name][1]]
+    _write_outputs(out_dir, rows, [e for _, name in photos for e in done[name][2]], columns)
+  counts = collections.Counter(row.status for row in rows)
+  print(f"{len(photos)} photos -> {out_dir}/{PREDICTIONS_CSV}: {counts.pop(OK, 0)} faces"
+        + "".join(f", {n} {status}" for status, n in sorted(counts.items())), flush=True)
+  return rows
+
+
+def define_flags():
+  flags.DEFINE_string("model", None, "Workdir, .keras file, SavedModel directory or .tflite file.",
+                      required=True)
+  flags.DEFINE_string("images", None, "A photo or a folder of photos.", required=True)
+  flags.DEFINE_string("out", None, "Output folder (predictions.csv, overlays/).", required=True)
+  flags.DEFINE_integer("max_faces", 1, "Faces per photo, largest first.")
+  flags.DEFINE_bool("overlays", True, "Draw an overlay PNG per photo (most of the run time).")
+
+
+def _interrupt(signum, frame):
+  raise KeyboardInterrupt(f"signal {signum}")
+
+
+def main(argv):
+  signal.signal(signal.SIGTERM, _interrupt)  # a terminated run says what it kept
+  f = flags.FLAGS
+  predict_images(f.model, f.images, f.out, max_faces=f.max_faces, overlays=f.overlays)
+
+
+run = cli.command(main, define_flags)  # the facekp-predict command (python -m facekp.serve.predict)
+
+
+if __name__ == "__main__":
+  run()

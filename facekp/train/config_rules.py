@@ -1,0 +1,322 @@
+"""The training config's contract: every choice in one place, the whole config checked before any
+file is read, which changes a resumed run accepts, and a listing of the fields with their comments.
+
+The fields, their types and their comments are those of configs/default.py; experiment configs
+import it and override a few values.
+"""
+import json
+import os
+import re
+
+from absl import logging
+from ml_collections import config_dict
+import tensorflow as tf
+
+from facekp.input import augment
+from facekp.core import files
+from facekp.input import input_pipeline
+from facekp.models import keypoint_model
+from facekp.core import workdir as workdir_lib
+
+STRATEGIES = ("auto", "one_device", "mirrored", "multi_worker", "tpu")
+PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
+BN_MODES = ("batch", "frozen")
+HEADS = keypoint_model.HEADS  # the heads keypoint_model.py builds
+LOSSES = ("huber", "mse", "mae")
+OPTIMIZERS = ("adam", "adamw", "sgd")
+LR_SCALINGS = ("none", "linear")
+LR_SCHEDULES = ("constant", "cosine")
+CACHE_MODES = ("memory", "none")  # or the path of tf.data cache files
+WEIGHTS = ("imagenet", "none")  # or the path of a no-top weights file
+FEATURE_STRIDES = (4, 8, 16, 32)
+MONITORED_METRICS = ("val_mae_px", "val_loss")
+DEFAULT_MONITOR = "val_mae_px"
+ENUMS = {
+    "strategy": STRATEGIES, "precision": PRECISIONS, "bn_mode": BN_MODES, "head": HEADS,
+    "loss": LOSSES, "optimizer": OPTIMIZERS, "lr_scaling": LR_SCALINGS,
+    "lr_schedule": LR_SCHEDULES, "feature_stride": FEATURE_STRIDES, "monitor": MONITORED_METRICS,
+}
+
+# Fields a resumed run may change: none of them changes the weights trained so far or the maths
+# of the steps still to come.
+#   num_epochs               raised only, and only under a constant schedule (cosine decays over
+#                            num_epochs, so its learning rate at every step would change)
+#   early_stopping_patience  decides only when training stops, not what an epoch computes
+#   strategy, tpu, jit_compile   where and how the same steps run (the global batch is fixed), so
+#                            an interrupted run can move to another machine
+#   cache                    where decoded images are kept, not their values
+#   log_every_steps, checkpoint_every_steps, evaluate_at_end, multi_worker_timeout_s
+#                            bookkeeping
+# Everything else (data, model, optimiser, augmentation, seed, precision, shuffle_buffer...)
+# changes the model: such a run is a new run.
+RESUMABLE = ("num_epochs", "early_stopping_patience", "strategy", "tpu", "jit_compile", "cache",
+             "log_every_steps", "checkpoint_every_steps", "evaluate_at_end",
+             "multi_worker_timeout_s")
+PRINT_CONFIG_HINT = "list every field with its comment: --print_config"
+
+
+class ConfigError(ValueError):
+  """A config value outside its choices, type or range; the message names each field."""
+
+
+def default_config():
+  from configs import default  # pylint: disable=import-outside-toplevel
+  return default.get_config()
+
+
+def backbone_names():
+  """The backbone names facekp.models.keypoint_model knows (every keras.applications model)."""
+  return keypoint_model.backbone_names()
+
+
+# Validation.
+
+def _flatten(tree, prefix=""):
+  """{"a.b": value} for every leaf of a nested ConfigDict or dict."""
+  flat = {}
+  for key, value in tree.items():
+    if isinstance(value, (dict, config_dict.ConfigDict)) and key != "backbone_kwargs":
+      flat.update(_flatten(value, f"{prefix}{key}."))
+    else:
+      flat[prefix + key] = value
+  return flat
+
+
+def _declared_types(config):
+  """{field: type} of a ConfigDict, placeholders (None) included."""
+  types = {}
+  for key in config.keys():
+    value = config.get_ref(key).get()
+    if isinstance(value, config_dict.ConfigDict) and key != "backbone_kwargs":
+      types.update({f"{key}.{k}": t for k, t in _declared_types(value).items()})
+    else:
+      types[key] = config.get_ref(key).get_type()
+  return types
+
+
+def _type_problem(name, value, wanted):
+  if value is None:
+    return None if wanted in (int, float) and name in ("steps_per_epoch", "bn_momentum") else (
+        f"{name}=None: give a {wanted.__name__}")
+  if wanted is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+    return None
+  if wanted in (dict, config_dict.ConfigDict) and isinstance(value, (dict, config_dict.ConfigDict)):
+    return None
+  if isinstance(value, wanted) and not (wanted is int and isinstance(value, bool)):
+    return None
+  return f"{name}={value!r}: must be a {wanted.__name__}, not a {type(value).__name__}"
+
+
+def _field_problems(config):
+  """Unknown fields and wrong types, against configs/default.py."""
+  wanted, given = _declared_types(default_config()), _flatten(config)
+  problems = []
+  for name in sorted(set(given) - set(wanted)):
+    problems.append(f"{name}: no such config field ({PRINT_CONFIG_HINT})")
+  for name in sorted(set(wanted) - set(given)):
+    problems.append(f"{name}: missing (configs should start from configs.default.get_config())")
+  for name in sorted(set(given) & set(wanted)):
+    problems.append(_type_problem(name, given[name], wanted[name]))
+  return [p for p in problems if p]
+
+
+def _enum_problems(config):
+  problems = []
+  for name, choices in ENUMS.items():
+    value = config.get(name, DEFAULT_MONITOR if name == "monitor" else None)
+    if value not in choices:
+      problems.append(f"{name}={value!r}: choose one of {', '.join(map(str, choices))}")
+  if config.backbone_kwargs is None:
+    problems.append("backbone_kwargs=None: give a dict such as {} or {'alpha': 0.35}")
+  try:
+    keypoint_model._application(config.backbone)  # pylint: disable=protected-access
+  except ValueError as e:
+    problems.append(f"backbone={config.backbone!r}: {e}")
+  return problems
+
+
+RANGES = (
+    # (field, test, what the value must be)
+    ("image_size", lambda v: v >= 1, "at least 1"),
+    ("shuffle_buffer", lambda v: v >= 1, "at least 1"),
+    ("head_units", lambda v: v >= 1, "at least 1"),
+    ("dropout", lambda v: 0 <= v < 1, "in [0, 1)"),
+    ("output_scale", lambda v: v > 0, "above 0"),
+    ("bn_momentum", lambda v: v is None or 0 <= v <= 1, "None or in [0, 1]"),
+    ("batch_size", lambda v: v >= 1, "at least 1"),
+    ("num_epochs", lambda v: v >= 1, "at least 1"),
+    ("steps_per_epoch", lambda v: v is None or v >= 1, "None (one pass) or at least 1"),
+    ("learning_rate", lambda v: v > 0, "above 0"),
+    ("weight_decay", lambda v: v >= 0, "0 or more"),
+    ("lr_base_batch_size", lambda v: v >= 1, "at least 1"),
+    ("warmup_epochs", lambda v: v >= 0, "0 or more"),
+    ("freeze_backbone_epochs", lambda v: v >= 0, "0 or more"),
+    ("huber_delta", lambda v: v > 0, "above 0"),
+    ("early_stopping_patience", lambda v: v >= 0, "0 (off) or more"),
+    ("checkpoint_every_steps", lambda v: v >= 0, "0 or more"),
+    ("log_every_steps", lambda v: v >= 0, "0 (per epoch only) or more"),
+)
+
+
+def _range_problems(config):
+  problems = [f"{name}={config[name]!r}: must be {what}" for name, test, what in RANGES
+              if not test(config[name])]
+  if config.warmup_epochs >= config.num_epochs >= 1:
+    problems.append(f"warmup_epochs={config.warmup_epochs}: must be below num_epochs "
+                    f"({config.num_epochs})")
+  stride = config.feature_stride
+  if config.image_size >= 1 and stride in FEATURE_STRIDES:
+    if config.image_size % stride:
+      problems.append(f"image_size={config.image_size}: must be a multiple of feature_stride "
+                      f"({stride}), e.g. {max(stride, config.image_size // stride * stride)}")
+    elif config.head == "soft_argmax" and config.image_size < 2 * stride:
+      problems.append(f"image_size={config.image_size}: the soft_argmax head needs a feature map "
+                      f"of 2x2 or more, image_size {2 * stride} or more at feature_stride {stride}")
+  if not config.cache:
+    problems.append("cache='': choose memory, none or the path of tf.data cache files")
+  if not config.data_dir:
+    problems.append("config.data_dir is not set: pass --config.data_dir=DIR, a dataset written by "
+                    "`python -m tools.make_tfrecords --images=... --out=DIR`")
+  return problems
+
+
+def _augment_problems(config):
+  try:
+    augment._check_config(config.augment)  # pylint: disable=protected-access
+  except ValueError as e:
+    return [str(e)]
+  return []
+
+
+def validate(config):
+  """Checks every field of a training config: names, types, choices and ranges. Reads no file
+  but the config modules; raises ConfigError naming each bad field."""
+  problems = _field_problems(config)
+  if not problems:  # the value checks below need every field, each of its type
+    problems = _enum_problems(config) + _range_problems(config) + _augment_problems(config)
+  if problems:
+    raise ConfigError("bad config: " + "; ".join(problems))
+
+
+def check_dataset(config):
+  """After validate(): refuses a dataset this config cannot train on (it reads its metadata)."""
+  if not tf.io.gfile.isdir(config.data_dir):
+    raise FileNotFoundError(f"config.data_dir={config.data_dir}: no such directory (write one "
+                            "with python -m tools.make_tfrecords --images=... --out=DIR)")
+  problem = dataset_problem(config, input_pipeline.num_examples(config.data_dir, "train"))
+  if problem:
+    raise ConfigError(problem)
+
+
+def dataset_problem(config, num_train):
+  """Why `config` cannot train on a train split of num_train examples, or None. A global batch
+  above the split would repeat examples within each batch."""
+  if num_train == 0:
+    return f"the train split of {config.data_dir} is empty"
+  if config.batch_size > num_train:
+    return (f"batch_size={config.batch_size} is larger than the train split of {config.data_dir} "
+            f"({num_train} examples): each batch would repeat examples; pass "
+            f"--config.batch_size={num_train} or less")
+  return None
+
+
+# Resuming.
+
+def as_dict(config):
+  """The config as config.json stores it."""
+  return json.loads(config.to_json_best_effort())
+
+
+def _same(name, old, new):
+  if name == "data_dir" and old and new:
+    return os.path.realpath(old) == os.path.realpath(new)
+  return old == new
+
+
+def resume_differences(saved, config):
+  """(allowed, refused): {field: (old, new)} of the fields where `config` differs from the saved
+  config.json dict, split into changes a resumed run accepts and changes that make a new model."""
+  old, new = _flatten(saved), _flatten(as_dict(config))
+  changed = {name: (old.get(name), new.get(name)) for name in sorted(set(old) | set(new))
+             if not _same(name, old.get(name), new.get(name))}
+  allowed = {name: change for name, change in changed.items() if _resumable(name, change, new)}
+  refused = {name: change for name, change in changed.items() if name not in allowed}
+  return allowed, refused
+
+
+def _resumable(name, change, new):
+  if name not in RESUMABLE:
+    return False
+  if name == "num_epochs":
+    old_epochs, new_epochs = change
+    return (isinstance(old_epochs, int) and new_epochs > old_epochs
+            and new["lr_schedule"] == "constant")
+  return True
+
+
+def describe_changes(changes):
+  return ", ".join(f"{name} {old!r} -> {new!r}" for name, (old, new) in changes.items())
+
+
+def check_workdir(workdir, config, restart=False):
+  """Before training into `workdir`: with restart, deletes the previous run there; else refuses
+  to resume a run that was started with a config that makes another model."""
+  if not tf.io.gfile.exists(workdir_lib.path(workdir, workdir_lib.CONFIG)):
+    return
+  if restart:
+    with files.folder_lock(workdir, "--workdir"):
+      removed = workdir_lib.remove_run(workdir)
+    logging.warning("--restart: deleted the previous run in %s (%s)", workdir, ", ".join(removed))
+    return
+  allowed, refused = resume_differences(workdir_lib.read_config(workdir), config)
+  if refused:
+    raise ConfigError(
+        f"{workdir} holds a run started with another config: {describe_changes(refused)}. "
+        "Resume it with the config it was started with, train into a new --workdir, or pass "
+        "--restart to delete that run and start afresh")
+  if allowed:
+    logging.info("resuming %s with %s (changes that keep the model)", workdir,
+                 describe_changes(allowed))
+
+
+# The listing of fields.
+
+_FIELD = re.compile(r"""^\s*(?:config\.(\w+)\s*=|"(\w+)":).*?(?:#\s*(.*))?$""")
+
+
+def field_comments(path=None):
+  """{field: comment} read from configs/default.py: the comment on the field's line, else the
+  comment lines just above it."""
+  if path is None:
+    from configs import default  # pylint: disable=import-outside-toplevel
+    path = default.__file__
+  comments, above, group, header = {}, [], "", False
+  with open(path, encoding="utf-8") as f:
+    for line in f:
+      stripped = line.strip()
+      if not stripped:  # a comment after a blank line heads a section, it describes no field
+        above, header = [], True
+        continue
+      if stripped.startswith("#"):
+        if not header:
+          above.append(stripped.lstrip("# "))
+        continue
+      header = False
+      match = _FIELD.match(line)
+      if match and match.group(1):
+        group = match.group(1) if "ConfigDict({" in line else ""
+        comments[match.group(1)] = match.group(3) or " ".join(above)
+      elif match and match.group(2) and group:
+        comments[f"{group}.{match.group(2)}"] = match.group(3) or " ".join(above)
+      above = []
+  return comments
+
+
+def listing(config):
+  """Every field of `config` with its value and its comment from configs/default.py."""
+  comments = field_comments()
+  lines = []
+  for name, value in _flatten(as_dict(config)).items():
+    comment = comments.get(name, "")
+    lines.append(f"{name} = {value!r}" + (f"  # {comment}" if comment else ""))
+  return "\n".join(lines)
