@@ -9,6 +9,8 @@ is refused (a new --workdir, or --restart, starts afresh). --print_config lists 
 field with its value and comment. Under several workers (TF_CONFIG) only the chief deletes a run
 (--restart) and evaluates.
 """
+from facekp.train import config_docs
+from facekp.train import resume_rules
 from facekp.core import cli  # first: quiets the C++ start-up lines of TensorFlow and MediaPipe
 from absl import app  # pylint: disable=wrong-import-order
 from absl import flags
@@ -34,14 +36,14 @@ flags.mark_flags_as_required(["config"])
 def main(argv):
   config = FLAGS.config
   if FLAGS.print_config:
-    print(config_rules.listing(config))
+    print(config_docs.listing(config))
     return
   if not FLAGS.workdir:
     raise app.UsageError("--workdir is required: the directory for this run's checkpoints, "
                          "logs and model (a new one starts a new run)")
   config_rules.validate(config)  # before any file is read
   if hardware.is_chief() or not FLAGS.restart:
-    config_rules.check_workdir(FLAGS.workdir, config, restart=FLAGS.restart)
+    resume_rules.check_workdir(FLAGS.workdir, config, restart=FLAGS.restart)
   config_rules.check_dataset(config)
   logging.info("config %s (--verbosity=1 prints every field)", cli.config_arguments())
   logging.vlog(1, "config:\n%s", config)

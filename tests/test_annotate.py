@@ -89,7 +89,7 @@ def test_journal_drops_an_interrupted_tail_and_continues(tmp_path, default_schem
   with open(path, "a") as f:  # killed in the middle of the next chunk: one whole row, one torn
     f.write("b.png," + ",".join(keypoint_csv.format_csv_fields(row._replace(image_name="b.png"))))
     f.write("\nd.png,d.png,4,3,1.0,2.0")
-  assert journal_lib.Journal(path, {"k": 1}).read() == {"a.png": (stamp, [row])}
+  assert journal_lib.Journal(path, {"k": 1}).read() == {"a.png": journal_lib.Entry(stamp, [row])}
   journal = journal_lib.Journal(path, {"k": 1})
   journal.read()
   journal.append([("c.png", None, [row._replace(image_name="c.png")])])
@@ -98,7 +98,8 @@ def test_journal_drops_an_interrupted_tail_and_continues(tmp_path, default_schem
   journal.close()
   done = journal_lib.Journal(path, {"k": 1}).read()
   assert sorted(done) == ["a.png", "c.png"]
-  assert done["a.png"] == (stamp._replace(sha256="cd"), [relabelled]) and done["c.png"][0] is None
+  assert done["a.png"] == journal_lib.Entry(stamp._replace(sha256="cd"), [relabelled])
+  assert done["c.png"].stamp is None
   with pytest.raises(ValueError, match="other settings"):
     journal_lib.Journal(path, {"k": 2}).read()
   assert not journal_lib.unchanged(path, None)  # not read before: tried again

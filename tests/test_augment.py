@@ -274,7 +274,7 @@ def test_warp_fills_outside_the_frame_with_the_reflected_image(astronaut):
   edge, edge pixel repeated (numpy's "symmetric" padding, OpenCV's BORDER_REFLECT)."""
   image = _small_astronaut(astronaut)
   shift = (5, -3)  # output pixel p shows input pixel p - shift
-  out = augment._warp(tf.constant(image[None]), tf.eye(2)[None], tf.constant([shift], tf.float32))
+  out = augment.warp(tf.constant(image[None]), tf.eye(2)[None], tf.constant([shift], tf.float32))
   padded = np.pad(image, ((8, 8), (8, 8), (0, 0)), mode="symmetric")
   size = image.shape[0]
   rows = np.arange(size) - shift[1] + 8
@@ -292,7 +292,7 @@ def test_rotation_matches_opencv_with_border_reflect(astronaut):
   matrix = zoom * np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
   centre = np.array([size / 2, size / 2])
   offset = centre - matrix @ centre
-  out = augment._warp(tf.constant(image[None]), tf.constant(matrix[None], tf.float32),
+  out = augment.warp(tf.constant(image[None]), tf.constant(matrix[None], tf.float32),
                       tf.constant(offset[None], tf.float32))[0].numpy()
   # Output index q shows input index inverse (q + 0.5 - offset) - 0.5.
   inverse = np.linalg.inv(matrix)

@@ -9,8 +9,9 @@ import pytest
 beam_pipeline = pytest.importorskip(
     "facekp.data.beam_runner", reason="Apache Beam is not installed (pip install -e '.[beam]')")
 
-from facekp.data import shards  # pylint: disable=g-import-not-at-top
+from facekp.core import dataset_info
 from facekp.data import make_tfrecords
+from facekp.data import shards
 from conftest import SAMPLE_DIR
 
 _FILES = ("face_keypoints.csv", "cleaned.csv", "cleaning_report.json", "duplicates.json",
@@ -30,7 +31,7 @@ def folder_of(tmp_path, image_files, samples, bad):
 
 def decoded(out):
   """{split: [example as NumPy, in reading order]} as TFDS reads the dataset."""
-  builder = shards.builder(out)
+  builder = dataset_info.builder(out)
   return {split: list(builder.as_dataset(split=split, shuffle_files=False).as_numpy_iterator())
           for split in builder.info.splits}
 
@@ -96,7 +97,7 @@ def test_a_failed_run_leaves_no_dataset_and_a_rerun_completes(tmp_path, image_fi
   def disk_full(*args):
     raise OSError("No space left on device")
 
-  monkeypatch.setattr(dataset, "write_split_shard", disk_full)
+  monkeypatch.setattr(shards, "write_split_shard", disk_full)
   with pytest.raises(Exception, match="No space left"):
     make_tfrecords.make_tfrecords(folder, out, **in_process)
   assert not os.path.exists(out)  # nothing that looks like a dataset

@@ -6,6 +6,7 @@ import subprocess
 import sys
 import textwrap
 
+from facekp.core import stderr_filter
 from facekp.core import cli
 from facekp.core import workdir as workdir_lib
 
@@ -116,11 +117,11 @@ def test_export_on_a_missing_workdir_is_one_line(tmp_path):
 
 
 def test_debug_is_asked_for_by_verbosity_or_the_environment():
-  assert not cli._debug_requested([], {})  # pylint: disable=protected-access
-  assert cli._debug_requested(["--verbosity=1"], {})  # pylint: disable=protected-access
-  assert cli._debug_requested(["-v=2"], {})  # pylint: disable=protected-access
-  assert not cli._debug_requested(["--verbosity=0"], {})  # pylint: disable=protected-access
-  assert cli._debug_requested([], {"FACEKP_DEBUG": "1"})  # pylint: disable=protected-access
+  assert not cli.debug_requested([], {})
+  assert cli.debug_requested(["--verbosity=1"], {})
+  assert cli.debug_requested(["-v=2"], {})
+  assert not cli.debug_requested(["--verbosity=0"], {})
+  assert cli.debug_requested([], {"FACEKP_DEBUG": "1"})
 
 
 def test_a_config_package_elsewhere_becomes_importable(tmp_path):
@@ -138,6 +139,6 @@ def test_the_noise_filter_keeps_real_errors():
   noise = ("E0000 00:00:1796118913.891583   12837 cuda_dnn.cc:8579] Unable to register cuDNN "
            "factory: Attempting to register factory for plugin cuDNN when one has already been "
            "registered")
-  assert not cli._passes(noise)  # pylint: disable=protected-access
-  assert cli._passes("E1201 10:00:00 train.py:1] disk full: no space left on device")  # pylint: disable=protected-access
-  assert cli._passes("Traceback (most recent call last):")  # pylint: disable=protected-access
+  assert not stderr_filter.passes(noise)
+  assert stderr_filter.passes("E1201 10:00:00 train.py:1] disk full: no space left on device")
+  assert stderr_filter.passes("Traceback (most recent call last):")

@@ -5,6 +5,9 @@ import os
 
 import pytest
 
+from facekp.train import config_rules
+from facekp.train import config_docs
+from facekp.train import resume_rules
 from facekp.input import augment
 from facekp.models import keypoint_model
 
@@ -38,7 +41,6 @@ def test_seed_defaults():
 
 # facekp.train.config_rules: the whole config checked before any file is read.
 
-from facekp.train import config_rules  # pylint: disable=wrong-import-position
 from facekp.core import workdir as workdir_lib  # pylint: disable=wrong-import-position
 
 
@@ -124,14 +126,14 @@ def test_a_train_split_smaller_than_the_batch_is_refused():
 
 def test_resume_allows_only_changes_that_keep_the_model():
   saved = config_rules.as_dict(tiny())
-  allowed, refused = config_rules.resume_differences(
+  allowed, refused = resume_rules.resume_differences(
       saved, tiny(num_epochs=10, log_every_steps=5, evaluate_at_end=False))
   assert set(allowed) == {"num_epochs", "log_every_steps", "evaluate_at_end"} and not refused
-  allowed, refused = config_rules.resume_differences(
+  allowed, refused = resume_rules.resume_differences(
       saved, tiny(learning_rate=0.1, image_size=96, num_epochs=2))
   assert refused == {"learning_rate": (1e-3, 0.1), "image_size": (64, 96), "num_epochs": (3, 2)}
   cosine = config_rules.as_dict(tiny(lr_schedule="cosine"))
-  assert "num_epochs" in config_rules.resume_differences(
+  assert "num_epochs" in resume_rules.resume_differences(
       cosine, tiny(lr_schedule="cosine", num_epochs=10))[1]  # the schedule would change
 
 
@@ -141,20 +143,20 @@ def test_the_workdir_refuses_another_config_until_restart(tmp_path):
   (tmp_path / "run" / "history.csv").write_text("epoch\n0\n")
   (tmp_path / "run" / "checkpoints").mkdir()
   (tmp_path / "run" / "notes.txt").write_text("the user's own file")
-  config_rules.check_workdir(workdir, tiny(num_epochs=5))  # raising num_epochs resumes
+  resume_rules.check_workdir(workdir, tiny(num_epochs=5))  # raising num_epochs resumes
   with pytest.raises(config_rules.ConfigError) as error:
-    config_rules.check_workdir(workdir, tiny(learning_rate=0.1, image_size=96))
+    resume_rules.check_workdir(workdir, tiny(learning_rate=0.1, image_size=96))
   assert ("holds a run started with another config: image_size 64 -> 96, learning_rate 0.001 -> "
           "0.1") in str(error.value)
   assert "new --workdir" in str(error.value) and "--restart" in str(error.value)
-  config_rules.check_workdir(workdir, tiny(learning_rate=0.1), restart=True)
+  resume_rules.check_workdir(workdir, tiny(learning_rate=0.1), restart=True)
   assert sorted(p.name for p in (tmp_path / "run").iterdir()
                 if not p.name.startswith(".")) == ["notes.txt"]
-  config_rules.check_workdir(workdir, tiny(learning_rate=0.1))  # a fresh workdir: nothing to refuse
+  resume_rules.check_workdir(workdir, tiny(learning_rate=0.1))  # a fresh workdir: nothing to refuse
 
 
 def test_the_listing_shows_each_field_with_its_comment():
-  text = config_rules.listing(tiny())
+  text = config_docs.listing(tiny())
   assert "image_size = 64\n" in text
   assert "loss = 'huber'  # \"huber\", \"mse\" or \"mae\"" in text
   assert "augment.flip = 0.0  # probability of a horizontal flip" in text

@@ -14,6 +14,8 @@ import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from facekp.data import png
+from facekp.core import dataset_info
 from facekp.data import cleaning
 from facekp.data import shards
 from facekp.core import images
@@ -163,7 +165,7 @@ def test_plain_rgb_pngs_are_kept_without_a_decode_and_the_others_checked(astrona
       "orientation": (with_chunk(plain, b"eXIf", _exif_rotated()), False),
   }
   for name, (data, plain_rgb) in pngs.items():
-    assert shards.is_plain_rgb_png(data) == plain_rgb, name
+    assert png.is_plain_rgb_png(data) == plain_rgb, name
     rgb = images.decode_rgb(data)
     stored = shards.storable_image_bytes(data, rgb)
     assert (stored is data) or not plain_rgb, name
@@ -171,7 +173,7 @@ def test_plain_rgb_pngs_are_kept_without_a_decode_and_the_others_checked(astrona
         tf.io.decode_image(stored, channels=3, expand_animations=False).numpy(), rgb, name)
   np.testing.assert_array_equal(images.decode_rgb(pngs["orientation"][0]),
                                 np.rot90(astronaut, -1))  # the orientation was applied
-  assert not shards.is_plain_rgb_png(plain[:-12])  # no IEND: cut short
+  assert not png.is_plain_rgb_png(plain[:-12])  # no IEND: cut short
 
 
 def test_an_image_unchanged_since_cleaning_is_stored_without_a_second_decode(
@@ -210,7 +212,7 @@ def write_images(folder, names, size=(30, 40)):
 
 def examples(data_dir, split):
   return {ex["image_name"].decode(): ex for ex in
-          tfds.as_numpy(shards.builder(data_dir).as_dataset(split=split))}
+          tfds.as_numpy(dataset_info.builder(data_dir).as_dataset(split=split))}
 
 
 def test_tfds_round_trip_of_every_split(tmp_path, default_schema):
@@ -224,13 +226,13 @@ def test_tfds_round_trip_of_every_split(tmp_path, default_schema):
   counts = shards.write_dataset(out, splits, str(tmp_path / "imgs"), default_schema,
                                  num_shards=3)
   assert sum(counts.values()) == 40 and all(counts.values())
-  assert shards.load_schema(out) == default_schema
-  info = shards.builder(out).info
+  assert dataset_info.load_schema(out) == default_schema
+  info = dataset_info.builder(out).info
   assert info.splits["train"].num_shards == 3
   # The split infos recorded as written are those TFDS counts by reading the shards back.
   template = tfds.core.ShardedFileTemplate(
-      data_dir=tfds.core.Path(out), template=shards.FILENAME_TEMPLATE,
-      dataset_name=shards.DATASET_NAME, filetype_suffix="tfrecord")
+      data_dir=tfds.core.Path(out), template=dataset_info.FILENAME_TEMPLATE,
+      dataset_name=dataset_info.DATASET_NAME, filetype_suffix="tfrecord")
   with contextlib.redirect_stdout(io.StringIO()):
     counted = tfds.folder_dataset.compute_split_info(filename_template=template)
   assert [(s.name, s.shard_lengths, s.num_bytes) for s in counted] == [
@@ -259,7 +261,7 @@ def test_an_empty_split_is_left_out_and_old_shards_are_replaced(tmp_path, defaul
                         str(tmp_path / "imgs"), default_schema)
   assert sorted(f for f in os.listdir(out) if ".tfrecord" in f) == [
       "facekp-train.tfrecord-00000-of-00001"]
-  assert list(shards.builder(out).info.splits) == ["train"]
+  assert list(dataset_info.builder(out).info.splits) == ["train"]
   assert len(examples(out, "train")) == 6
   with pytest.raises(ValueError, match="no usable rows"):
     shards.write_dataset(out, {s: [] for s in splits_lib.SPLITS}, "", default_schema)
@@ -276,8 +278,8 @@ def test_the_metadata_records_the_keypoint_convention_and_the_crop(tmp_path, def
                         crop=keypoints.crop_method(32), input_size=32)
   expected = {"coordinates": "continuous", "normalised_by": "image width and height",
               "crop": "facekp_align_32", "input_size": 32}
-  assert shards.read_metadata(out) == expected
-  info = shards.builder(out).info
+  assert dataset_info.read_metadata(out) == expected
+  info = dataset_info.builder(out).info
   assert info.metadata["keypoints"] == expected
   # No made-up homepage in what is written (TFDS's DatasetInfo.homepage invents its catalogue
   # URL on reading when none is stored; facekp stores none).
@@ -302,7 +304,7 @@ def test_a_damaged_shard_is_named_by_every_read(tmp_path, default_schema):
     f.write(good[:middle] + bytes([good[middle] ^ 0xFF]) + good[middle + 1:])
   with pytest.raises(ValueError, match=f"{shard}: corrupt TFRecord shard"):
     input_pipeline.train_mean_keypoints(out)
-  spec = shards.features(5)
+  spec = dataset_info.features(5)
   bad = shards.make_example(str(tmp_path / "imgs"), row(names[1], [5.0] * 10, 16, 16))
   bad["image"] = bad["image"][:40] + bytes(len(bad["image"]) - 40)  # a valid record, bad PNG
   shards.write_shard(shard, [shards.make_example(str(tmp_path / "imgs"),

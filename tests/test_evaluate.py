@@ -7,8 +7,8 @@ import numpy as np
 from PIL import Image
 import pytest
 
+from facekp.core import sample
 from facekp.eval import evaluate
-from facekp.serve import export
 from facekp.input import input_pipeline
 from facekp.core import keypoints as keypoints_lib
 from facekp.core import schema as schema_lib
@@ -49,7 +49,7 @@ def test_flip_tta_on_an_equivariant_model_gives_back_its_points():
   images = np.random.default_rng(0).integers(0, 256, (3, 16, 16, 3)).astype(np.uint8)
   model = CentroidModel()
   direct = evaluate.predict(model, images)
-  mirrored = evaluate.predict(model, evaluate.mirror_images(images))
+  mirrored = evaluate.predict(model, images[:, :, ::-1])
   assert np.abs(direct - mirrored).max() > 1e-3  # the mirror alone gives other points
   np.testing.assert_allclose(keypoints_lib.mirror(mirrored, SCHEMA.flip_permutation), direct,
                              atol=1e-5)
@@ -69,7 +69,7 @@ def trained(tmp_path_factory, labelled_dataset):
   data_dir, workdir = root / "data", root / "workdir"
   data_dir.mkdir()
   workdir.mkdir()
-  labelled_dataset(str(data_dir), export.sample_faces(SIZE))
+  labelled_dataset(str(data_dir), sample.sample_faces(SIZE))
   inputs = keras.Input((SIZE, SIZE, 3))
   x = keras.layers.Rescaling(1 / 255)(inputs)
   x = keras.layers.Conv2D(4, 3, strides=4, activation="relu")(x)
@@ -133,7 +133,7 @@ def test_each_split_and_dataset_gets_its_own_outputs(trained, test_metrics, labe
   # Another dataset with only a test split: the mean shape is the recorded training mean.
   other = root / "other_faces"
   other.mkdir()
-  labelled_dataset(str(other), export.sample_faces(SIZE)[:4], splits=("test",), seed=1)
+  labelled_dataset(str(other), sample.sample_faces(SIZE)[:4], splits=("test",), seed=1)
   mean = np.full((5, 2), 0.5)
   workdir_lib.write_train_mean(workdir, mean, "somewhere", 9)
   scored = evaluate.evaluate_workdir(str(workdir), data_dir=str(other), pictures=False)

@@ -6,6 +6,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from facekp.core import sample
+from facekp.serve import loading
 from facekp.serve import export
 from facekp.core import keypoints as keypoints_lib
 from facekp.core import schema as schema_lib
@@ -84,10 +86,10 @@ def test_tta_flip_bakes_a_mirror_symmetric_average_into_every_export(tmp_path):
   report = export.export_workdir(str(workdir), variants=("float32",), repeats=1, tta_flip=True)
   assert report["keypoints"]["flip_tta"] is True
   assert report["models"]["tflite_float32"]["max_abs_diff_px"] < 1e-3
-  faces = export.sample_faces(SIZE)
-  plain = export.load(str(workdir / "model.keras"))
+  faces = sample.sample_faces(SIZE)
+  plain = loading.load(str(workdir / "model.keras"))
   for path in ("saved_model", "model_float32.tflite"):
-    tta = export.load(str(workdir / "export" / path))
+    tta = loading.load(str(workdir / "export" / path))
     direct, mirrored = tta(faces), tta(np.ascontiguousarray(faces[:, :, ::-1]))
     # The average of a face and its mirror is the same face, seen from either side...
     np.testing.assert_allclose(keypoints_lib.mirror(mirrored, schema.flip_permutation), direct,
@@ -122,7 +124,7 @@ def test_saved_model_signature_takes_uint8_and_returns_pixels(exported):
     "name", ["model.keras", "export/saved_model", "export/model_float32.tflite", "."])
 def test_load_reads_every_format(exported, name):
   workdir, _ = exported
-  model = export.load(str(workdir / name))
+  model = loading.load(str(workdir / name))
   assert model.image_size == SIZE
   images = np.zeros((2, SIZE, SIZE, 3), np.uint8)
   assert model(images).shape == (2, 5, 2)
@@ -132,4 +134,4 @@ def test_load_reads_every_format(exported, name):
 
 def test_load_rejects_what_is_not_a_model(tmp_path):
   with pytest.raises(FileNotFoundError, match="is not a keypoint model"):
-    export.load(str(tmp_path))
+    loading.load(str(tmp_path))

@@ -8,6 +8,7 @@ from mediapipe.framework.formats import landmark_pb2
 import pytest
 
 from facekp.data import face_mesh
+from facekp.data import mediapipe_internals
 from facekp.core import images
 from conftest import SAMPLE_DIR
 
@@ -47,7 +48,9 @@ def _public_api_faces(photo, max_faces):
 def test_direct_path_finds_what_the_public_api_finds(name, monkeypatch):
   photo = images.load_rgb(os.path.join(SAMPLE_DIR, name))
   mesh = face_mesh.FaceMesh(5)
-  assert mesh._input is not None  # pylint: disable=protected-access (this MediaPipe: direct)
+  assert mesh.direct_input is not None, (  # the pinned MediaPipe must keep its internals
+      f"MediaPipe {mp.__version__} lacks the internals facekp.data.mediapipe_internals uses "
+      f"(checked on {mediapipe_internals.CHECKED_VERSION}): update that module")
   expected = _public_api_faces(photo, 5)
   for _ in range(2):  # a second image on the same graph (its timestamps move on)
     found = mesh.detect(photo)
@@ -55,7 +58,7 @@ def test_direct_path_finds_what_the_public_api_finds(name, monkeypatch):
     for points, want in zip(found, expected):
       np.testing.assert_array_equal(points, want)
   np.testing.assert_array_equal(mesh.detect(photo, indices=[1, 33])[0], expected[0][[1, 33]])
-  monkeypatch.setattr(face_mesh, "_image_input", lambda solution: None)  # internals differ
+  monkeypatch.setattr(mediapipe_internals, "direct_input", lambda *args: None)  # they differ
   fallback = face_mesh.FaceMesh(5)
   for points, want in zip(fallback.detect(photo), expected):
     np.testing.assert_array_equal(points, want)

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from facekp.core import dataset_info
 from facekp.data import shards as dataset_lib
 from facekp.input import input_pipeline
 from facekp.core import schema as schema_lib
@@ -35,12 +36,12 @@ def _example(i, height=SIZE, width=SIZE, encoding="png"):
 def _write_dataset(out, first_id=0, sizes=None):
   """Writes LAYOUT's splits; `sizes` maps example ids to stored (height, width, encoding)."""
   os.makedirs(out, exist_ok=True)
-  spec = dataset_lib.features(SCHEMA.num_keypoints)
+  spec = dataset_info.features(SCHEMA.num_keypoints)
   i = first_id
   for split, shard_lengths in LAYOUT.items():
     for shard, length in enumerate(shard_lengths):
       examples = [_example(j, *(sizes or {}).get(j, ())) for j in range(i, i + length)]
-      dataset_lib.write_shard(dataset_lib.shard_path(out, split, shard, len(shard_lengths)),
+      dataset_lib.write_shard(dataset_info.shard_path(out, split, shard, len(shard_lengths)),
                               examples, spec)
       i += length
   dataset_lib.write_metadata(out, spec, SCHEMA)
@@ -120,7 +121,7 @@ def test_repeat_sets_the_number_of_passes(data_dir):
 def decode_calls(monkeypatch):
   """Counts the images the pipeline really decodes (a counter inside its decode function)."""
   calls = []
-  decode = input_pipeline._decode
+  decode = input_pipeline.decode
 
   def counting_decode(example, image_size):
     image, keypoints, name = decode(example, image_size)
@@ -128,7 +129,7 @@ def decode_calls(monkeypatch):
                               stateful=True)
     return tf.ensure_shape(image, [image_size, image_size, 3]), keypoints, name
 
-  monkeypatch.setattr(input_pipeline, "_decode", counting_decode)
+  monkeypatch.setattr(input_pipeline, "decode", counting_decode)
   return calls
 
 
@@ -223,7 +224,7 @@ def test_two_logical_devices_each_replica_gets_half_the_global_batch(data_dir):
 def test_a_directory_that_is_not_a_facekp_dataset_is_named(tmp_path, copied_dir):
   with pytest.raises(FileNotFoundError, match=f"{re.escape(str(tmp_path))} is not a facekp"):
     input_pipeline.create_split(str(tmp_path), "train", batch_size=2, train=True)
-  os.remove(os.path.join(copied_dir, dataset_lib.SCHEMA_FILE))
+  os.remove(os.path.join(copied_dir, dataset_info.SCHEMA_FILE))
   with pytest.raises(FileNotFoundError, match="schema.json is missing"):
     input_pipeline.num_examples(copied_dir, "train")
 
@@ -234,7 +235,7 @@ def test_an_unknown_split_lists_the_splits(data_dir):
 
 
 def test_a_missing_shard_is_named(copied_dir):
-  shard = dataset_lib.shard_path(copied_dir, "train", 1, 2)
+  shard = dataset_info.shard_path(copied_dir, "train", 1, 2)
   os.remove(shard)
   with pytest.raises(FileNotFoundError, match=f"{re.escape(shard)}: shard listed in dataset_"):
     input_pipeline.create_split(copied_dir, "train", batch_size=2, train=True)
@@ -242,7 +243,7 @@ def test_a_missing_shard_is_named(copied_dir):
 
 @pytest.mark.parametrize("damage", ["truncate", "flip_bytes", "drop_record"])
 def test_a_corrupt_shard_is_named(copied_dir, damage):
-  shard = dataset_lib.shard_path(copied_dir, "train", 0, 2)
+  shard = dataset_info.shard_path(copied_dir, "train", 0, 2)
   data = open(shard, "rb").read()
   if damage == "truncate":
     data = data[:len(data) // 2]

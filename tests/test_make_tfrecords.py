@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
+from facekp.core import dataset_info
 from facekp.data import annotate
-from facekp.data import shards
 from facekp.core import files
 from facekp.core import images
 from facekp.core import journal as journal_lib
@@ -38,7 +38,7 @@ def read_json(path):
 
 def tfds_keypoints(out):
   """{split: {image name: keypoints_px}} as TFDS reads them back."""
-  builder = shards.builder(out)
+  builder = dataset_info.builder(out)
   return {split: {ex["image_name"].decode(): ex["keypoints_px"]
                   for ex in tfds.as_numpy(builder.as_dataset(split=split))}
           for split in builder.info.splits}
@@ -64,7 +64,7 @@ def test_a_folder_with_bad_inputs_becomes_a_dataset(image_folder, image_files, t
   assert report["missing_keypoints_by_status"]["truncated"] == 2
   cleaned = {r["image_name"]: r for r in read_csv(f"{out}/cleaned.csv")}
   assert sorted(cleaned) == ok
-  schema = shards.load_schema(out)
+  schema = dataset_info.load_schema(out)
   assert schema.flip_permutation == (0, 3, 4, 1, 2)
   # Every good image is the astronaut in another form: one group of copies, in one split.
   assert read_json(f"{out}/duplicates.json") == {"groups": [ok]}
@@ -203,12 +203,12 @@ def test_align_turns_photos_into_a_dataset_of_crops(tmp_path):
   make_tfrecords.make_tfrecords(str(photos), out, align=64, workers=2, split="0.5,0.5,0")
   assert read_csv(f"{out}/face_keypoints.csv") == first
   assert not any("_f0_f" in r["image_name"] for r in first)
-  assert shards.read_metadata(out)["crop"] == "facekp_align_64"
+  assert dataset_info.read_metadata(out)["crop"] == "facekp_align_64"
   cleaned = {r["image_name"] for r in read_csv(f"{out}/cleaned.csv")}
   assert "grace_hopper_f0.png" in cleaned and len(cleaned) >= 3
   written = tfds_keypoints(out)
   assert sorted(n for split in written.values() for n in split) == sorted(cleaned)
-  builder = shards.builder(out)
+  builder = dataset_info.builder(out)
   for split in builder.info.splits:
     for ex in tfds.as_numpy(builder.as_dataset(split=split)):
       np.testing.assert_array_equal(
@@ -228,14 +228,14 @@ def test_a_run_killed_mid_annotation_resumes_without_loss_or_repeats(tmp_path, d
   annotated = journal_lib.Journal(str(journal), annotate.Settings(
       str(photos), str(out), default_schema.mesh_indices).fingerprint()).read()
   assert 0 < len(annotated) < len(names)
-  assert not (out / shards.KEYPOINTS_CSV).exists()
+  assert not (out / dataset_info.KEYPOINTS_CSV).exists()
 
   make_tfrecords.make_tfrecords(str(photos), str(out), workers=2, chunk_size=2)  # the rerun
   reference = tmp_path / "reference"
   annotate.annotate_folder(annotate.Settings(str(photos), str(reference),
                                              default_schema.mesh_indices),
                            default_schema, workers=2)
-  resumed = (out / shards.KEYPOINTS_CSV).read_text()
-  assert [r["image_name"] for r in read_csv(out / shards.KEYPOINTS_CSV)] == names
-  assert resumed == (reference / shards.KEYPOINTS_CSV).read_text()
-  assert shards.builder(str(out)).info.splits.total_num_examples == len(names)
+  resumed = (out / dataset_info.KEYPOINTS_CSV).read_text()
+  assert [r["image_name"] for r in read_csv(out / dataset_info.KEYPOINTS_CSV)] == names
+  assert resumed == (reference / dataset_info.KEYPOINTS_CSV).read_text()
+  assert dataset_info.builder(str(out)).info.splits.total_num_examples == len(names)

@@ -13,6 +13,7 @@ import pytest
 import tensorflow as tf
 
 from configs import tiny
+from facekp.core import dataset_info
 from facekp.train import callbacks as callbacks_lib
 from facekp.train import checkpointing
 from facekp.data import shards
@@ -35,7 +36,7 @@ def write_dataset(out, sizes=(("train", 32), ("validation", 8), ("test", 8)), si
   """Faces shifted at random, each keypoint a 3x3 dot of its own colour on a noisy background;
   the (split, index) pairs in `corrupt` hold a PNG cut short (its record's CRC is valid)."""
   rng = np.random.default_rng(seed)
-  spec = shards.features(SCHEMA.num_keypoints)
+  spec = dataset_info.features(SCHEMA.num_keypoints)
   tf.io.gfile.makedirs(out)
   for split, n in sizes:
     examples = []
@@ -49,7 +50,7 @@ def write_dataset(out, sizes=(("train", 32), ("validation", 8), ("test", 8)), si
           "image": png[:60] if (split, i) in corrupt else png, "image_name": f"{split}_{i}.png",
           "height": size, "width": size, "keypoints_px": (points * size).astype(np.float32),
           "keypoints": points.astype(np.float32)})
-    shards.write_shard(shards.shard_path(out, split, 0, 1), examples, spec)
+    shards.write_shard(dataset_info.shard_path(out, split, 0, 1), examples, spec)
   shards.write_metadata(out, spec, SCHEMA)
 
 
@@ -291,21 +292,6 @@ def test_a_corrupt_image_inside_a_valid_record_is_named_with_its_shard(tmp_path)
     loop.train_and_evaluate(small_config(data, cache="none"), str(tmp_path / "run"))
 
 
-def test_face_grid_centres_each_marker_on_its_point():
-  images = np.zeros((2, 32, 32, 3), np.uint8)
-  labels = np.array([[[0.25, 0.5]], [[0.5, 0.5]]])
-  predictions = np.array([[[0.75, 0.125]], [[0.1, 0.9]]])
-  grid = callbacks_lib.face_grid(images, labels, predictions, columns=2)
-  assert grid.shape == (128, 256, 3)  # faces enlarged 4x to 128 px
-  # prediction (0.75, 0.125) of face 0 at pixel (96, 16): a red cross centred there
-  assert tuple(grid[16, 96]) == callbacks_lib.PREDICTION_COLOUR
-  assert tuple(grid[16, 98]) == tuple(grid[18, 96]) == callbacks_lib.PREDICTION_COLOUR
-  assert not grid[17, 97].any()
-  # label (0.5, 0.5) of face 1 at pixel (128 + 64, 64): a green square outline around it
-  assert tuple(grid[62, 192]) == tuple(grid[64, 194]) == callbacks_lib.LABEL_COLOUR
-  assert not grid[64, 192].any()
-
-
 class FakeTerminal(list):
   def write(self, text):
     self.append(text)
@@ -424,3 +410,10 @@ def test_a_run_killed_mid_epoch_resumes_and_ends_at_the_same_epoch(data_dir, tmp
   val = input_pipeline.load_arrays(data_dir, "validation", image_size=32)
   mae_px = np.abs(val["keypoints"] - model.predict(val["images"], verbose=0)).mean() * 32
   assert mae_px == pytest.approx(min(float(row["val_mae_px"]) for row in history), rel=1e-3)
+
+
+def test_the_pinned_keras_has_the_internals_training_uses():
+  from facekp.train import keras_internals  # pylint: disable=g-import-not-at-top
+  assert keras_internals.MISSING == [], (
+      f"Keras {keras.__version__} lacks {keras_internals.MISSING} (facekp.train.keras_internals "
+      f"was checked on {keras_internals.CHECKED_VERSIONS}): update that module")

@@ -5,7 +5,7 @@ import logging
 import numpy as np
 import pytest
 
-from facekp.serve import export
+from facekp.core import sample
 from facekp.core import keypoints as keypoints_lib
 from facekp.core import schema as schema_lib
 from facekp.core import workdir as workdir_lib
@@ -46,7 +46,7 @@ def test_training_mean_is_recomputed_from_the_config_dataset_and_says_so(
     tmp_path, labelled_dataset, caplog):
   data_dir = tmp_path / "data"
   data_dir.mkdir()
-  faces = export.sample_faces(32)[:3]
+  faces = sample.sample_faces(32)[:3]
   labelled_dataset(str(data_dir), faces, splits=("train", "test"))
   with caplog.at_level(logging.WARNING):
     mean, source = yardsticks.training_mean(str(tmp_path), {"data_dir": str(data_dir)})
@@ -59,7 +59,7 @@ def test_training_mean_without_a_record_or_a_train_split_is_a_clear_error(
     tmp_path, labelled_dataset):
   data_dir = tmp_path / "only_test"
   data_dir.mkdir()
-  labelled_dataset(str(data_dir), export.sample_faces(32)[:2], splits=("test",))
+  labelled_dataset(str(data_dir), sample.sample_faces(32)[:2], splits=("test",))
   with pytest.raises(ValueError, match="records no training mean.*has no split 'train'"):
     yardsticks.training_mean(str(tmp_path), {"data_dir": str(data_dir)})
   with pytest.raises(ValueError, match="records no training mean.*not a facekp dataset"):

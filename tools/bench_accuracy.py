@@ -39,6 +39,8 @@ from absl import logging
 import cv2
 import numpy as np
 
+from facekp.models import keypoint_model
+from facekp.core import dataset_info
 from facekp.data import shards
 from facekp.eval import evaluate
 from facekp.core import files
@@ -48,7 +50,6 @@ from facekp.core import keypoints as keypoints_lib
 from facekp.eval import metrics as metrics_lib
 from facekp.data import splits as splits_lib
 from facekp.train import loop as train_lib
-from facekp.core import workdir as workdir_lib
 from facekp.eval import yardsticks
 from facekp.data import make_tfrecords
 
@@ -166,9 +167,9 @@ def load_faces(sources, cache, description):
   schema = None
   for name, images_dir, align in sources:
     data_dir = build_source(name, images_dir, align, cache)
-    schema = shards.load_schema(data_dir)
+    schema = dataset_info.load_schema(data_dir)
     by_name = {r.image_name: r for r in keypoint_csv.read_keypoints_csv(
-        f"{data_dir}/{shards.CLEANED_CSV}", schema)}
+        f"{data_dir}/{dataset_info.CLEANED_CSV}", schema)}
     roots[name] = f"{data_dir}/aligned" if align else images_dir
     for split in splits_lib.SPLITS:
       if not input_pipeline.num_examples(data_dir, split):
@@ -366,7 +367,7 @@ def train_recipe(config, data_dir, workdir):
     start = time.time()
     train_lib.train_and_evaluate(config, workdir)
     logging.info("trained %s in %.0f s", workdir, time.time() - start)
-  return workdir_lib.load_model(workdir)
+  return keypoint_model.load_model(workdir)
 
 
 # --- Scores --------------------------------------------------------------------------------------

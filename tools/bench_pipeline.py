@@ -21,6 +21,7 @@ import shutil
 import tempfile
 import time
 
+from facekp.core import dataset_info
 from facekp.core import cli  # first: quiets the C++ start-up lines of TensorFlow and MediaPipe
 from absl import flags
 import cv2
@@ -67,7 +68,7 @@ def _source_faces(workdir):
     kept = [i for i, p in enumerate(paths) if os.path.basename(p) in labels]
     keypoints = np.stack([labels[os.path.basename(paths[i])] for i in kept])
     return ([paths[i] for i in kept], [blobs[i] for i in kept], keypoints,
-            dataset_lib.load_schema(FLAGS.labels),
+            dataset_info.load_schema(FLAGS.labels),
             f"{len(kept)} real crops from {FLAGS.images}, MediaPipe keypoints from {FLAGS.labels}")
   print(f"[bench] no labelled dataset (--labels={FLAGS.labels}): placeholder keypoints")
   return (paths, blobs, np.tile(_PLACEHOLDER, (len(paths), 1, 1)), _derived_schema(),
@@ -99,12 +100,12 @@ def _derived_schema():
 
 def _write_dataset(out, blobs, keypoints, schema, num_shards=16):
   """The crops repeated to epoch_size, as a facekp train split."""
-  spec = dataset_lib.features(schema.num_keypoints)
+  spec = dataset_info.features(schema.num_keypoints)
   order = np.arange(FLAGS.epoch_size) % len(blobs)
   size = FLAGS.image_size
   for shard, part in enumerate(np.array_split(order, num_shards)):
     dataset_lib.write_shard(
-        dataset_lib.shard_path(out, "train", shard, num_shards),
+        dataset_info.shard_path(out, "train", shard, num_shards),
         ({"image": blobs[i], "image_name": f"{i}.png", "height": size, "width": size,
           "keypoints_px": keypoints[i] * size, "keypoints": keypoints[i]} for i in part), spec)
   dataset_lib.write_metadata(out, spec, schema)

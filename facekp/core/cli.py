@@ -15,137 +15,27 @@ TensorFlow's and MediaPipe's start-up and INFO lines too, and the traceback of e
 A user error (a bad flag, config value, path or input) ends with one line saying what is wrong
 and what to do, and exit status 1; anything else is a bug and keeps its traceback.
 """
-import contextlib
 import importlib.util
 import os
 import re
 import sys
-import tempfile
+
+from facekp.core import stderr_filter
 
 _VERBOSITY = re.compile(r"^--?(?:v|verbosity)=(-?\d+)$")
 
 
-def _debug_requested(argv, environ):
+def debug_requested(argv, environ):
   verbosity = [int(m.group(1)) for m in map(_VERBOSITY.match, argv) if m]
   return environ.get("FACEKP_DEBUG", "0") not in ("", "0") or bool(verbosity and verbosity[-1] > 0)
 
 
-DEBUG = _debug_requested(sys.argv[1:], os.environ)
-# Lines TensorFlow's, TFLite's and MediaPipe's C++ print on every run, which say nothing about
-# this run (duplicate plugin registrations and the CUDA probe on a machine without a GPU,
-# MediaPipe's graph set-up, the TFLite converter's ignored options). Every other line passes.
-_NOISE = re.compile(
-    r"Unable to register cu(FFT|DNN|BLAS) factory|computation placer already registered|"
-    r"All log messages before absl::InitializeLog|failed call to cuInit|"
-    r"This TensorFlow binary is optimized to use available CPU|"
-    r"To enable the following instructions|rebuild TensorFlow with the appropriate compiler|"
-    r"Could not find cuda drivers|TF-TRT Warning|oneDNN custom operations are on|"
-    r"Created TensorFlow Lite XNNPACK delegate|inference_feedback_manager\.cc|"
-    r"landmark_projection_calculator\.cc|gl_context\.cc|Ignored output_format|"
-    r"Ignored drop_control_dependency|MLIR V1 optimization pass is not enabled|"
-    r"Local rendezvous is aborting with status: OUT_OF_RANGE|"
-    r"^\s*\d+%\|.*\| \d+/\d+ \[")  # TFDS's progress bars
-
-
-def _passes(line):
-  return not _NOISE.search(line)
-
-
-def quiet_environment(environ=os.environ):
-  """C++ logging of TensorFlow and MediaPipe (glog/absl) at errors only, unless set already."""
-  environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-  environ.setdefault("GLOG_minloglevel", "2")
-
-
-@contextlib.contextmanager
-def _filtered_stderr():
-  """Runs the body with the process's stderr (file descriptor 2, where C++ writes) in a
-  temporary file, then passes on the lines that are not known noise."""
-  sys.stderr.flush()
-  saved = os.dup(2)
-  with tempfile.TemporaryFile(mode="w+b") as captured:
-    os.dup2(captured.fileno(), 2)
-    try:
-      yield
-    finally:
-      sys.stderr.flush()
-      os.dup2(saved, 2)
-      os.close(saved)
-      captured.seek(0)
-      for line in captured.read().decode("utf-8", "replace").splitlines(keepends=True):
-        if _passes(line):
-          sys.stderr.write(line)
-      sys.stderr.flush()
-
-
-_FILTERING = False
-_UNFILTERED_STDERR = None  # the real stderr once filter_stderr_for_good has replaced fd 2
-
-
-def unfiltered_stderr():
-  """The real stderr (a file descriptor) for a process that must be heard even when this one
-  hangs inside TensorFlow with the interpreter held (the filter thread cannot run then); None
-  when stderr is not filtered."""
-  return _UNFILTERED_STDERR
-
-
-def filter_stderr_for_good():
-  """From now on the process's stderr, and that of the processes it starts (MediaPipe workers),
-  goes through a pipe whose reader drops the known noise lines. Lines end at a newline or a
-  carriage return (progress lines); a partial line is passed on once the writer pauses. At exit
-  the reader drains what is left, so no final message is lost."""
-  global _FILTERING, _UNFILTERED_STDERR
-  if _FILTERING:
-    return
-  _FILTERING = True
-  import atexit  # pylint: disable=import-outside-toplevel
-  import select  # pylint: disable=import-outside-toplevel
-  import threading  # pylint: disable=import-outside-toplevel
-  sys.stderr.flush()
-  original, (read_end, write_end) = os.dup(2), os.pipe()
-  _UNFILTERED_STDERR = original
-  os.dup2(write_end, 2)
-  os.close(write_end)
-  closing = threading.Event()
-
-  def write(segment):
-    if _passes(segment.decode("utf-8", "replace")):
-      os.write(original, segment)
-
-  def forward():
-    pending = b""
-    while True:
-      if not select.select([read_end], [], [], 0.1)[0]:
-        if pending:
-          write(pending)
-          pending = b""
-        if closing.is_set():
-          return
-        continue
-      chunk = os.read(read_end, 65536)
-      if not chunk:
-        break
-      *complete, pending = re.split(rb"(?<=[\r\n])", pending + chunk)
-      for segment in complete:
-        write(segment)
-    if pending:
-      write(pending)
-
-  reader = threading.Thread(target=forward, name="facekp-stderr", daemon=True)
-  reader.start()
-
-  def drain():
-    sys.stderr.flush()
-    os.dup2(original, 2)  # this process now writes past the pipe; its children may still hold it
-    closing.set()
-    reader.join(timeout=5)
-
-  atexit.register(drain)
+DEBUG = debug_requested(sys.argv[1:], os.environ)
 
 
 if not DEBUG and "tensorflow" not in sys.modules:
-  quiet_environment()
-  with _filtered_stderr():
+  stderr_filter.quiet_environment()
+  with stderr_filter.filtered_stderr():
     import tensorflow
     tensorflow.config.list_physical_devices("GPU")  # CUDA's probe prints its lines now
 
@@ -357,5 +247,5 @@ def run(main, flags_parser=parse_flags):
     entry.__doc__ = sys.modules[main.__module__].__doc__
   if not DEBUG:
     quiet_logs()
-    filter_stderr_for_good()
+    stderr_filter.filter_stderr_for_good()
   app.run(guarded, flags_parser=flags_parser)

@@ -1,11 +1,12 @@
-"""The annotation journal: what was labelled, from which file content, so a run resumes.
+"""The journal of a long job over image files (annotation, prediction): what was done with which
+file content, so a run killed at any moment resumes where it stopped.
 
 An append-only file: a settings line, then per chunk, for each source image a stamp line
-(`#stamp,<source>,<size>,<mtime_ns>,<sha256>`, blank for a file that could not be read) and
-its rows (`<source>,<csv row>`), and a
-commit line. Rows after the last commit (a run killed while writing) are cut off when the
-journal is read. A source that appears again (relabelled after it changed) replaces its
-earlier rows.
+(`#stamp,<source>,<size>,<mtime_ns>,<sha256>`, blank for a file that could not be read), its
+keypoint rows (`<source>,<csv row>`) and optionally one JSON line (`#extra,<source>,<json>`),
+and a commit line. Rows after the last commit (a run killed while writing) are cut off when the
+journal is read. A source that appears again (done again after it changed) replaces its
+earlier entry.
 """
 import csv
 import hashlib
@@ -21,6 +22,7 @@ from facekp.core import keypoint_csv
 _JOURNAL_MAGIC = "#facekp-journal "
 _COMMIT = "#commit\n"
 STAMP = "#stamp"
+_EXTRA = "#extra"
 # A commit reaches the OS at once (a killed run keeps it); the disk gets it within this time
 # (a power cut loses at most that much work): an fsync per chunk blocked the loop ~2-14 ms.
 _FSYNC_SECONDS = 1.0
@@ -33,10 +35,27 @@ class Stamp(typing.NamedTuple):
   sha256: str
 
 
+class Entry(typing.NamedTuple):
+  """What the journal holds of one source: its Stamp (None: it could not be read), its rows
+  and the JSON value appended with them (None when there is none)."""
+  stamp: typing.Optional[Stamp]
+  rows: list
+  extra: typing.Any = None
+
+
 def stamp_of(path, data):
   """The stamp of the bytes `data` just read from `path`. (Should the file change after the
   read, its mtime moves on, so the next run checks its hash again.)"""
   return Stamp(len(data), os.stat(path).st_mtime_ns, hashlib.sha256(data).hexdigest())
+
+
+def stamp_of_file(path):
+  """The stamp of a file as it is now, or None when it cannot be read."""
+  try:
+    with open(path, "rb") as f:
+      return stamp_of(path, f.read())
+  except OSError:
+    return None
 
 
 def unchanged(path, stamp):
@@ -67,8 +86,7 @@ class Journal:
     self._synced = 0.0
 
   def read(self):
-    """{source image name: (Stamp or None, [rows])} of every committed chunk; creates the
-    journal if absent."""
+    """{source image name: Entry} of every committed chunk; creates the journal if absent."""
     if not os.path.exists(self.path):
       self._write_header()
       return {}
@@ -88,23 +106,28 @@ class Journal:
     for source, *fields in csv.reader(io.StringIO(committed)):
       if source == STAMP:
         name, size, mtime_ns, sha256 = fields
-        done[name] = (Stamp(int(size), int(mtime_ns), sha256) if size else None, [])
+        done[name] = Entry(Stamp(int(size), int(mtime_ns), sha256) if size else None, [])
+      elif source == _EXTRA:
+        name, value = fields
+        done[name] = done[name]._replace(extra=json.loads(value))
       elif fields:  # not a commit line
-        done.setdefault(source, (None, []))[1].append(_parse_fields(fields))
+        done.setdefault(source, Entry(None, [])).rows.append(_parse_fields(fields))
     return done
 
   def _write_header(self):
     files.atomic_write(self.path, _JOURNAL_MAGIC + json.dumps(self.fingerprint) + "\n")
 
   def append(self, results):
-    """Appends one chunk's [(source, Stamp or None, rows)] and commits it (flushed; fsynced at
-    most once every _FSYNC_SECONDS, and on close)."""
+    """Appends one chunk's [(source, Stamp or None, rows[, extra])] and commits it (flushed;
+    fsynced at most once every _FSYNC_SECONDS, and on close). `extra`: any JSON value."""
     if self._file is None:
       self._file = open(self.path, "a", encoding="utf-8", newline="")
     writer = csv.writer(self._file, lineterminator="\n")
-    for source, stamp, rows in results:
+    for source, stamp, rows, *extra in results:
       writer.writerow([STAMP, source, *(stamp or ("", "", ""))])
       writer.writerows([source] + keypoint_csv.format_csv_fields(row) for row in rows)
+      if extra and extra[0] is not None:
+        writer.writerow([_EXTRA, source, json.dumps(extra[0])])
     self._file.write(_COMMIT)
     self._file.flush()
     if time.monotonic() - self._synced > _FSYNC_SECONDS:

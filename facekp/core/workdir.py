@@ -10,12 +10,12 @@
   eval/<name>/               metrics.json and pictures/ of each evaluation (facekp.eval.evaluate)
   export/                    SavedModel, TFLite and export_report.json (facekp.serve.export)
 """
-import keras
+import csv
+
 import numpy as np
 import tensorflow as tf
 
 from facekp.core import files
-from facekp.models import keypoint_model  # pylint: disable=unused-import  (registers the custom layers)
 
 CONFIG = "config.json"
 TRAIN_MEAN = "train_mean_keypoints.json"
@@ -61,18 +61,6 @@ def write_config(workdir, config):
                      config.to_json_best_effort(indent=2, sort_keys=True) + "\n")
 
 
-def load_model(workdir):
-  """The workdir's model.keras; a clear error when it is missing or damaged."""
-  model_path = path(workdir, MODEL)
-  if not tf.io.gfile.exists(model_path):
-    raise FileNotFoundError(f"{workdir} has no {MODEL}: train it first "
-                            "(python -m facekp.main --workdir=... --config=...)")
-  if tf.io.gfile.stat(model_path).length == 0:
-    raise ValueError(f"{model_path} is empty (a run was killed while saving it): run the same "
-                     "training command again to write it anew")
-  return keras.models.load_model(model_path)
-
-
 def write_train_mean(workdir, mean_keypoints, data_dir, num_examples):
   files.write_json(path(workdir, TRAIN_MEAN), {
       "mean_keypoints": np.asarray(mean_keypoints, np.float64).tolist(),
@@ -85,3 +73,14 @@ def read_train_mean(workdir):
     return None
   record = files.read_json(path(workdir, TRAIN_MEAN), "training mean")
   return np.asarray(record["mean_keypoints"], np.float32)
+
+
+HISTORY_EPOCH = "epoch"  # history.csv's first column, counting from 1 like the logs
+
+
+def read_history(path):
+  """The rows of history.csv (dicts of strings), [] without one."""
+  if not tf.io.gfile.exists(path):
+    return []
+  with tf.io.gfile.GFile(path) as f:
+    return list(csv.DictReader(f))

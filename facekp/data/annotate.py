@@ -15,7 +15,7 @@ import time
 
 from absl import logging
 
-from facekp.data import shards
+from facekp.core import dataset_info
 from facekp.data import face_mesh
 from facekp.data import faces
 from facekp.core import files
@@ -147,7 +147,7 @@ class Pool(workers_lib.Pool):
     return self.imap_unordered(_label_chunk, itertools.repeat(settings), chunks)
 
 
-def _unique_crop_stems(names):
+def unique_crop_stems(names):
   """With alignment, photos a.jpg and a.png would write the same crops: keep the first."""
   seen, kept = set(), []
   for name in names:
@@ -185,12 +185,12 @@ def annotate_folder(settings, schema, *, names=None, workers=None, chunk_size=0,
     raise ValueError(f"no images under {settings.images_dir} (looked for files ending in "
                      f"{', '.join(images.IMAGE_EXTENSIONS)})")
   if settings.align_size:
-    names = _unique_crop_stems(names)
+    names = unique_crop_stems(names)
   os.makedirs(settings.out_dir, exist_ok=True)
   journal = journal_lib.Journal(f"{settings.out_dir}/{JOURNAL}", settings.fingerprint())
   done = journal.read()
   changed = [name for name in names if name in done and not journal_lib.unchanged(
-      f"{settings.images_dir}/{name}", done[name][0])]
+      f"{settings.images_dir}/{name}", done[name].stamp)]
   todo = [name for name in names if name not in done] + changed
   logging.info("%d images: %d annotated before, %d changed since (labelled again), %d to do",
                len(names), len(names) - len(todo), len(changed), len(todo))
@@ -204,7 +204,7 @@ def annotate_folder(settings, schema, *, names=None, workers=None, chunk_size=0,
       chunks = (todo[i:i + chunk_size] for i in range(0, len(todo), chunk_size))
       for results in pool.label_chunks(settings, chunks):
         journal.append(results)
-        done.update((name, (stamp, rows)) for name, stamp, rows in results)
+        done.update((name, journal_lib.Entry(stamp, rows)) for name, stamp, rows in results)
         finished += len(results)
         found += sum(row.status == OK for _, _, rows in results for row in rows)
         if time.time() - last_report > _PROGRESS_SECONDS or finished == len(todo):
@@ -214,6 +214,6 @@ def annotate_folder(settings, schema, *, names=None, workers=None, chunk_size=0,
       journal.close()
       if own_pool:
         pool.close()
-  rows = sorted((row for name in names for row in done[name][1]), key=lambda r: r.image_name)
-  write_keypoints_csv(f"{settings.out_dir}/{shards.KEYPOINTS_CSV}", rows, schema)
+  rows = sorted((row for name in names for row in done[name].rows), key=lambda r: r.image_name)
+  write_keypoints_csv(f"{settings.out_dir}/{dataset_info.KEYPOINTS_CSV}", rows, schema)
   return rows

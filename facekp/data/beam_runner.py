@@ -24,6 +24,7 @@ from apache_beam.runners.portability import fn_api_runner
 import numpy as np
 import tensorflow as tf
 
+from facekp.core import dataset_info
 from facekp.data import annotate
 from facekp.data import cleaning
 from facekp.data import shards
@@ -37,7 +38,7 @@ STAGING_SUFFIX = ".incomplete"
 # The listed image names, one a line, read by the workers (not held in the pipeline's graph,
 # which Dataflow limits to 10 MB); removed before the dataset is moved to OUT.
 _NAMES_FILE = "image_names.txt"
-# The file that makes a folder a dataset (shards.builder looks for it): moved in last.
+# The file that makes a folder a dataset (dataset_info.builder looks for it): moved in last.
 _DATASET_INFO = "dataset_info.json"
 
 
@@ -140,7 +141,7 @@ class SumReports(beam.CombineFn):
     return accumulator
 
 
-def shards(kept, report, read, out_dir, images_root, schema, fractions, num_shards):
+def cut_into_shards(kept, report, read, out_dir, images_root, schema, fractions, num_shards):
   """The global step, in one worker: copies among all kept rows (from the fingerprints the
   cleaning made in parallel), cleaned.csv, cleaning_report.json, duplicates.json, the splits;
   yields (shard path, its rows, their bytes digests) as shards.write_dataset cuts them."""
@@ -154,7 +155,7 @@ def shards(kept, report, read, out_dir, images_root, schema, fractions, num_shar
     rows = split_rows[split]
     for shard, part in enumerate(np.array_split(np.arange(len(rows)), n)):
       shard_rows = [rows[i] for i in part]
-      yield (shards.shard_path(out_dir, split, shard, n), shard_rows,
+      yield (dataset_info.shard_path(out_dir, split, shard, n), shard_rows,
              [digests[row.image_name] for row in shard_rows])
 
 
@@ -172,7 +173,7 @@ def build(pipeline, names, settings, schema, images_root, fractions, num_shards)
   out = settings.out_dir
   rows = label(pipeline, names, settings)
   _ = (rows | "AllRows" >> beam.combiners.ToList()
-       | "WriteKeypointsCsv" >> beam.Map(write_csv, f"{out}/{shards.KEYPOINTS_CSV}", schema))
+       | "WriteKeypointsCsv" >> beam.Map(write_csv, f"{out}/{dataset_info.KEYPOINTS_CSV}", schema))
   cleaned = (rows
              | "ByName" >> beam.Map(lambda row: (row.image_name, row))
              | "GroupByName" >> beam.GroupByKey()
@@ -183,7 +184,7 @@ def build(pipeline, names, settings, schema, images_root, fractions, num_shards)
   read = cleaned | "Reads" >> beam.FlatMap(lambda kept_report_read: kept_report_read[2].items())
   return (kept
           | "AllKept" >> beam.combiners.ToList()
-          | "Shards" >> beam.FlatMap(shards, beam.pvalue.AsSingleton(report),
+          | "Shards" >> beam.FlatMap(cut_into_shards, beam.pvalue.AsSingleton(report),
                                      beam.pvalue.AsDict(read), out, images_root, schema,
                                      fractions, num_shards)
           | "SpreadShards" >> beam.Reshuffle()
@@ -250,7 +251,7 @@ def make_tfrecords(images_dir, out_dir, *, make_schema, common_size, landmarks, 
       raise ValueError(f"no images under {images_dir} (looked for files ending in "
                        f"{', '.join(images.IMAGE_EXTENSIONS)})")
     if align:
-      names = annotate._unique_crop_stems(names)  # pylint: disable=protected-access
+      names = annotate.unique_crop_stems(names)
     names_file = f"{staging}/{_NAMES_FILE}"
     files.atomic_write(names_file, "".join(f"{name}\n" for name in names))
     settings = annotate.Settings(images_dir, staging, schema.mesh_indices, align, max_faces)
@@ -259,16 +260,16 @@ def make_tfrecords(images_dir, out_dir, *, make_schema, common_size, landmarks, 
     with make_pipeline(beam_options) as pipeline:
       build(pipeline, names_file, settings, schema, images_root, fractions, num_shards)
     timings["pipeline_s"] = round(time.time() - start, 2)
-    report = files.read_json(f"{staging}/{shards.CLEANING_REPORT}", "cleaning report")
+    report = files.read_json(f"{staging}/{dataset_info.CLEANING_REPORT}", "cleaning report")
     if not report["kept"]:
       raise ValueError(f"no usable rows to write to {out_dir} (see "
-                       f"{staging}/{shards.CLEANING_REPORT})")
+                       f"{staging}/{dataset_info.CLEANING_REPORT})")
     start = time.time()
-    kept = keypoint_csv.read_keypoints_csv(f"{staging}/{shards.CLEANED_CSV}", schema)
-    shards.write_metadata(staging, shards.features(schema.num_keypoints), schema,
+    kept = keypoint_csv.read_keypoints_csv(f"{staging}/{dataset_info.CLEANED_CSV}", schema)
+    shards.write_metadata(staging, dataset_info.features(schema.num_keypoints), schema,
                            crop=keypoints.crop_method(align),
                            input_size=align or common_size(kept))
-    infos = shards.builder(staging).info.splits
+    infos = dataset_info.builder(staging).info.splits
     timings["metadata_s"] = round(time.time() - start, 2)
     publish(staging, out_dir)
   counts = {split: infos[split].num_examples if split in infos else 0 for split in splits.SPLITS}

@@ -4,7 +4,7 @@ import math
 
 import numpy as np
 
-from facekp.data import shards
+from facekp.core import dataset_info
 from facekp.data import dedup
 from facekp.core import files
 from facekp.core import images
@@ -110,9 +110,9 @@ def write_cleaned(kept, report, out_dir, schema, read):
   `read`: read_images of (at least) the kept rows, which holds their fingerprints."""
   names = [row.image_name for row in kept]
   groups, report["duplicates"] = dedup.find_duplicates({name: read[name][1] for name in names})
-  keypoint_csv.write_keypoints_csv(f"{out_dir}/{shards.CLEANED_CSV}", kept, schema)
-  write_report(f"{out_dir}/{shards.CLEANING_REPORT}", report)
-  files.write_json(f"{out_dir}/{shards.DUPLICATES_JSON}", {"groups": groups})
+  keypoint_csv.write_keypoints_csv(f"{out_dir}/{dataset_info.CLEANED_CSV}", kept, schema)
+  write_report(f"{out_dir}/{dataset_info.CLEANING_REPORT}", report)
+  files.write_json(f"{out_dir}/{dataset_info.DUPLICATES_JSON}", {"groups": groups})
   return dedup.split_keys(names, groups, splits.group_key), groups
 
 

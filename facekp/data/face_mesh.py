@@ -2,13 +2,9 @@
 to N faces, found by its own short-range detector) and the full-range face detector."""
 import mediapipe as mp
 from mediapipe.framework.formats import landmark_pb2
-from mediapipe.python import packet_creator
 import numpy as np
 
-try:  # internals for FaceMesh's direct path; without them, the public process()
-  from mediapipe.python._framework_bindings import _packet_getter
-except ImportError:
-  _packet_getter = None
+from facekp.data import mediapipe_internals
 
 # A serialised NormalizedLandmark as Face Mesh writes it: field tag and length, then x, y and z,
 # each a tag byte and a little-endian float32.
@@ -17,7 +13,6 @@ _TAG_COLUMNS = [0, 1, 2, 7, 12]
 _TAGS = np.array([0x0A, 0x0F, 0x0D, 0x15, 0x1D], np.uint8)
 _X_Y_BYTES = np.r_[3:7, 8:12]
 _LANDMARKS_STREAM = "multi_face_landmarks"
-_TIMESTAMP_STEP = 33333  # what SolutionBase.process adds per image (30 frames a second)
 
 
 def xy_from_bytes(data):
@@ -38,29 +33,13 @@ def normalised_xy(landmark_list):
   return xy_from_bytes(landmark_list.SerializeToString())
 
 
-def _image_input(solution):
-  """(the graph's one image input stream, its packet maker), when this MediaPipe's SolutionBase
-  has the internals that FaceMesh's direct path uses (those of 0.10), else None."""
-  # pylint: disable=protected-access
-  try:
-    (stream, kind), = solution._input_stream_type_info.items()
-    usable = (kind.value in ("image", "image_frame") and
-              _LANDMARKS_STREAM in solution._output_stream_type_info and
-              isinstance(solution._graph_outputs, dict) and
-              hasattr(solution, "_simulated_timestamp") and
-              hasattr(_packet_getter, "_get_serialized_proto_list"))
-  except (AttributeError, TypeError, ValueError):
-    return None
-  return (stream, getattr(packet_creator, f"create_{kind.value}")) if usable else None
-
-
 class FaceMesh:
   """MediaPipe Face Mesh on still images; landmarks in pixels of the given image."""
 
   def __init__(self, max_faces=1):
     self._mesh = mp.solutions.face_mesh.FaceMesh(
         static_image_mode=True, max_num_faces=max_faces, refine_landmarks=False)
-    self._input = _image_input(self._mesh)
+    self.direct_input = mediapipe_internals.direct_input(self._mesh, _LANDMARKS_STREAM)
 
   def detect(self, image_rgb, indices=None):
     """uint8 [H, W, 3] -> list (one per face, MediaPipe's order) of float64 [468, 2] (x, y),
@@ -80,23 +59,13 @@ class FaceMesh:
     normalised_xy would serialise again): ~2 % of Face Mesh's time on a 128 px face. The
     public process() where this MediaPipe's internals differ (tested equal)."""
     solution = self._mesh
-    if self._input is None:
+    if self.direct_input is None:
       found = solution.process(image_rgb).multi_face_landmarks or ()
       return [face.SerializeToString() for face in found]
     if image_rgb.ndim != 3 or image_rgb.shape[2] != 3:
       raise ValueError(f"Face Mesh needs an RGB image, not an array of shape {image_rgb.shape}")
-    stream, make_packet = self._input
-    # pylint: disable=protected-access
-    solution._graph_outputs.clear()
-    solution._simulated_timestamp += _TIMESTAMP_STEP
-    packet = make_packet(image_rgb, image_format=mp.ImageFormat.SRGB)
-    solution._graph.add_packet_to_input_stream(
-        stream=stream, packet=packet.at(solution._simulated_timestamp))
-    solution._graph.wait_until_idle()
-    output = solution._graph_outputs.get(_LANDMARKS_STREAM)
-    if output is None or output.is_empty():
-      return []
-    return _packet_getter._get_serialized_proto_list(output)
+    return mediapipe_internals.serialized_outputs(solution, self.direct_input, image_rgb,
+                                                  _LANDMARKS_STREAM)
 
   def close(self):
     self._mesh.close()

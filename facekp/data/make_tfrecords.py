@@ -14,6 +14,7 @@ import time
 from absl import logging
 import tensorflow as tf
 
+from facekp.core import dataset_info
 from facekp.data import annotate
 from facekp.data import cleaning
 from facekp.data import shards
@@ -29,7 +30,7 @@ _PARALLEL_WRITE_MIN_ROWS = 5000
 
 def load_or_make_schema(out_dir, mesh_indices):
   """The schema of a previous run in out_dir when it has the same landmarks, else derived anew."""
-  path = f"{out_dir}/{shards.SCHEMA_FILE}"
+  path = f"{out_dir}/{dataset_info.SCHEMA_FILE}"
   if tf.io.gfile.exists(path):
     schema = schema_lib.Schema.load(path)
     if schema.mesh_indices == tuple(mesh_indices):

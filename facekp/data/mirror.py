@@ -2,7 +2,6 @@
 
 A schema's flip permutation (facekp.core.schema) comes from here, never typed by hand.
 """
-import os
 
 import numpy as np
 import scipy.optimize

@@ -1,65 +1,32 @@
-"""The TFDS dataset that make_tfrecords writes and the input pipeline reads.
+"""Shard writing: cleaned rows and their images -> TFRecord shards and TFDS metadata.
 
-Layout of a dataset directory (`--out`):
-  face_keypoints.csv, cleaned.csv   (facekp.core.keypoint_csv: annotation and cleaning)
-  cleaning_report.json, duplicates.json                   (facekp.data.cleaning, facekp.data.dedup)
-  schema.json                                             (facekp.core.schema.Schema)
-  facekp-<split>.tfrecord-0000i-of-0000n                  (TFDS-serialised examples)
-  dataset_info.json, features.json, metadata.json         (written by TFDS)
-`tfds.builder_from_directory(out)` loads every split with its features spec.
-
+The folder's layout and its readers are facekp.core.dataset_info's.
 """
 import contextlib
 import io
 import math
-import struct
 
 from absl import logging
 import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from facekp.data import png
+from facekp.core import dataset_info
 from facekp.data import dedup
 from facekp.core import files
 from facekp.core import images
 from facekp.core import keypoints as keypoints_lib
-from facekp.core import schema as schema_lib
 
-KEYPOINTS_CSV = "face_keypoints.csv"
-CLEANED_CSV = "cleaned.csv"
-CLEANING_REPORT = "cleaning_report.json"
-DUPLICATES_JSON = "duplicates.json"
-SCHEMA_FILE = "schema.json"
 SHARD_TARGET_BYTES = 64 << 20
-FILENAME_TEMPLATE = "{DATASET}-{SPLIT}.{FILEFORMAT}-{SHARD_X_OF_Y}"
-DATASET_NAME = "facekp"
-_PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 _JPEG_MAGIC = b"\xff\xd8\xff"
-# Chunks that leave an 8-bit RGB PNG's pixels as stored. Not text: Pillow takes an orientation
-# from an XMP or "Raw profile type exif" text chunk as from eXIf, and TensorFlow takes none.
-_PLAIN_PNG_CHUNKS = {b"IHDR", b"IDAT", b"pHYs", b"tIME"}
-
-
-def features(num_keypoints):
-  """Image bytes as stored (PNG or JPEG), its size, and keypoints in pixels and in [0, 1]."""
-  return tfds.features.FeaturesDict({
-      "image": tfds.features.Image(shape=(None, None, 3)),
-      "image_name": tfds.features.Text(),
-      "height": tfds.features.Scalar(dtype=np.int32),
-      "width": tfds.features.Scalar(dtype=np.int32),
-      "keypoints_px": tfds.features.Tensor(shape=(num_keypoints, 2), dtype=np.float32),
-      "keypoints": tfds.features.Tensor(shape=(num_keypoints, 2), dtype=np.float32),
-  })
-
-
-def shard_path(out_dir, split, shard, num_shards):
-  return f"{out_dir}/{DATASET_NAME}-{split}.tfrecord-{shard:05d}-of-{num_shards:05d}"
 
 
 def write_shard(path, examples, feature_spec):
   """Writes serialised examples to `path` through a temporary name: a shard that exists is whole.
 
-  Each example is a dict with the keys of `features()`; "image" holds encoded bytes. Returns
+  Each example is a dict with the keys of
+  `dataset_info.features()`; "image" holds encoded bytes. Returns
   (examples written, their serialised bytes): what TFDS records of a shard.
   """
   count = num_bytes = 0
@@ -79,69 +46,23 @@ def write_metadata(out_dir, feature_spec, schema, description="", crop=keypoints
   check that it crops faces the same way. `split_infos`: tfds.core.SplitInfo of each split, or
   None to let TFDS read every shard to count them."""
   record = dict(schema.to_dict(), keypoints=keypoints_lib.metadata(crop, input_size))
-  files.write_json(f"{out_dir}/{SCHEMA_FILE}", record)
+  files.write_json(f"{out_dir}/{dataset_info.SCHEMA_FILE}", record)
   with contextlib.redirect_stdout(io.StringIO()):  # TFDS prints the split infos it computes
     tfds.folder_dataset.write_metadata(
         data_dir=out_dir,
         features=feature_spec,
         split_infos=split_infos,
-        filename_template=FILENAME_TEMPLATE,
+        filename_template=dataset_info.FILENAME_TEMPLATE,
         description=description or "Face photos with MediaPipe Face Mesh keypoints (facekp).",
         metadata=tfds.core.MetadataDict(record),
     )
 
 
-def read_metadata(data_dir):
-  """The "keypoints" record of a dataset's schema.json (facekp.core.keypoints.metadata), or None for
-  a dataset written before facekp recorded it."""
-  return files.read_json(f"{data_dir}/{SCHEMA_FILE}", "dataset schema").get("keypoints")
-
-
-def load_schema(data_dir):
-  path = f"{data_dir}/{SCHEMA_FILE}"
-  if not tf.io.gfile.exists(path):
-    raise FileNotFoundError(
-        f"{data_dir} is not a facekp dataset: {SCHEMA_FILE} is missing "
-        "(create one with `python -m tools.make_tfrecords --images=DIR --out=DIR`)")
-  return schema_lib.Schema.load(path)
-
-
-def builder(data_dir):
-  """The TFDS builder of a facekp dataset directory, with a clear error when it is not one."""
-  if not tf.io.gfile.exists(f"{data_dir}/dataset_info.json"):
-    raise FileNotFoundError(
-        f"{data_dir} is not a facekp dataset: dataset_info.json is missing "
-        "(create one with `python -m tools.make_tfrecords --images=DIR --out=DIR`)")
-  return tfds.builder_from_directory(data_dir)
-
-
-def is_plain_rgb_png(data):
-  """Whether PNG bytes hold 8-bit RGB and only chunks that no decoder turns into other pixels
-  (no transparency, palette, orientation, animation, colour profile or text): PNG is lossless, so
-  TensorFlow gives the pixels Pillow gave, and the check costs microseconds, not a decode."""
-  if not data.startswith(_PNG_MAGIC) or data[12:16] != b"IHDR" or data[24:26] != b"\x08\x02":
-    return False
-  offset = len(_PNG_MAGIC)
-  while offset + 8 <= len(data):
-    length, kind = struct.unpack(">I4s", data[offset:offset + 8])
-    if kind == b"IEND":
-      return True
-    if kind not in _PLAIN_PNG_CHUNKS:
-      return False
-    offset += 12 + length  # length, type, data, CRC
-  return False
-
-
-def _png_size(data):
-  """(width, height) from a PNG's IHDR."""
-  return struct.unpack(">II", data[16:24])
-
-
 def storable_image_bytes(data, rgb):
   """The stored bytes when TensorFlow decodes them to exactly `rgb`, else a lossless PNG of it."""
-  if is_plain_rgb_png(data) and rgb.shape[1::-1] == _png_size(data):
+  if png.is_plain_rgb_png(data) and rgb.shape[1::-1] == png.png_size(data):
     return data
-  if data.startswith(_PNG_MAGIC) or data.startswith(_JPEG_MAGIC):
+  if data.startswith(png.PNG_MAGIC) or data.startswith(_JPEG_MAGIC):
     decoded = tf.io.decode_image(data, channels=3, expand_animations=False, dtype=tf.uint8)
     if decoded.shape == rgb.shape and np.array_equal(decoded.numpy(), rgb):
       return data
@@ -152,8 +73,8 @@ def _stored_image(data, path, digest):
   """(bytes to store, width, height) of an image file's bytes. `digest`: dedup.bytes_digest of
   the file when cleaning decoded it, or None: a plain RGB PNG that still holds those bytes is
   stored without a second decode (0.5 ms an image)."""
-  if digest is not None and is_plain_rgb_png(data) and dedup.bytes_digest(data) == digest:
-    return (data, *_png_size(data))
+  if digest is not None and png.is_plain_rgb_png(data) and dedup.bytes_digest(data) == digest:
+    return (data, *png.png_size(data))
   rgb = images.decode_rgb(data, path)
   return storable_image_bytes(data, rgb), rgb.shape[1], rgb.shape[0]
 
@@ -196,7 +117,7 @@ def shard_counts(splits, images_dir, num_shards):
 def _remove_previous_dataset(out_dir):
   """A dataset being rewritten must not look complete, nor keep shards of a former layout."""
   for name in tf.io.gfile.listdir(out_dir):
-    is_shard = name.startswith(f"{DATASET_NAME}-") and ".tfrecord-" in name
+    is_shard = name.startswith(f"{dataset_info.DATASET_NAME}-") and ".tfrecord-" in name
     if is_shard or name == "dataset_info.json":
       tf.io.gfile.remove(f"{out_dir}/{name}")
 
@@ -206,7 +127,7 @@ def write_split_shard(out_path, rows, images_dir, num_keypoints, digests=None):
   or None) as for make_example; returns write_shard's (examples, bytes)."""
   digests = digests or [None] * len(rows)
   return write_shard(out_path, (make_example(images_dir, row, digest)
-                                for row, digest in zip(rows, digests)), features(num_keypoints))
+                                for row, digest in zip(rows, digests)), dataset_info.features(num_keypoints))
 
 
 def _split_infos(shard_splits, written):
@@ -228,13 +149,13 @@ def write_dataset(out_dir, splits, images_dir, schema, num_shards=None, map_fn=m
   `digests`: {image name: dedup.bytes_digest when cleaning decoded it} (make_example).
   """
   if not any(splits.values()):
-    raise ValueError(f"no usable rows to write to {out_dir} (see {CLEANING_REPORT})")
+    raise ValueError(f"no usable rows to write to {out_dir} (see {dataset_info.CLEANING_REPORT})")
   _remove_previous_dataset(out_dir)
   tasks = []  # (split, shard path, rows)
   for split, n in shard_counts(splits, images_dir, num_shards).items():
     rows = splits[split]
     for shard, part in enumerate(np.array_split(np.arange(len(rows)), n)):
-      tasks.append((split, shard_path(out_dir, split, shard, n), [rows[i] for i in part]))
+      tasks.append((split, dataset_info.shard_path(out_dir, split, shard, n), [rows[i] for i in part]))
     logging.info("writing %s: %d examples in %d shard(s)", split, len(rows), n)
   task_splits, paths, shard_rows = zip(*tasks)
   digests = digests or {}
@@ -244,6 +165,6 @@ def write_dataset(out_dir, splits, images_dir, schema, num_shards=None, map_fn=m
   for split, rows in splits.items():
     if not rows:
       logging.warning("split %r is empty: the dataset has no %r split", split, split)
-  write_metadata(out_dir, features(schema.num_keypoints), schema, crop=crop,
+  write_metadata(out_dir, dataset_info.features(schema.num_keypoints), schema, crop=crop,
                  input_size=input_size, split_infos=_split_infos(task_splits, written))
   return {split: len(rows) for split, rows in splits.items()}

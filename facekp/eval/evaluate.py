@@ -30,23 +30,25 @@ And pictures/: <name>_faces.png, <name>_faces_perturbed.png, <name>_worst_faces.
 import os
 import re
 
+from facekp.eval import plots
+from facekp.models import flip_tta
+from facekp.models import keypoint_model
+from facekp.core import dataset_info
 from facekp.core import cli  # first: quiets the C++ start-up lines of TensorFlow and MediaPipe
 from absl import flags
 from absl import logging
 import numpy as np
 import tensorflow as tf
 
-from facekp.data import shards
 from facekp.core import files
 from facekp.input import input_pipeline
 from facekp.core import keypoints as keypoints_lib
 from facekp.eval import metrics as metrics_lib
-from facekp.core import plots
+from facekp.core import drawing
 from facekp.core import workdir as workdir_lib
 from facekp.eval import yardsticks
 
 CED_POINTS = 101
-PICTURE_FACES = 16
 EVAL = "eval"
 LEGEND = "label (green, hollow) and prediction (red)"
 
@@ -60,16 +62,11 @@ def predict(model, images, batch_size=64):
   return np.concatenate(outputs)
 
 
-def mirror_images(images):
-  return np.asarray(images)[:, :, ::-1]
-
-
 def predict_flip_tta(model, images, flip_permutation, batch_size=64):
-  """Mean of the prediction on each image and the mapped-back prediction on its mirror."""
-  direct = predict(model, images, batch_size)
-  mirrored = predict(model, mirror_images(images), batch_size)
-  back = keypoints_lib.mirror(mirrored, flip_permutation)
-  return (0.5 * (direct + back)).astype(np.float32)
+  """Mean of the prediction on each image and the mapped-back prediction on its mirror, through
+  the layers that exports bake in (facekp.models.flip_tta)."""
+  averaged = flip_tta.with_flip_tta(model, flip_permutation, np.shape(images)[1:])
+  return predict(averaged, images, batch_size)
 
 
 # One protocol, end to end.
@@ -159,7 +156,7 @@ def format_table(metrics):
 # Pictures.
 
 def _short(names):
-  return [plots.short_name(str(n)) for n in names]
+  return [drawing.short_name(str(n)) for n in names]
 
 
 def draw_pictures(picture_dir, name, title, arrays, pred, perturbed, pred_perturbed, nme,
@@ -168,19 +165,19 @@ def draw_pictures(picture_dir, name, title, arrays, pred, perturbed, pred_pertur
   tf.io.gfile.makedirs(picture_dir)
   size = arrays["images"].shape[1]
   px = lambda points: keypoints_lib.to_pixels(points, size)
-  first = np.arange(min(PICTURE_FACES, len(pred)))
+  first = np.arange(min(drawing.GRID_FACES, len(pred)))
   captions = _short(arrays["image_names"])
   paths = [f"{picture_dir}/{name}_faces.png", f"{picture_dir}/{name}_faces_perturbed.png"]
-  plots.face_grid(paths[0], arrays["images"][first], px(arrays["keypoints"][first]),
+  drawing.face_grid(paths[0], arrays["images"][first], px(arrays["keypoints"][first]),
                   px(pred[first]), names, captions=[captions[i] for i in first],
                   title=f"{title}: {LEGEND}", total=len(pred))
-  plots.face_grid(paths[1], perturbed[0][first], px(perturbed[1][first]),
+  drawing.face_grid(paths[1], perturbed[0][first], px(perturbed[1][first]),
                   px(pred_perturbed[first]), names, captions=[captions[i] for i in first],
                   title=f"{title}, perturbed protocol: {LEGEND}", total=len(pred))
   if "model" in nme:
-    worst = np.argsort(-nme["model"])[:PICTURE_FACES]
+    worst = np.argsort(-nme["model"])[:drawing.GRID_FACES]
     paths += [f"{picture_dir}/{name}_worst_faces.png", f"{picture_dir}/{name}_ced.png"]
-    plots.face_grid(paths[2], arrays["images"][worst], px(arrays["keypoints"][worst]),
+    drawing.face_grid(paths[2], arrays["images"][worst], px(arrays["keypoints"][worst]),
                     px(pred[worst]), names,
                     captions=[f"{captions[i]}\nNME {100 * nme['model'][i]:.1f}%" for i in worst],
                     title=f"{title}, worst by NME: {LEGEND}", total=len(pred), chosen="worst")
@@ -190,7 +187,7 @@ def draw_pictures(picture_dir, name, title, arrays, pred, perturbed, pred_pertur
                      limit=metrics_lib.AUC_LIMIT)
   if tf.io.gfile.exists(history_path):
     paths.append(f"{picture_dir}/training_curves.png")
-    plots.training_curves(paths[-1], plots.read_history(history_path))
+    plots.training_curves(paths[-1], plots.history_columns(workdir_lib.read_history(history_path)))
   return paths
 
 
@@ -222,11 +219,11 @@ def evaluate_workdir(workdir, data_dir=None, split="test", *, tta_flip=False, pi
   data_dir = data_dir or config["data_dir"]
   image_size = int(config["image_size"])
   huber_delta = float(config["huber_delta"])
-  schema = shards.load_schema(data_dir)
+  schema = dataset_info.load_schema(data_dir)
   arrays = input_pipeline.load_arrays(data_dir, split, image_size=image_size)
   if not len(arrays["images"]):
     raise ValueError(f"the {split} split of {data_dir} is empty")
-  model = workdir_lib.load_model(workdir)
+  model = keypoint_model.load_model(workdir)
   mean_shape, mean_source = yardsticks.training_mean(workdir, config)
   if mean_shape.shape != arrays["keypoints"].shape[1:]:
     raise ValueError(f"{data_dir} labels {arrays['keypoints'].shape[1]} keypoints but the model "

@@ -52,7 +52,7 @@ def make_config(**fields):
   return ml_collections.ConfigDict({name: float(fields.get(name, 0.0)) for name in FIELDS})
 
 
-def _check_config(cfg):
+def check_config(cfg):
   for name in FIELDS:
     value = getattr(cfg, name, None)
     if value is None:
@@ -90,7 +90,7 @@ def augment_batch(images, keypoints, aug_config, seed, flip_permutation):
       tf.stack([config.seed, step]).
     flip_permutation: the schema's flip permutation (facekp.core.schema.Schema.flip_permutation).
   """
-  _check_config(aug_config)
+  check_config(aug_config)
   if len(flip_permutation) != keypoints.shape[1]:
     raise ValueError(f"flip_permutation {tuple(flip_permutation)} does not match "
                      f"{keypoints.shape[1]} keypoints")
@@ -141,7 +141,7 @@ def _geometry(images, keypoints, cfg, seed, flip_permutation):
   shrink = _largest_shrink_in_frame(points, size, angle, zoom, shift)
   angle, zoom, shift = angle * shrink, zoom * shrink, shift * shrink[:, None]
   points = _transform_points(*_affine(size, no_flip, angle, zoom, shift), points)
-  return (_warp(images, *_affine(size, flip, angle, zoom, shift)),
+  return (warp(images, *_affine(size, flip, angle, zoom, shift)),
           keypoints_lib.to_normalised(points, width, height))
 
 
@@ -180,7 +180,7 @@ def _reflect(u, extent):
   return extent - tf.abs(extent - tf.math.floormod(u, 2.0 * extent))
 
 
-def _warp(images, matrix, offset):
+def warp(images, matrix, offset):
   """Bilinear resampling: output pixel centre p shows input point matrix^-1 (p - offset); outside
   the frame, the image mirrored about its edges (fill mode "reflect"). Returns float32."""
   shape = tf.shape(images)

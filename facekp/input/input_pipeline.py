@@ -13,15 +13,14 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from facekp.data import shards as dataset_lib
-
+from facekp.core import dataset_info
 AUTOTUNE = tf.data.AUTOTUNE
 
 
 def _split_info(data_dir, split):
   """The TFDS SplitInfo of `split`, after checking that `data_dir` is a facekp dataset."""
-  builder = dataset_lib.builder(data_dir)
-  schema = dataset_lib.load_schema(data_dir)
+  builder = dataset_info.builder(data_dir)
+  schema = dataset_info.load_schema(data_dir)
   features = builder.info.features
   missing = {"image", "keypoints", "image_name"} - set(features.keys())
   if missing:
@@ -29,7 +28,7 @@ def _split_info(data_dir, split):
                      "are missing")
   if features["keypoints"].shape[0] != schema.num_keypoints:
     raise ValueError(f"{data_dir}: features.json has {features['keypoints'].shape[0]} keypoints, "
-                     f"{dataset_lib.SCHEMA_FILE} has {schema.num_keypoints}")
+                     f"{dataset_info.SCHEMA_FILE} has {schema.num_keypoints}")
   if split not in builder.info.splits:
     raise ValueError(f"{data_dir} has no split {split!r} (dataset_info.json lists "
                      f"{sorted(builder.info.splits.keys())})")
@@ -87,11 +86,11 @@ def _cache_file(cache_dir, split, image_size, shards, num_splits, index):
     with tf.io.gfile.GFile(path, "rb") as f:
       fingerprint.update(f.read(1 << 16))
   tf.io.gfile.makedirs(cache_dir)
-  return (f"{cache_dir}/{dataset_lib.DATASET_NAME}-{split}-{image_size}px-"
+  return (f"{cache_dir}/{dataset_info.DATASET_NAME}-{split}-{image_size}px-"
           f"{fingerprint.hexdigest()[:16]}")
 
 
-def _decode(example, image_size):
+def decode(example, image_size):
   """Encoded example -> (uint8 [S,S,3] image, normalised keypoints, name); resized if needed."""
   image = tf.io.decode_image(example["image"], channels=3, expand_animations=False)
   image = tf.cond(
@@ -122,7 +121,7 @@ def _decoded_examples(data_dir, split, image_size, cache, input_context, with_na
     ds = ds.shard(num_splits, index)
 
   def parse_and_decode(record):
-    decoded = _decode(features.deserialize_example(record, decoders=decoders), image_size)
+    decoded = decode(features.deserialize_example(record, decoders=decoders), image_size)
     return decoded if with_names else decoded[:2]
 
   ds = ds.map(parse_and_decode, num_parallel_calls=AUTOTUNE)
@@ -249,7 +248,7 @@ def train_mean_keypoints(data_dir):
   shards, _, _ = _pipeline_shards(_split_info(data_dir, "train")[1], None)
   _check_shards_exist(shards)
   _check_shards_readable(shards)  # a damaged shard is named, not a bare DataLossError
-  ds = dataset_lib.builder(data_dir).as_dataset(
+  ds = dataset_info.builder(data_dir).as_dataset(
       split="train", decoders={"image": tfds.decode.SkipDecoding()})
   ds = ds.map(lambda ex: ex["keypoints"]).batch(4096)
   total, count = 0.0, 0

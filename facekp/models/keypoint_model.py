@@ -14,6 +14,7 @@ import numpy as np
 import tensorflow as tf
 
 from facekp.core import keypoints as keypoints_lib
+from facekp.core import workdir as workdir_lib
 
 HEADS = ("dense", "flatten", "soft_argmax")
 
@@ -44,7 +45,7 @@ def backbone_names():
   return sorted(set(_applications()) | set(CUSTOM_BACKBONES))
 
 
-def _application(name):
+def application(name):
   try:
     return {**_applications(), **CUSTOM_BACKBONES}[_normalise(name)]
   except KeyError:
@@ -123,7 +124,7 @@ class BackbonePreprocessing(keras.layers.Layer):
   def __init__(self, backbone, **kwargs):
     super().__init__(**kwargs)
     self.backbone = backbone
-    self._preprocess = _application(backbone)[1]
+    self._preprocess = application(backbone)[1]
 
   def call(self, images):
     return self._preprocess(keras.ops.cast(images, self.compute_dtype))
@@ -204,7 +205,7 @@ class MeanOffset(keras.layers.Layer):
 
 def _load_backbone(config):
   """The headless backbone with the configured weights, with clear errors for bad choices."""
-  constructor, _ = _application(config.backbone)
+  constructor, _ = application(config.backbone)
   weights = config.weights
   if weights in ("none", "", None):
     weights = None
@@ -335,35 +336,13 @@ def batch_norm_layers(model):
           if isinstance(layer, keras.layers.BatchNormalization)]
 
 
-@keras.saving.register_keras_serializable(package="facekp")
-class MirrorImages(keras.layers.Layer):
-  """Images [B, H, W, C] mirrored left to right."""
-
-  def call(self, images):
-    return keras.ops.flip(images, axis=2)
-
-
-@keras.saving.register_keras_serializable(package="facekp")
-class MirrorKeypoints(keras.layers.Layer):
-  """Normalised keypoints [B, K, 2] of a mirrored image mapped back (facekp.core.keypoints.mirror)."""
-
-  def __init__(self, flip_permutation, **kwargs):
-    super().__init__(**kwargs)
-    self.flip_permutation = [int(i) for i in flip_permutation]
-
-  def call(self, points):
-    return keypoints_lib.mirror(tf.convert_to_tensor(points), self.flip_permutation)
-
-  def get_config(self):
-    return {**super().get_config(), "flip_permutation": self.flip_permutation}
-
-
-def with_flip_tta(model, flip_permutation):
-  """The model averaged with its mapped-back prediction on the mirrored image (test-time flip
-  augmentation): twice the compute, and exactly mirror-symmetric."""
-  images = keras.Input(model.input_shape[1:], name="images")
-  direct = model(images)
-  back = MirrorKeypoints(flip_permutation, name="mirror_keypoints")(
-      model(MirrorImages(name="mirror_images")(images)))
-  return keras.Model(images, keras.layers.Average(name="flip_tta")([direct, back]),
-                     name=f"{model.name}_flip_tta")
+def load_model(workdir):
+  """The workdir's model.keras; a clear error when it is missing or damaged."""
+  model_path = workdir_lib.path(workdir, workdir_lib.MODEL)
+  if not tf.io.gfile.exists(model_path):
+    raise FileNotFoundError(f"{workdir} has no {workdir_lib.MODEL}: train it first "
+                            "(python -m facekp.main --workdir=... --config=...)")
+  if tf.io.gfile.stat(model_path).length == 0:
+    raise ValueError(f"{model_path} is empty (a run was killed while saving it): run the same "
+                     "training command again to write it anew")
+  return keras.models.load_model(model_path)

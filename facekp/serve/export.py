@@ -23,8 +23,10 @@ real faces: the workdir's test split, or the sample photos when the dataset is n
 """
 import os
 import time
-import warnings
 
+from facekp.models import flip_tta
+from facekp.serve import loading
+from facekp.core import dataset_info
 from facekp.core import cli  # first: quiets the C++ start-up lines of TensorFlow and MediaPipe
 from absl import flags
 from absl import logging
@@ -32,9 +34,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from facekp.data import shards
 from facekp.core import files
-from facekp.core import images as images_lib
 from facekp.input import input_pipeline
 from facekp.core import keypoints as keypoints_lib
 from facekp.core import sample
@@ -42,7 +42,6 @@ from facekp.models import keypoint_model
 from facekp.core import workdir as workdir_lib
 
 TFLITE_VARIANTS = ("float32", "dynamic_range", "float16")
-SERVING_SIGNATURE = "serving_default"
 KEYPOINTS_FILE = "keypoints.json"
 UNKNOWN_CROP = "unknown"
 
@@ -64,7 +63,7 @@ def write_saved_model(model, image_size, path):
   archive = keras.export.ExportArchive()
   archive.track(model)
   archive.add_endpoint(
-      SERVING_SIGNATURE, serve,
+      loading.SERVING_SIGNATURE, serve,
       input_signature=[tf.TensorSpec([None, image_size, image_size, 3], tf.uint8, name="images")])
   with files.atomic_path(path) as tmp:
     archive.write_out(tmp, verbose=False)
@@ -86,81 +85,8 @@ def tflite_model(saved_model_dir, variant):
 
 # Loading: one interface for every format, used by the checks here and by facekp.serve.predict.
 
-class KeypointModel:
-  """A loaded keypoint model: `model(images uint8 [N, S, S, 3])` -> float32 [N, K, 2] in 0..1."""
-
-  def __init__(self, fn, image_size, path):
-    self._fn = fn
-    self.image_size = int(image_size)
-    self.path = path
-
-  def __call__(self, images, batch_size=32):
-    images = np.asarray(images, np.uint8)
-    if images.shape[1:] != (self.image_size, self.image_size, 3):
-      raise ValueError(f"{self.path} takes images of shape [N, {self.image_size}, "
-                       f"{self.image_size}, 3], got {images.shape}")
-    return np.concatenate([np.asarray(self._fn(images[i:i + batch_size]), np.float32)
-                           for i in range(0, len(images), batch_size)])
-
-
-def keras_model(model, path=""):
-  image_size = model.input_shape[1]
-  if image_size is None:
-    raise ValueError(f"the model {path} does not fix its input size")
-  call = tf.function(lambda x: model(tf.cast(x, tf.float32), training=False))
-  return KeypointModel(lambda x: call(tf.constant(x)), image_size, path)
-
-
-def load_keras(path):
-  return keras_model(keras.models.load_model(path), path)
-
-
-def load_saved_model(path):
-  signature = tf.saved_model.load(path).signatures[SERVING_SIGNATURE]
-  image_size = signature.structured_input_signature[1]["images"].shape[1]
-  return KeypointModel(lambda x: signature(images=tf.constant(x))["keypoints"], image_size, path)
-
-
-def load_tflite(path=None, content=None):
-  """A TFLite model from a file or from flatbuffer bytes; runs through its serving signature."""
-  if content is None:
-    with tf.io.gfile.GFile(path, "rb") as f:
-      content = f.read()
-  with warnings.catch_warnings():
-    # TF 2.19 points to ai_edge_litert, which is not part of the pinned dependency set.
-    warnings.filterwarnings("ignore", message=".*tf.lite.Interpreter is deprecated")
-    interpreter = tf.lite.Interpreter(model_content=content)
-  runner = interpreter.get_signature_runner(SERVING_SIGNATURE)
-  image_size = runner.get_input_details()["images"]["shape"][1]
-  return KeypointModel(lambda x: runner(images=x)["keypoints"], image_size, path)
-
-
-def load(path):
-  """A workdir, a .keras file, a SavedModel directory or a .tflite file -> KeypointModel."""
-  if path.endswith(".tflite"):
-    return load_tflite(path)
-  if path.endswith(".keras"):
-    return load_keras(path)
-  if tf.io.gfile.exists(f"{path}/saved_model.pb"):
-    return load_saved_model(path)
-  if tf.io.gfile.exists(workdir_lib.path(path, workdir_lib.MODEL)):
-    return keras_model(workdir_lib.load_model(path), workdir_lib.path(path, workdir_lib.MODEL))
-  raise FileNotFoundError(f"{path} is not a keypoint model: expected a workdir (with "
-                          "model.keras), a .keras file, a SavedModel directory or a .tflite file")
-
 
 # Checking.
-
-def sample_faces(image_size):
-  """The committed sample photos, centre-cropped square and resized: uint8 [N, S, S, 3]."""
-  faces = []
-  for path in sample.sample_photos():
-    image = images_lib.load_rgb(path)
-    side = min(image.shape[:2])
-    top, left = (image.shape[0] - side) // 2, (image.shape[1] - side) // 2
-    square = image[top:top + side, left:left + side]
-    faces.append(tf.image.resize(square, (image_size, image_size), antialias=True).numpy())
-  return np.clip(np.round(np.stack(faces)), 0, 255).astype(np.uint8)
 
 
 def check_images(data_dir, image_size, max_images):
@@ -170,7 +96,7 @@ def check_images(data_dir, image_size, max_images):
     if len(arrays["images"]):
       return arrays["images"][:max_images], f"{data_dir} test split"
   logging.warning("no dataset at %r: checking the exports on the sample photos", data_dir)
-  return sample_faces(image_size)[:max_images], "facekp/sample photos"
+  return sample.sample_faces(image_size)[:max_images], "facekp/sample photos"
 
 
 def latency_ms(model, image, repeats):
@@ -216,7 +142,7 @@ def format_report(report):
 def dataset_crop(data_dir):
   """The crop method a dataset records (facekp.core.keypoints.crop_method) under "keypoints" in its
   schema.json or TFDS metadata.json, or UNKNOWN_CROP."""
-  for name in (shards.SCHEMA_FILE, "metadata.json"):
+  for name in (dataset_info.SCHEMA_FILE, "metadata.json"):
     path = f"{data_dir}/{name}"
     if data_dir and tf.io.gfile.exists(path):
       record = files.read_json(path, "dataset metadata").get("keypoints")
@@ -231,20 +157,20 @@ def export_workdir(workdir, *, data_dir=None, variants=TFLITE_VARIANTS, max_imag
   """Writes workdir/export (SavedModel, TFLite variants, schema, keypoints metadata) and checks
   it; returns the report. tta_flip: every export averages each face with its mirror."""
   data_dir = data_dir or workdir_lib.read_config(workdir).get("data_dir")
-  model = workdir_lib.load_model(workdir)
+  model = keypoint_model.load_model(workdir)
   out = workdir_lib.path(workdir, workdir_lib.EXPORT)
   schema = None
-  if data_dir and tf.io.gfile.exists(f"{data_dir}/{shards.SCHEMA_FILE}"):
-    schema = shards.load_schema(data_dir)
+  if data_dir and tf.io.gfile.exists(f"{data_dir}/{dataset_info.SCHEMA_FILE}"):
+    schema = dataset_info.load_schema(data_dir)
   if tta_flip:
     if schema is None:
       raise ValueError(f"--tta_flip needs the flip permutation of the dataset's "
-                       f"{shards.SCHEMA_FILE}, and {data_dir!r} has none: pass --data_dir")
-    model = keypoint_model.with_flip_tta(model, schema.flip_permutation)
+                       f"{dataset_info.SCHEMA_FILE}, and {data_dir!r} has none: pass --data_dir")
+    model = flip_tta.with_flip_tta(model, schema.flip_permutation)
   tf.io.gfile.makedirs(out)
   if schema is not None:
-    files.write_json(f"{out}/{shards.SCHEMA_FILE}", schema.to_dict())
-  reference = keras_model(model, workdir_lib.path(workdir, workdir_lib.MODEL))
+    files.write_json(f"{out}/{dataset_info.SCHEMA_FILE}", schema.to_dict())
+  reference = loading.keras_model(model, workdir_lib.path(workdir, workdir_lib.MODEL))
   image_size = reference.image_size
   keypoints = {**keypoints_lib.metadata(dataset_crop(data_dir), image_size),
                "flip_tta": bool(tta_flip)}
@@ -252,12 +178,12 @@ def export_workdir(workdir, *, data_dir=None, variants=TFLITE_VARIANTS, max_imag
 
   logging.info("writing %s/saved_model", out)
   write_saved_model(model, image_size, f"{out}/saved_model")
-  exports = {"saved_model": load_saved_model(f"{out}/saved_model")}
+  exports = {"saved_model": loading.load_saved_model(f"{out}/saved_model")}
   for variant in variants:
     path = f"{out}/model_{variant}.tflite"
     logging.info("converting to %s", path)
     files.atomic_write(path, tflite_model(f"{out}/saved_model", variant))
-    exports[f"tflite_{variant}"] = load_tflite(path)
+    exports[f"tflite_{variant}"] = loading.load_tflite(path)
 
   images, source = check_images(data_dir, image_size, max_images)
   report_models = {name: compare(reference, candidate, images, repeats)

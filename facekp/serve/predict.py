@@ -32,11 +32,12 @@ A photo that fails never stops the rest of the folder.
 import collections
 import csv
 import io
-import json
 import os
 import re
 import signal
 
+from facekp.serve import loading
+from facekp.core import dataset_info
 from facekp.core import cli  # first: quiets the C++ start-up lines of TensorFlow and MediaPipe
 from absl import flags
 from absl import logging
@@ -44,15 +45,14 @@ import numpy as np
 import tensorflow as tf
 
 from facekp.data import align
-from facekp.data import shards
-from facekp.serve import export
 from facekp.data import face_mesh
 from facekp.data import faces as faces_lib
 from facekp.core import files
 from facekp.core import images as images_lib
+from facekp.core import journal as journal_lib
 from facekp.core import keypoint_csv
 from facekp.core import keypoints as keypoints_lib
-from facekp.core import plots
+from facekp.core import drawing
 from facekp.core import schema as schema_lib
 from facekp.core.keypoint_csv import OK
 
@@ -79,11 +79,11 @@ def _training_records(model_path):
   dataset named by a workdir's config.json (its schema.json)."""
   schema = record = where = None
   for directory in _model_dirs(model_path):
-    candidates = [f"{directory}/{_EXPORT_REPORT}", f"{directory}/{shards.SCHEMA_FILE}"]
+    candidates = [f"{directory}/{_EXPORT_REPORT}", f"{directory}/{dataset_info.SCHEMA_FILE}"]
     if tf.io.gfile.exists(f"{directory}/config.json"):
       data_dir = files.read_json(f"{directory}/config.json", "config").get("data_dir")
       if data_dir:
-        candidates.append(f"{data_dir}/{shards.SCHEMA_FILE}")
+        candidates.append(f"{data_dir}/{dataset_info.SCHEMA_FILE}")
     for path in filter(tf.io.gfile.exists, candidates):
       content = files.read_json(path)
       found = content.get("schema") if path.endswith(_EXPORT_REPORT) else content
@@ -181,7 +181,7 @@ def predict_photo(model, finder, path, name, out_dir, max_faces, names, overlays
     overlay = overlay_path(out_dir, name)
     tf.io.gfile.makedirs(os.path.dirname(overlay))
     with files.atomic_path(overlay) as tmp:
-      plots.photo_overlay(tmp, image, found, names)
+      drawing.photo_overlay(tmp, image, found, names)
   rows = [keypoint_csv.KeypointRow(r.face.name, width, height, tuple(r.points.ravel()), OK)
           if r.points is not None else
           keypoint_csv.missing_row(r.face.name, k, r.face.status, width, height)
@@ -205,50 +205,6 @@ def photo_list(images_path, exclude=()):
   if not tf.io.gfile.exists(images_path):
     raise FileNotFoundError(f"--images={images_path}: no such file or folder")
   return [(images_path, os.path.basename(images_path))]
-
-
-class _Journal:
-  """predictions.journal: one JSON line per finished photo, flushed as it comes, under a
-  first line recording the model and settings (another model or settings start afresh)."""
-
-  def __init__(self, path, fingerprint):
-    self.path, self.fingerprint = path, fingerprint
-    self._file = None
-
-  def read(self):
-    """{photo name: (stamp, rows, entries)} of the photos finished by an earlier run."""
-    done = {}
-    if os.path.exists(self.path):
-      with open(self.path, encoding="utf-8") as f:
-        lines = f.read().split("\n")
-      if lines and lines[0] == json.dumps(self.fingerprint):
-        for line in lines[1:-1]:  # the last line is "" or a line cut off by a kill
-          photo = json.loads(line)
-          rows = [keypoint_csv.KeypointRow(*fields) for fields in photo["rows"]]
-          done[photo["name"]] = (photo["stamp"], rows, photo["faces"])
-    files.atomic_write(self.path, "".join(
-        json.dumps(line) + "\n" for line in [self.fingerprint] + [
-            {"name": n, "stamp": s, "rows": r, "faces": e} for n, (s, r, e) in done.items()]))
-    return done
-
-  def append(self, name, stamp, rows, entries):
-    if self._file is None:
-      self._file = open(self.path, "a", encoding="utf-8")
-    line = {"name": name, "stamp": stamp, "rows": [list(row) for row in rows], "faces": entries}
-    self._file.write(json.dumps(line) + "\n")
-    self._file.flush()
-
-  def close(self):
-    if self._file is not None:
-      self._file.close()
-
-
-def _stamp(path):
-  try:
-    st = os.stat(path)
-    return [st.st_size, st.st_mtime_ns]
-  except OSError:
-    return None
 
 
 def _write_outputs(out_dir, rows, entries, columns):
@@ -277,7 +233,7 @@ def predict_images(model_path, images_path, out_dir, max_faces=1, overlays=True)
   if max_faces < 1:
     raise ValueError(f"max_faces must be at least 1, got {max_faces}")
   photos = photo_list(images_path, exclude=[out_dir])
-  model = export.load(model_path)
+  model = loading.load(model_path)
   _, record, where = _training_records(model_path)
   check_training_record(record, where)
   num_keypoints = model(np.zeros((1, model.image_size, model.image_size, 3), np.uint8)).shape[1]
@@ -286,10 +242,10 @@ def predict_images(model_path, images_path, out_dir, max_faces=1, overlays=True)
     files.remove_temporaries(out_dir)
     fingerprint = {"model": os.path.abspath(model_path), "max_faces": max_faces,
                    "overlays": overlays}
-    journal = _Journal(f"{out_dir}/{JOURNAL}", fingerprint)
+    journal = journal_lib.Journal(f"{out_dir}/{JOURNAL}", fingerprint)
     paths = {name: path for path, name in photos}
-    done = {name: result for name, result in journal.read().items()
-            if name in paths and result[0] is not None and result[0] == _stamp(paths[name])}
+    done = {name: entry for name, entry in journal.read().items()
+            if name in paths and journal_lib.unchanged(paths[name], entry.stamp)}
     todo = [(path, name) for path, name in photos if name not in done]
     if done:
       logging.info("%d photos: %d predicted before, %d to do", len(photos), len(done), len(todo))
@@ -300,8 +256,9 @@ def predict_images(model_path, images_path, out_dir, max_faces=1, overlays=True)
         for i, (path, name) in enumerate(todo):
           rows, entries = predict_photo(model, finder, path, name, out_dir, max_faces, names,
                                         overlays)
-          journal.append(name, _stamp(path), rows, entries)
-          done[name] = (None, rows, entries)
+          stamp = journal_lib.stamp_of_file(path)
+          journal.append([(name, stamp, rows, entries)])
+          done[name] = journal_lib.Entry(stamp, rows, entries)
           if (i + 1) % 100 == 0 or i + 1 == len(todo):
             logging.info("predicted %d / %d photos", i + 1, len(todo))
     except KeyboardInterrupt:
@@ -310,8 +267,8 @@ def predict_images(model_path, images_path, out_dir, max_faces=1, overlays=True)
       raise
     finally:
       journal.close()
-    rows = [row for _, name in photos for row in done[name][1]]
-    _write_outputs(out_dir, rows, [e for _, name in photos for e in done[name][2]], columns)
+    rows = [row for _, name in photos for row in done[name].rows]
+    _write_outputs(out_dir, rows, [e for _, name in photos for e in done[name].extra], columns)
   counts = collections.Counter(row.status for row in rows)
   print(f"{len(photos)} photos -> {out_dir}/{PREDICTIONS_CSV}: {counts.pop(OK, 0)} faces"
         + "".join(f", {n} {status}" for status, n in sorted(counts.items())), flush=True)

@@ -10,12 +10,10 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from facekp.core import drawing
 from facekp.core import keypoints as keypoints_lib
 from facekp.models import keypoint_model
 
-LABEL_COLOUR = (0, 255, 0)
-PREDICTION_COLOUR = (255, 0, 0)
-PICTURE_SIDE = 128  # faces are enlarged to at least this many pixels in TensorBoard
 
 
 class StopOnNonFiniteLoss(keras.callbacks.Callback):
@@ -135,54 +133,26 @@ class Progress(keras.callbacks.Callback):
         _clock(left))
 
 
-def _enlarged(images):
-  factor = max(1, -(-PICTURE_SIDE // images.shape[1]))
-  return np.repeat(np.repeat(images, factor, axis=1), factor, axis=2)
-
-
-def _mark(image, points_px, colour, cross):
-  """Draws a 5x5 cross (or square outline) centred on each point, in place."""
-  height, width = image.shape[:2]
-  for x, y in points_px:
-    col, row = int(math.floor(x)), int(math.floor(y))
-    for d in range(-2, 3):
-      for dx, dy in (((d, 0), (0, d)) if cross else ((d, -2), (d, 2), (-2, d), (2, d))):
-        if 0 <= row + dy < height and 0 <= col + dx < width:
-          image[row + dy, col + dx] = colour
-
-
-def face_grid(images, labels, predictions, columns=4):
-  """uint8 [H, W, 3]: the faces enlarged, labels as green squares, predictions as red crosses.
-
-  Each marker's centre pixel is the one holding its point (continuous coordinates).
-  """
-  faces = _enlarged(np.asarray(images, np.uint8)).copy()
-  side = faces.shape[1]
-  for face, label, prediction in zip(faces, labels, predictions):
-    _mark(face, keypoints_lib.to_pixels(label, side), LABEL_COLOUR, cross=False)
-    _mark(face, keypoints_lib.to_pixels(prediction, side), PREDICTION_COLOUR, cross=True)
-  rows = -(-len(faces) // columns)
-  grid = np.zeros((rows * side, columns * side, 3), np.uint8)
-  for i, face in enumerate(faces):
-    grid[(i // columns) * side:(i // columns + 1) * side,
-         (i % columns) * side:(i % columns + 1) * side] = face
-  return grid
-
-
 class ValidationPictures(keras.callbacks.Callback):
   """Logs the same validation faces to TensorBoard every epoch, with predicted and labelled
-  points (drawn with NumPy: training never imports matplotlib)."""
+  points: the face grid of the evaluation pictures (facekp.core.drawing)."""
 
-  def __init__(self, net, images, labels, logdir):
+  def __init__(self, net, images, labels, names, logdir):
     super().__init__()
     self.net = net
     self.images = np.asarray(images)
     self.labels = np.asarray(labels)
+    self.names = tuple(names)
     self.writer = tf.summary.create_file_writer(logdir)
 
   def on_epoch_end(self, epoch, logs=None):
     predictions = keras.ops.convert_to_numpy(self.net(self.images, training=False))
-    grid = face_grid(self.images, self.labels, predictions)
+    side = self.images.shape[1]
+    fig, _ = drawing.face_grid_figure(
+        self.images, keypoints_lib.to_pixels(self.labels, side),
+        keypoints_lib.to_pixels(predictions, side), self.names,
+        title=f"validation faces after epoch {epoch + 1}")
+    grid = tf.io.decode_png(drawing.figure_png(fig), channels=3)
     with self.writer.as_default():
       tf.summary.image("validation faces (green: label, red: prediction)", grid[None],
                        step=epoch + 1)

@@ -21,11 +21,12 @@ import h5py
 import keras
 import tensorflow as tf
 
+from facekp.core import workdir as workdir_lib
 from facekp.core import files
+from facekp.train import keras_internals
 
 LATEST = ("latest.weights.h5", "training_metadata.json")
 PREVIOUS = ("previous.weights.h5", "previous_metadata.json")
-HISTORY_EPOCH = "epoch"  # history.csv's first column, counting from 1 like the logs
 
 
 class DiskFullError(OSError):
@@ -95,26 +96,10 @@ def is_disk_full(error):
           or "errno = 28" in text)
 
 
-def _weights_bytes(model):
-  """model.save_weights' .weights.h5 content, built in memory.
-
-  HDF5 never writes the destination itself: on a full disk it fails half-way through with its
-  file left open, and the process dies with a segmentation fault when that file is flushed
-  again (Keras 3.15, h5py 3). Keras' own save_weights_only with an io.BytesIO store instead.
-  """
-  from keras.src.saving import saving_lib  # pylint: disable=g-import-not-at-top
-  buffer = io.BytesIO()
-  store = saving_lib.H5IOStore(buffer, mode="w")
-  saving_lib._save_state(  # pylint: disable=protected-access
-      model, weights_store=store, assets_store=None, inner_path="", visited_saveables=set())
-  store.close()
-  return buffer.getvalue()
-
-
 def write_weights(model, path, what, last_good):
   """The weights of `model` into `path` (atomically, as save_weights writes them); a full disk
   raises DiskFullError."""
-  data = _weights_bytes(model)
+  data = keras_internals.weights_h5_bytes(model)
   tf.io.gfile.makedirs(posixpath.dirname(path))
   try:
     files.atomic_write(path, data)
@@ -198,17 +183,9 @@ class BestCheckpoint(keras.callbacks.Callback):
       self.best = value
 
 
-def read_history(path):
-  """The rows of history.csv (dicts of strings), [] without one."""
-  if not tf.io.gfile.exists(path):
-    return []
-  with tf.io.gfile.GFile(path) as f:
-    return list(csv.DictReader(f))
-
-
 def write_history(path, rows):
   """Rewrites history.csv with `rows` (atomically; columns: epoch, then the metrics)."""
-  fields = [HISTORY_EPOCH] + sorted({k for row in rows for k in row} - {HISTORY_EPOCH})
+  fields = [workdir_lib.HISTORY_EPOCH] + sorted({k for row in rows for k in row} - {workdir_lib.HISTORY_EPOCH})
   out = io.StringIO()
   writer = csv.DictWriter(out, fieldnames=fields, restval="")
   writer.writeheader()
@@ -216,20 +193,10 @@ def write_history(path, rows):
   files.atomic_write(path, out.getvalue())
 
 
-def truncate_history(path, epochs):
-  """Keeps the rows of the first `epochs` epochs in history.csv (rows written after the last
-  backup by a run that was then killed run again) and returns them."""
-  rows = read_history(path)
-  kept = [row for row in rows if int(row[HISTORY_EPOCH]) <= epochs]
-  if len(kept) != len(rows):
-    write_history(path, kept)
-  return kept
-
-
 def history_logger(path, rows):
   """A callback that appends a row per epoch to `rows` and rewrites history.csv (epochs from 1)."""
   def log_epoch(epoch, logs):
-    rows.append({HISTORY_EPOCH: epoch + 1, **{k: float(v) for k, v in logs.items()}})
+    rows.append({workdir_lib.HISTORY_EPOCH: epoch + 1, **{k: float(v) for k, v in logs.items()}})
     write_history(path, rows)
   return keras.callbacks.LambdaCallback(on_epoch_end=log_epoch)
 
@@ -249,7 +216,7 @@ def early_stopping_state(values, patience):
 
 def monitored(rows, monitor):
   """The monitored metric of each history row."""
-  missing = [row[HISTORY_EPOCH] for row in rows if row.get(monitor) in (None, "")]
+  missing = [row[workdir_lib.HISTORY_EPOCH] for row in rows if row.get(monitor) in (None, "")]
   if missing:
     raise ValueError(f"history.csv has no {monitor} for epochs {missing}: this workdir was "
                      "trained with another monitor; use a new --workdir")

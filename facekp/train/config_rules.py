@@ -1,22 +1,18 @@
 """The training config's contract: every choice in one place, the whole config checked before any
-file is read, which changes a resumed run accepts, and a listing of the fields with their comments.
+file is read.
 
-The fields, their types and their comments are those of configs/default.py; experiment configs
-import it and override a few values.
+The fields, their types and their comments are those of facekp.train.default_config; experiment
+configs (configs/*.py) start from it and override a few values.
 """
 import json
-import os
-import re
 
-from absl import logging
 from ml_collections import config_dict
 import tensorflow as tf
 
 from facekp.input import augment
-from facekp.core import files
+from facekp.train import default_config as default_config_lib
 from facekp.input import input_pipeline
 from facekp.models import keypoint_model
-from facekp.core import workdir as workdir_lib
 
 STRATEGIES = ("auto", "one_device", "mirrored", "multi_worker", "tpu")
 PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
@@ -37,21 +33,6 @@ ENUMS = {
     "lr_schedule": LR_SCHEDULES, "feature_stride": FEATURE_STRIDES, "monitor": MONITORED_METRICS,
 }
 
-# Fields a resumed run may change: none of them changes the weights trained so far or the maths
-# of the steps still to come.
-#   num_epochs               raised only, and only under a constant schedule (cosine decays over
-#                            num_epochs, so its learning rate at every step would change)
-#   early_stopping_patience  decides only when training stops, not what an epoch computes
-#   strategy, tpu, jit_compile   where and how the same steps run (the global batch is fixed), so
-#                            an interrupted run can move to another machine
-#   cache                    where decoded images are kept, not their values
-#   log_every_steps, checkpoint_every_steps, evaluate_at_end, multi_worker_timeout_s
-#                            bookkeeping
-# Everything else (data, model, optimiser, augmentation, seed, precision, shuffle_buffer...)
-# changes the model: such a run is a new run.
-RESUMABLE = ("num_epochs", "early_stopping_patience", "strategy", "tpu", "jit_compile", "cache",
-             "log_every_steps", "checkpoint_every_steps", "evaluate_at_end",
-             "multi_worker_timeout_s")
 PRINT_CONFIG_HINT = "list every field with its comment: --print_config"
 
 
@@ -60,8 +41,7 @@ class ConfigError(ValueError):
 
 
 def default_config():
-  from configs import default  # pylint: disable=import-outside-toplevel
-  return default.get_config()
+  return default_config_lib.get_config()
 
 
 def backbone_names():
@@ -71,12 +51,12 @@ def backbone_names():
 
 # Validation.
 
-def _flatten(tree, prefix=""):
+def flatten(tree, prefix=""):
   """{"a.b": value} for every leaf of a nested ConfigDict or dict."""
   flat = {}
   for key, value in tree.items():
     if isinstance(value, (dict, config_dict.ConfigDict)) and key != "backbone_kwargs":
-      flat.update(_flatten(value, f"{prefix}{key}."))
+      flat.update(flatten(value, f"{prefix}{key}."))
     else:
       flat[prefix + key] = value
   return flat
@@ -109,7 +89,7 @@ def _type_problem(name, value, wanted):
 
 def _field_problems(config):
   """Unknown fields and wrong types, against configs/default.py."""
-  wanted, given = _declared_types(default_config()), _flatten(config)
+  wanted, given = _declared_types(default_config()), flatten(config)
   problems = []
   for name in sorted(set(given) - set(wanted)):
     problems.append(f"{name}: no such config field ({PRINT_CONFIG_HINT})")
@@ -129,7 +109,7 @@ def _enum_problems(config):
   if config.backbone_kwargs is None:
     problems.append("backbone_kwargs=None: give a dict such as {} or {'alpha': 0.35}")
   try:
-    keypoint_model._application(config.backbone)  # pylint: disable=protected-access
+    keypoint_model.application(config.backbone)
   except ValueError as e:
     problems.append(f"backbone={config.backbone!r}: {e}")
   return problems
@@ -182,7 +162,7 @@ def _range_problems(config):
 
 def _augment_problems(config):
   try:
-    augment._check_config(config.augment)  # pylint: disable=protected-access
+    augment.check_config(config.augment)
   except ValueError as e:
     return [str(e)]
   return []
@@ -222,101 +202,7 @@ def dataset_problem(config, num_train):
 
 # Resuming.
 
+
 def as_dict(config):
   """The config as config.json stores it."""
   return json.loads(config.to_json_best_effort())
-
-
-def _same(name, old, new):
-  if name == "data_dir" and old and new:
-    return os.path.realpath(old) == os.path.realpath(new)
-  return old == new
-
-
-def resume_differences(saved, config):
-  """(allowed, refused): {field: (old, new)} of the fields where `config` differs from the saved
-  config.json dict, split into changes a resumed run accepts and changes that make a new model."""
-  old, new = _flatten(saved), _flatten(as_dict(config))
-  changed = {name: (old.get(name), new.get(name)) for name in sorted(set(old) | set(new))
-             if not _same(name, old.get(name), new.get(name))}
-  allowed = {name: change for name, change in changed.items() if _resumable(name, change, new)}
-  refused = {name: change for name, change in changed.items() if name not in allowed}
-  return allowed, refused
-
-
-def _resumable(name, change, new):
-  if name not in RESUMABLE:
-    return False
-  if name == "num_epochs":
-    old_epochs, new_epochs = change
-    return (isinstance(old_epochs, int) and new_epochs > old_epochs
-            and new["lr_schedule"] == "constant")
-  return True
-
-
-def describe_changes(changes):
-  return ", ".join(f"{name} {old!r} -> {new!r}" for name, (old, new) in changes.items())
-
-
-def check_workdir(workdir, config, restart=False):
-  """Before training into `workdir`: with restart, deletes the previous run there; else refuses
-  to resume a run that was started with a config that makes another model."""
-  if not tf.io.gfile.exists(workdir_lib.path(workdir, workdir_lib.CONFIG)):
-    return
-  if restart:
-    with files.folder_lock(workdir, "--workdir"):
-      removed = workdir_lib.remove_run(workdir)
-    logging.warning("--restart: deleted the previous run in %s (%s)", workdir, ", ".join(removed))
-    return
-  allowed, refused = resume_differences(workdir_lib.read_config(workdir), config)
-  if refused:
-    raise ConfigError(
-        f"{workdir} holds a run started with another config: {describe_changes(refused)}. "
-        "Resume it with the config it was started with, train into a new --workdir, or pass "
-        "--restart to delete that run and start afresh")
-  if allowed:
-    logging.info("resuming %s with %s (changes that keep the model)", workdir,
-                 describe_changes(allowed))
-
-
-# The listing of fields.
-
-_FIELD = re.compile(r"""^\s*(?:config\.(\w+)\s*=|"(\w+)":).*?(?:#\s*(.*))?$""")
-
-
-def field_comments(path=None):
-  """{field: comment} read from configs/default.py: the comment on the field's line, else the
-  comment lines just above it."""
-  if path is None:
-    from configs import default  # pylint: disable=import-outside-toplevel
-    path = default.__file__
-  comments, above, group, header = {}, [], "", False
-  with open(path, encoding="utf-8") as f:
-    for line in f:
-      stripped = line.strip()
-      if not stripped:  # a comment after a blank line heads a section, it describes no field
-        above, header = [], True
-        continue
-      if stripped.startswith("#"):
-        if not header:
-          above.append(stripped.lstrip("# "))
-        continue
-      header = False
-      match = _FIELD.match(line)
-      if match and match.group(1):
-        group = match.group(1) if "ConfigDict({" in line else ""
-        comments[match.group(1)] = match.group(3) or " ".join(above)
-      elif match and match.group(2) and group:
-        comments[f"{group}.{match.group(2)}"] = match.group(3) or " ".join(above)
-      above = []
-  return comments
-
-
-def listing(config):
-  """Every field of `config` with its value and its comment from configs/default.py."""
-  comments = field_comments()
-  lines = []
-  for name, value in _flatten(as_dict(config)).items():
-    comment = comments.get(name, "")
-    lines.append(f"{name} = {value!r}" + (f"  # {comment}" if comment else ""))
-  return "\n".join(lines)

@@ -16,8 +16,9 @@ import tempfile
 from absl import logging
 import tensorflow as tf
 
-from facekp.core import cli
+from facekp.core import stderr_filter
 from facekp.train import config_rules
+from facekp.train import keras_internals
 
 
 
@@ -71,7 +72,7 @@ def _watchdog(timeout_s):
       "the same cluster and its own task index, check that their addresses are reachable, or "
       "raise --config.multi_worker_timeout_s.\n")
   return subprocess.Popen([sys.executable, "-c", _WATCHDOG, str(os.getpid()), str(timeout_s),
-                           message], stdin=subprocess.DEVNULL, stderr=cli.unfiltered_stderr())
+                           message], stdin=subprocess.DEVNULL, stderr=stderr_filter.unfiltered_stderr())
 
 
 def _multi_worker_strategy(timeout_s):
@@ -133,7 +134,7 @@ def check_same_on_every_worker(strategy, value, what):
 
 def is_multi_worker(strategy):
   return isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) and (
-      strategy.extended._in_multi_worker_mode())  # pylint: disable=protected-access
+      keras_internals.in_multi_worker_mode(strategy))
 
 
 def resolve_precision(precision, strategy):

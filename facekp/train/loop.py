@@ -24,19 +24,20 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from facekp.core import dataset_info
 from facekp.input import augment
 from facekp.train import callbacks as callbacks_lib
 from facekp.train import checkpointing
 from facekp.train import config_rules
-from facekp.data import shards
+from facekp.core import drawing
 from facekp.core import files
 from facekp.train import hardware
+from facekp.train import keras_internals
 from facekp.input import input_pipeline
 from facekp.models import keypoint_model
 from facekp.core import workdir as workdir_lib
 
 BN_ESTIMATION_IMAGES = 256  # bn_mode "frozen": statistics of the first training images
-PICTURE_FACES = 16  # validation faces shown in TensorBoard
 _IMAGE_DECODE_ERROR = re.compile(r"Invalid (PNG|JPEG) data|decode|Unknown image file format", re.I)
 
 
@@ -71,7 +72,7 @@ class KeypointTrainer(keras.Model):
     example = (np.zeros((1,) + tuple(self.net.input_shape[1:]), np.uint8),
                np.zeros((1,) + tuple(self.net.output_shape[1:]), np.float32))
     with self.distribute_strategy.scope():
-      self._symbolic_build(data_batch=example)
+      keras_internals.build_from_example(self, example)
 
   def _reducible(self, logs):
     if not hardware.is_multi_worker(self.distribute_strategy):
@@ -255,7 +256,7 @@ def _train(config, workdir, writer, strategy):
   keras.utils.set_random_seed(config.seed)
   out = writer.path
   workdir_lib.write_config(out, config)
-  schema = shards.load_schema(config.data_dir)
+  schema = dataset_info.load_schema(config.data_dir)
   steps_per_epoch = _steps_per_epoch(config)
   mean = input_pipeline.train_mean_keypoints(config.data_dir)
   workdir_lib.write_train_mean(out, mean, config.data_dir,
@@ -265,11 +266,12 @@ def _train(config, workdir, writer, strategy):
   state = checkpointing.restore(trainer, _backup_dir(workdir))
   if hardware.is_multi_worker(strategy):
     hardware.check_same_on_every_worker(strategy, state.step, "the step to resume from")
-  rows = [row for row in checkpointing.read_history(workdir_lib.path(workdir, workdir_lib.HISTORY))
-          if int(row[checkpointing.HISTORY_EPOCH]) <= state.epoch]
+  rows = [row for row in workdir_lib.read_history(workdir_lib.path(workdir, workdir_lib.HISTORY))
+          if int(row[workdir_lib.HISTORY_EPOCH]) <= state.epoch]
   callbacks_lib.set_backbone_trainable(net, config, state.epoch >= config.freeze_backbone_epochs)
   val_ds = _validation_dataset(config, strategy)
-  pictures = _first_examples(config, "validation", PICTURE_FACES) if writer.chief else None
+  pictures = ((*_first_examples(config, "validation", drawing.GRID_FACES), schema.names)
+              if writer.chief else None)
 
   if _finished(config, state, rows):
     logging.info("%s already finished training (%d epochs run)", workdir, state.epoch)

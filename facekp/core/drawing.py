@@ -1,4 +1,4 @@
-"""Pictures of keypoint predictions: face grids, the CED curve, training curves, photo overlays.
+"""Pictures of keypoints on faces: face grids (evaluation, TensorBoard) and photo overlays (predict).
 
 Points are drawn in facekp's continuous convention (facekp.core.keypoints): every image is shown with
 extent (0, W, H, 0), so pixel i covers [i, i + 1) on the axes and a point at x = i + 0.5 lands on
@@ -8,7 +8,6 @@ Every function draws on its own matplotlib figure (Agg backend, no display neede
 PNG through facekp.core.files (whole or absent). Figure sizes are fixed in inches at DPI, so a
 picture's pixel size is known in advance (tests check it).
 """
-import csv
 import io
 import math
 import textwrap
@@ -18,14 +17,12 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 from matplotlib.lines import Line2D  # pylint: disable=g-import-not-at-top
-from matplotlib import ticker  # pylint: disable=g-import-not-at-top
 import numpy as np  # pylint: disable=g-import-not-at-top
-import tensorflow as tf  # pylint: disable=g-import-not-at-top
 
 from facekp.core import files  # pylint: disable=g-import-not-at-top
-from facekp.eval import metrics as metrics_lib  # pylint: disable=g-import-not-at-top
 
 DPI = 100
+GRID_FACES = 16  # faces shown in a grid (evaluation pictures, TensorBoard)
 PANEL_INCHES = 2.0  # one face of a grid
 GAP_INCHES = 0.1
 MARGIN_INCHES = 0.1
@@ -44,12 +41,17 @@ def slot_marker(slot):
   return SLOT_MARKERS[slot % len(SLOT_MARKERS)]
 
 
-def save_figure(fig, path):
-  """Writes the figure as PNG at DPI without trimming, so its size is figsize * DPI."""
+def figure_png(fig):
+  """The figure as PNG bytes at DPI without trimming, so its size is figsize * DPI; closes it."""
   buffer = io.BytesIO()
   fig.savefig(buffer, format="png", dpi=DPI, pil_kwargs={"compress_level": 6})
   plt.close(fig)
-  files.atomic_write(str(path), buffer.getvalue())
+  return buffer.getvalue()
+
+
+def save_figure(fig, path):
+  """Writes the figure as a PNG file (whole or absent)."""
+  files.atomic_write(str(path), figure_png(fig))
 
 
 def short_name(name, limit=NAME_CHARS):
@@ -100,14 +102,21 @@ def grid_heading(title, shown, total, chosen="first"):
   return f"{title}\n{count}" if title else count
 
 
-def _wrap(text, inches, points):
+def wrap(text, inches, points):
   """Lines of `text` that fit `inches` at a font of `points` (about 0.55 em per character)."""
   chars = max(10, int(inches * 72 / (0.55 * points)))
   return [line for paragraph in text.split("\n") for line in textwrap.wrap(paragraph, chars)]
 
 
-def face_grid(path, images, true_px, pred_px, names, captions=None, title="", columns=4,
-              total=None, chosen="first"):
+def face_grid(path, images, true_px, pred_px, names, **options):
+  """Writes face_grid_figure(...) to `path` as PNG; returns the heading drawn."""
+  fig, heading = face_grid_figure(images, true_px, pred_px, names, **options)
+  save_figure(fig, path)
+  return heading
+
+
+def face_grid_figure(images, true_px, pred_px, names, captions=None, title="", columns=4,
+                     total=None, chosen="first"):
   """A grid of faces with labelled points (green) and predicted points (red), error lines.
 
   images: uint8 or float [N,S,S,3] (0..255); true_px, pred_px: [N,K,2] pixels of the images;
@@ -115,7 +124,7 @@ def face_grid(path, images, true_px, pred_px, names, captions=None, title="", co
   gives a second line); total: how many faces these N were chosen from ("first" or "worst"),
   said under the title. The figure is laid out in inches: panels of PANEL_INCHES, a band for
   the title, one for each row's captions, one for the legend; never narrower than
-  MIN_GRID_INCHES. Returns the heading drawn.
+  MIN_GRID_INCHES. Returns (the figure, the heading drawn).
   """
   num = len(images)
   columns = max(1, min(columns, num))
@@ -123,7 +132,7 @@ def face_grid(path, images, true_px, pred_px, names, captions=None, title="", co
   grid_width = columns * PANEL_INCHES + (columns - 1) * GAP_INCHES
   width = max(grid_width + 2 * MARGIN_INCHES, MIN_GRID_INCHES)
   heading = grid_heading(title, num, total, chosen)
-  heading_lines = _wrap(heading, width - 2 * MARGIN_INCHES, 9)
+  heading_lines = wrap(heading, width - 2 * MARGIN_INCHES, 9)
   caption_lines = max((len(c.split("\n")) for c in captions), default=0) if captions else 0
   caption_band = caption_lines * CAPTION_LINE_INCHES + (0.05 if caption_lines else 0.0)
   entries = len(names) + 2
@@ -151,105 +160,7 @@ def face_grid(path, images, true_px, pred_px, names, captions=None, title="", co
            fontsize=9)
   fig.legend(handles=_legend_handles(names), loc="lower center", ncol=legend_columns,
              fontsize=7, frameon=False, bbox_to_anchor=(0.5, MARGIN_INCHES / 2 / height))
-  save_figure(fig, path)
-  return heading
-
-
-CURVE_STYLES = {"model": {"color": "C0"}, "model + flip TTA": {"color": "C2"},
-                "mean shape": {"color": "C1", "linestyle": ":"},
-                "teacher floor": {"color": "0.45", "linestyle": "--"}}
-
-
-def ced_curves(path, panels, limit=metrics_lib.AUC_LIMIT):
-  """Cumulative error distributions.
-
-  panels: list of (title, {curve name: per-image NME array}); one plot per panel, each curve
-  labelled with its AUC up to `limit` (dotted line), the yardsticks (CURVE_STYLES) in their own
-  style. The x axis reaches past `limit` where most faces of a panel lie beyond it.
-  """
-  fig, axes = plt.subplots(1, len(panels), squeeze=False, figsize=(5.0 * len(panels), 4.0))
-  for ax, (title, curves) in zip(axes.flat, panels):
-    largest = max(float(np.quantile(nme, 0.9)) for nme in curves.values())
-    x_max = min(max(limit, largest * 1.1), 5 * limit)
-    thresholds = np.linspace(0.0, x_max, 401)
-    for name, nme in curves.items():
-      ax.plot(thresholds * 100, metrics_lib.ced(nme, thresholds) * 100,
-              label=f"{name} (AUC {metrics_lib.auc(nme, limit):.3f})",
-              **CURVE_STYLES.get(name, {}))
-    if x_max > limit:
-      ax.axvline(limit * 100, color="0.6", linestyle=":", linewidth=1)
-    ax.set_xlim(0, x_max * 100)
-    ax.set_ylim(0, 100)
-    ax.set_xlabel("NME, % of inter-ocular distance")
-    ax.set_ylabel("faces with error at most x, %")
-    ax.set_title("\n".join(_wrap(title, 4.5, 10)), fontsize=10)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
-  fig.tight_layout()
-  save_figure(fig, path)
-
-
-def read_history(path):
-  """history.csv (keras CSVLogger) -> {column: float array}."""
-  with tf.io.gfile.GFile(path) as f:
-    rows = list(csv.DictReader(f))
-  if not rows:
-    raise ValueError(f"{path} holds no epochs")
-  return {key: np.array([float(r[key]) for r in rows]) for key in rows[0]}
-
-
-def epoch_numbers(history):
-  """Epochs counted from 1 (keras' CSVLogger counts from 0)."""
-  epochs = np.asarray(history.get("epoch", np.arange(len(next(iter(history.values()))))))
-  return epochs + 1 if len(epochs) and epochs[0] == 0 else epochs
-
-
-def best_epoch(history, monitor=None):
-  """(epoch, monitored column) of the best validation figure: `monitor`, else val_mae_px, else
-  val_loss (lower is better); None when the history has none of them."""
-  for name in (monitor, "val_mae_px", "val_loss"):
-    if name and name in history:
-      return int(epoch_numbers(history)[int(np.argmin(history[name]))]), name
-  return None
-
-
-def _log_scale(ax):
-  """A log y axis whose labels never crowd: decades, plus 2 and 5 when it spans little."""
-  ax.set_yscale("log")
-  ax.yaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
-  low, high = ax.get_ylim()
-  if high / low < 100:
-    ax.yaxis.set_minor_locator(ticker.LogLocator(subs=(2.0, 5.0)))
-    ax.yaxis.set_minor_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
-  else:
-    ax.yaxis.set_minor_formatter(ticker.NullFormatter())
-
-
-def training_curves(path, history, monitor=None):
-  """One plot per metric that has a validation twin (loss, MAE, ...): train and validation,
-  and the best epoch (best_epoch: the one the saved model comes from) marked on each."""
-  epochs = epoch_numbers(history)
-  metrics = [k for k in history if f"val_{k}" in history]
-  if not metrics:
-    raise ValueError("history has no metric with a val_ twin to plot")
-  best = best_epoch(history, monitor)
-  fig, axes = plt.subplots(1, len(metrics), squeeze=False, figsize=(4.5 * len(metrics), 3.5))
-  for ax, name in zip(axes.flat, metrics):
-    marker = "." if len(epochs) <= 60 else None
-    ax.plot(epochs, history[name], marker=marker, label="train")
-    ax.plot(epochs, history[f"val_{name}"], marker=marker, label="validation")
-    if best is not None:
-      ax.axvline(best[0], color="0.4", linestyle="--", linewidth=1,
-                 label=f"best epoch {best[0]} ({best[1]})")
-    if np.all(history[name] > 0) and np.all(history[f"val_{name}"] > 0):
-      _log_scale(ax)
-    ax.set_xlabel("epoch")
-    ax.xaxis.set_major_locator(ticker.MaxNLocator(integer=True))
-    ax.set_title(name, fontsize=10)
-    ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=8)
-  fig.tight_layout()
-  save_figure(fig, path)
+  return fig, heading
 
 
 def _face_side(outline):

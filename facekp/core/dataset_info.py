@@ -1,0 +1,64 @@
+"""A dataset folder's layout and its readers: what make_tfrecords writes and every stage reads.
+
+Layout of a dataset directory (`--out`):
+  face_keypoints.csv, cleaned.csv          (facekp.core.keypoint_csv: annotation and cleaning)
+  cleaning_report.json, duplicates.json    (facekp.data.cleaning, facekp.data.dedup)
+  schema.json                              (facekp.core.schema.Schema and the keypoint record)
+  facekp-<split>.tfrecord-0000i-of-0000n   (TFDS-serialised examples, facekp.data.shards)
+  dataset_info.json, features.json, metadata.json   (written by TFDS)
+`tfds.builder_from_directory(out)` loads every split with its features spec.
+"""
+import numpy as np
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+from facekp.core import files
+from facekp.core import schema as schema_lib
+
+KEYPOINTS_CSV = "face_keypoints.csv"
+CLEANED_CSV = "cleaned.csv"
+CLEANING_REPORT = "cleaning_report.json"
+DUPLICATES_JSON = "duplicates.json"
+SCHEMA_FILE = "schema.json"
+FILENAME_TEMPLATE = "{DATASET}-{SPLIT}.{FILEFORMAT}-{SHARD_X_OF_Y}"
+DATASET_NAME = "facekp"
+
+
+def features(num_keypoints):
+  """Image bytes as stored (PNG or JPEG), its size, and keypoints in pixels and in [0, 1]."""
+  return tfds.features.FeaturesDict({
+      "image": tfds.features.Image(shape=(None, None, 3)),
+      "image_name": tfds.features.Text(),
+      "height": tfds.features.Scalar(dtype=np.int32),
+      "width": tfds.features.Scalar(dtype=np.int32),
+      "keypoints_px": tfds.features.Tensor(shape=(num_keypoints, 2), dtype=np.float32),
+      "keypoints": tfds.features.Tensor(shape=(num_keypoints, 2), dtype=np.float32),
+  })
+
+
+def shard_path(out_dir, split, shard, num_shards):
+  return f"{out_dir}/{DATASET_NAME}-{split}.tfrecord-{shard:05d}-of-{num_shards:05d}"
+
+
+def read_metadata(data_dir):
+  """The "keypoints" record of a dataset's schema.json (facekp.core.keypoints.metadata), or None for
+  a dataset written before facekp recorded it."""
+  return files.read_json(f"{data_dir}/{SCHEMA_FILE}", "dataset schema").get("keypoints")
+
+
+def load_schema(data_dir):
+  path = f"{data_dir}/{SCHEMA_FILE}"
+  if not tf.io.gfile.exists(path):
+    raise FileNotFoundError(
+        f"{data_dir} is not a facekp dataset: {SCHEMA_FILE} is missing "
+        "(create one with `python -m tools.make_tfrecords --images=DIR --out=DIR`)")
+  return schema_lib.Schema.load(path)
+
+
+def builder(data_dir):
+  """The TFDS builder of a facekp dataset directory, with a clear error when it is not one."""
+  if not tf.io.gfile.exists(f"{data_dir}/dataset_info.json"):
+    raise FileNotFoundError(
+        f"{data_dir} is not a facekp dataset: dataset_info.json is missing "
+        "(create one with `python -m tools.make_tfrecords --images=DIR --out=DIR`)")
+  return tfds.builder_from_directory(data_dir)

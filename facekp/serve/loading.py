@@ -1,0 +1,75 @@
+"""Readers of every model format: a workdir, a .keras file, a SavedModel or a .tflite file ->
+one callable that takes uint8 faces and returns normalised keypoints."""
+import warnings
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from facekp.core import workdir as workdir_lib
+from facekp.models import keypoint_model
+
+SERVING_SIGNATURE = "serving_default"
+
+
+class KeypointModel:
+  """A loaded keypoint model: `model(images uint8 [N, S, S, 3])` -> float32 [N, K, 2] in 0..1."""
+
+  def __init__(self, fn, image_size, path):
+    self._fn = fn
+    self.image_size = int(image_size)
+    self.path = path
+
+  def __call__(self, images, batch_size=32):
+    images = np.asarray(images, np.uint8)
+    if images.shape[1:] != (self.image_size, self.image_size, 3):
+      raise ValueError(f"{self.path} takes images of shape [N, {self.image_size}, "
+                       f"{self.image_size}, 3], got {images.shape}")
+    return np.concatenate([np.asarray(self._fn(images[i:i + batch_size]), np.float32)
+                           for i in range(0, len(images), batch_size)])
+
+
+def keras_model(model, path=""):
+  image_size = model.input_shape[1]
+  if image_size is None:
+    raise ValueError(f"the model {path} does not fix its input size")
+  call = tf.function(lambda x: model(tf.cast(x, tf.float32), training=False))
+  return KeypointModel(lambda x: call(tf.constant(x)), image_size, path)
+
+
+def load_keras(path):
+  return keras_model(keras.models.load_model(path), path)
+
+
+def load_saved_model(path):
+  signature = tf.saved_model.load(path).signatures[SERVING_SIGNATURE]
+  image_size = signature.structured_input_signature[1]["images"].shape[1]
+  return KeypointModel(lambda x: signature(images=tf.constant(x))["keypoints"], image_size, path)
+
+
+def load_tflite(path=None, content=None):
+  """A TFLite model from a file or from flatbuffer bytes; runs through its serving signature."""
+  if content is None:
+    with tf.io.gfile.GFile(path, "rb") as f:
+      content = f.read()
+  with warnings.catch_warnings():
+    # TF 2.19 points to ai_edge_litert, which is not part of the pinned dependency set.
+    warnings.filterwarnings("ignore", message=".*tf.lite.Interpreter is deprecated")
+    interpreter = tf.lite.Interpreter(model_content=content)
+  runner = interpreter.get_signature_runner(SERVING_SIGNATURE)
+  image_size = runner.get_input_details()["images"]["shape"][1]
+  return KeypointModel(lambda x: runner(images=x)["keypoints"], image_size, path)
+
+
+def load(path):
+  """A workdir, a .keras file, a SavedModel directory or a .tflite file -> KeypointModel."""
+  if path.endswith(".tflite"):
+    return load_tflite(path)
+  if path.endswith(".keras"):
+    return load_keras(path)
+  if tf.io.gfile.exists(f"{path}/saved_model.pb"):
+    return load_saved_model(path)
+  if tf.io.gfile.exists(workdir_lib.path(path, workdir_lib.MODEL)):
+    return keras_model(keypoint_model.load_model(path), workdir_lib.path(path, workdir_lib.MODEL))
+  raise FileNotFoundError(f"{path} is not a keypoint model: expected a workdir (with "
+                          "model.keras), a .keras file, a SavedModel directory or a .tflite file")
