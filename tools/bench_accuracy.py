@@ -40,6 +40,7 @@ import cv2
 import numpy as np
 
 from facekp.models import keypoint_model
+from facekp.core import sample
 from facekp.core import dataset_info
 from facekp.data import shards
 from facekp.eval import evaluate
@@ -55,8 +56,6 @@ from facekp.data import make_tfrecords
 
 SHARED_DATA = os.path.normpath(os.path.join(
     os.path.dirname(os.path.abspath(__file__)), os.pardir, os.pardir, "shared", "data"))
-SAMPLE_DIR = os.path.normpath(os.path.join(
-    os.path.dirname(os.path.abspath(__file__)), os.pardir, "facekp", "sample"))
 DUPLICATES_FILE = "duplicates.json"
 INDEX_FILE = "index.csv"
 INNER_VALIDATION = 0.12  # share of the train folds' photos held out for choices
@@ -99,7 +98,7 @@ def default_sources(shared=SHARED_DATA, only=()):
              if os.path.isdir(path) and (not only or name in only)]
   if sources:
     return sources, f"the real faces of {shared} ({', '.join(s[0] for s in sources)})"
-  return ([("sample", SAMPLE_DIR, 128)],
+  return ([("sample", sample.SAMPLE_DIR, 128)],
           f"{shared} is absent: facekp/sample (9 photos) through --align=128 instead")
 
 

@@ -23,6 +23,7 @@ import mediapipe as mp
 from facekp.data import annotate
 from facekp.data import mirror
 from facekp.core import images
+from facekp.core import sample
 import tools
 
 FLAGS = flags.FLAGS
@@ -120,8 +121,8 @@ def main(argv):
     logging.info("benchmark images: %s", source)
   else:
     logging.warning("%s is absent: benchmarking on the sample faces in %s instead", source,
-                    mirror.SAMPLE_DIR)
-    source = mirror.SAMPLE_DIR
+                    sample.SAMPLE_DIR)
+    source = sample.SAMPLE_DIR
   workers = FLAGS.workers or len(os.sched_getaffinity(0))
   load_before = os.getloadavg()[0]
   schema = mirror.make_schema()

@@ -35,17 +35,17 @@ import psutil
 
 from facekp.data import annotate
 from facekp.core import images
+from facekp.core import sample
 from facekp.core import journal
-from facekp.data import mirror
 import tools
 
 FLAGS = flags.FLAGS
 
 flags.DEFINE_integer("images", 70000, "Images to build the dataset from.")
+flags.DEFINE_integer("workers", 0, "Annotation workers (0: one per CPU core).")
 flags.DEFINE_string(
     "source", tools.SHARED_FACES, "Folder of real face crops to replicate (default: "
     "../shared/data/aligned128, or the sample faces when that is absent).")
-flags.DEFINE_integer("workers", 0, "Annotation workers (0: one per CPU core).")
 flags.DEFINE_integer(
     "probe_images", 150, "Images per probe process in each measurement of the bare loop.")
 flags.DEFINE_float("run_seconds", 5.0, "Seconds the run goes on between two probes.")
@@ -272,7 +272,7 @@ def stage_figures(summary, end, monitor):
 
 def main(argv):
   del argv
-  source = FLAGS.source if os.path.isdir(FLAGS.source) else mirror.SAMPLE_DIR
+  source = FLAGS.source if os.path.isdir(FLAGS.source) else sample.SAMPLE_DIR
   workers = FLAGS.workers or len(os.sched_getaffinity(0))
   with tempfile.TemporaryDirectory() as scratch:
     folder = os.path.join(scratch, "images")

@@ -168,6 +168,16 @@ def _progress(done, total, seconds, found):
                secs)
 
 
+def list_sources(images_dir, *, exclude=(), align=0):
+  """The image names under images_dir to annotate (with `align`, stems made unique: each photo
+  names its crops); a clear error when there is none."""
+  names = images.list_images(images_dir, exclude=exclude)
+  if not names:
+    raise ValueError(f"no images under {images_dir} (looked for files ending in "
+                     f"{', '.join(images.IMAGE_EXTENSIONS)})")
+  return unique_crop_stems(names) if align else names
+
+
 def annotate_folder(settings, schema, *, names=None, workers=None, chunk_size=0, pool=None):
   """Annotates the images of settings.images_dir into <out_dir>/face_keypoints.csv.
 
@@ -180,11 +190,9 @@ def annotate_folder(settings, schema, *, names=None, workers=None, chunk_size=0,
     raise ValueError(f"annotation needs a local output folder, not {settings.out_dir}: its "
                      "journal is appended to and fsynced (copy the finished folder over after)")
   if names is None:
-    names = images.list_images(settings.images_dir, exclude=[settings.out_dir])
-  if not names:
-    raise ValueError(f"no images under {settings.images_dir} (looked for files ending in "
-                     f"{', '.join(images.IMAGE_EXTENSIONS)})")
-  if settings.align_size:
+    names = list_sources(settings.images_dir, exclude=[settings.out_dir],
+                         align=settings.align_size)
+  elif settings.align_size:
     names = unique_crop_stems(names)
   os.makedirs(settings.out_dir, exist_ok=True)
   journal = journal_lib.Journal(f"{settings.out_dir}/{JOURNAL}", settings.fingerprint())

@@ -32,6 +32,7 @@ from facekp.core import files
 from facekp.core import images
 from facekp.core import keypoint_csv
 from facekp.core import keypoints
+from facekp.data import make_tfrecords as driver
 from facekp.data import splits
 
 STAGING_SUFFIX = ".incomplete"
@@ -148,15 +149,9 @@ def cut_into_shards(kept, report, read, out_dir, images_root, schema, fractions,
   kept = sorted(kept, key=lambda row: row.image_name)
   split_keys, _ = cleaning.write_cleaned(kept, report, out_dir, schema, read)
   split_rows = splits.assign_splits(kept, fractions, split_keys)
-  counts = shards.shard_counts(  # write_dataset's rule
-      split_rows, images_root, num_shards)
   digests = cleaning.digests(kept, read)
-  for split, n in counts.items():
-    rows = split_rows[split]
-    for shard, part in enumerate(np.array_split(np.arange(len(rows)), n)):
-      shard_rows = [rows[i] for i in part]
-      yield (dataset_info.shard_path(out_dir, split, shard, n), shard_rows,
-             [digests[row.image_name] for row in shard_rows])
+  for _, path, rows in shards.shard_tasks(split_rows, out_dir, images_root, num_shards):
+    yield path, rows, [digests[row.image_name] for row in rows]
 
 
 def write_shard(path_rows_digests, images_root, num_keypoints):
@@ -226,12 +221,9 @@ def publish(staging, out_dir):
   tf.io.gfile.rmtree(staging)
 
 
-def make_tfrecords(images_dir, out_dir, *, make_schema, common_size, landmarks, fractions,
-                   align=0, num_shards=0, max_faces=10, options=""):
-  """Runs every stage on Beam; returns the summary dict make_tfrecords returns.
-
-  make_schema(folder, landmarks) and common_size(kept rows) (the images' side when all are
-  one square) are make_tfrecords' own, run here on the driver."""
+def make_tfrecords(images_dir, out_dir, *, landmarks, fractions, align=0, num_shards=0,
+                   max_faces=10, options=""):
+  """Runs every stage on Beam; returns the summary dict make_tfrecords returns."""
   out_dir = out_dir.rstrip("/")
   if not _is_empty(out_dir):
     raise ValueError(f"{out_dir} is not empty: --runner=beam writes a whole new dataset (in "
@@ -243,35 +235,26 @@ def make_tfrecords(images_dir, out_dir, *, make_schema, common_size, landmarks, 
   with files.folder_lock(staging, "--out"):
     _clear(staging)
     timings = {}
-    start = time.time()
-    schema = make_schema(staging, landmarks)
-    timings["schema_s"] = round(time.time() - start, 2)
-    names = images.list_images(images_dir, exclude=[staging, out_dir])
-    if not names:
-      raise ValueError(f"no images under {images_dir} (looked for files ending in "
-                       f"{', '.join(images.IMAGE_EXTENSIONS)})")
-    if align:
-      names = annotate.unique_crop_stems(names)
+    with driver.timed(timings, "schema"):
+      schema = driver.load_or_make_schema(staging, landmarks)
+    names = annotate.list_sources(images_dir, exclude=[staging, out_dir], align=align)
     names_file = f"{staging}/{_NAMES_FILE}"
     files.atomic_write(names_file, "".join(f"{name}\n" for name in names))
     settings = annotate.Settings(images_dir, staging, schema.mesh_indices, align, max_faces)
     images_root = f"{staging}/{annotate.ALIGNED_DIR}" if align else images_dir
-    start = time.time()
-    with make_pipeline(beam_options) as pipeline:
-      build(pipeline, names_file, settings, schema, images_root, fractions, num_shards)
-    timings["pipeline_s"] = round(time.time() - start, 2)
+    with driver.timed(timings, "pipeline"):
+      with make_pipeline(beam_options) as pipeline:
+        build(pipeline, names_file, settings, schema, images_root, fractions, num_shards)
     report = files.read_json(f"{staging}/{dataset_info.CLEANING_REPORT}", "cleaning report")
     if not report["kept"]:
       raise ValueError(f"no usable rows to write to {out_dir} (see "
                        f"{staging}/{dataset_info.CLEANING_REPORT})")
-    start = time.time()
-    kept = keypoint_csv.read_keypoints_csv(f"{staging}/{dataset_info.CLEANED_CSV}", schema)
-    shards.write_metadata(staging, dataset_info.features(schema.num_keypoints), schema,
-                           crop=keypoints.crop_method(align),
-                           input_size=align or common_size(kept))
-    infos = dataset_info.builder(staging).info.splits
-    timings["metadata_s"] = round(time.time() - start, 2)
+    with driver.timed(timings, "metadata"):
+      kept = keypoint_csv.read_keypoints_csv(f"{staging}/{dataset_info.CLEANED_CSV}", schema)
+      shards.write_metadata(staging, dataset_info.features(schema.num_keypoints), schema,
+                            crop=keypoints.crop_method(align),
+                            input_size=align or driver.common_size(kept))
+      infos = dataset_info.builder(staging).info.splits
     publish(staging, out_dir)
   counts = {split: infos[split].num_examples if split in infos else 0 for split in splits.SPLITS}
-  return {"rows": report["rows"], "kept": report["kept"], "dropped": report["dropped"],
-          "duplicate_groups": report["duplicates"]["groups"], "splits": counts, **timings}
+  return driver.summary(report, counts, timings)

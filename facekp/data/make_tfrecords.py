@@ -78,7 +78,7 @@ def clean_and_report(rows, images_root, out_dir, schema, map_fn=map):
   return kept, report, split_keys, cleaning.digests(kept, read)
 
 
-def _common_size(rows):
+def common_size(rows):
   """The side of every image when all are the same square, else None."""
   sizes = {(row.width, row.height) for row in rows}
   if len(sizes) == 1:
@@ -137,12 +137,17 @@ def _make_tfrecords(images_dir, out_dir, *, align, landmarks, workers, fractions
                                      images_root, schema, num_shards or None,
                                      map_fn=parallel(len(kept)),
                                      crop=keypoints.crop_method(align),
-                                     input_size=align or _common_size(kept),
+                                     input_size=align or common_size(kept),
                                      digests=digests)
-  summary = {"rows": report["rows"], "kept": report["kept"], "dropped": report["dropped"],
-             "duplicate_groups": report["duplicates"]["groups"], "splits": counts, **timings}
-  logging.info("done: %s", json.dumps(summary))
-  return summary
+  result = summary(report, counts, timings)
+  logging.info("done: %s", json.dumps(result))
+  return result
+
+
+def summary(report, counts, timings):
+  """What make_tfrecords returns and logs: rows, kept, dropped, copies, split sizes, timings."""
+  return {"rows": report["rows"], "kept": report["kept"], "dropped": report["dropped"],
+          "duplicate_groups": report["duplicates"]["groups"], "splits": counts, **timings}
 
 
 def run_on_beam(images_dir, out_dir, *, csv, **kwargs):
@@ -152,7 +157,6 @@ def run_on_beam(images_dir, out_dir, *, csv, **kwargs):
     from facekp.data import beam_runner  # pylint: disable=g-import-not-at-top (an optional extra)
   except ImportError as e:
     raise ValueError(f"--runner=beam needs Apache Beam ({e}): pip install -e '.[beam]'") from None
-  summary = beam_runner.make_tfrecords(images_dir, out_dir, make_schema=load_or_make_schema,
-                                         common_size=_common_size, **kwargs)
-  logging.info("done: %s", json.dumps(summary))
-  return summary
+  result = beam_runner.make_tfrecords(images_dir, out_dir, **kwargs)
+  logging.info("done: %s", json.dumps(result))
+  return result

@@ -114,6 +114,15 @@ def shard_counts(splits, images_dir, num_shards):
   return counts
 
 
+def shard_tasks(splits, out_dir, images_dir, num_shards):
+  """(split, shard path, its rows) of every shard, rows in split order (shard_counts' rule)."""
+  for split, n in shard_counts(splits, images_dir, num_shards).items():
+    rows = splits[split]
+    logging.info("writing %s: %d examples in %d shard(s)", split, len(rows), n)
+    for shard, part in enumerate(np.array_split(np.arange(len(rows)), n)):
+      yield split, dataset_info.shard_path(out_dir, split, shard, n), [rows[i] for i in part]
+
+
 def _remove_previous_dataset(out_dir):
   """A dataset being rewritten must not look complete, nor keep shards of a former layout."""
   for name in tf.io.gfile.listdir(out_dir):
@@ -151,12 +160,7 @@ def write_dataset(out_dir, splits, images_dir, schema, num_shards=None, map_fn=m
   if not any(splits.values()):
     raise ValueError(f"no usable rows to write to {out_dir} (see {dataset_info.CLEANING_REPORT})")
   _remove_previous_dataset(out_dir)
-  tasks = []  # (split, shard path, rows)
-  for split, n in shard_counts(splits, images_dir, num_shards).items():
-    rows = splits[split]
-    for shard, part in enumerate(np.array_split(np.arange(len(rows)), n)):
-      tasks.append((split, dataset_info.shard_path(out_dir, split, shard, n), [rows[i] for i in part]))
-    logging.info("writing %s: %d examples in %d shard(s)", split, len(rows), n)
+  tasks = list(shard_tasks(splits, out_dir, images_dir, num_shards))
   task_splits, paths, shard_rows = zip(*tasks)
   digests = digests or {}
   shard_digests = [[digests.get(row.image_name) for row in rows] for rows in shard_rows]
