@@ -21,7 +21,6 @@ import time
 import apache_beam as beam
 from apache_beam.options import pipeline_options
 from apache_beam.runners.portability import fn_api_runner
-import numpy as np
 import tensorflow as tf
 
 from facekp.core import dataset_info
@@ -29,7 +28,6 @@ from facekp.data import annotate
 from facekp.data import cleaning
 from facekp.data import shards
 from facekp.core import files
-from facekp.core import images
 from facekp.core import keypoint_csv
 from facekp.core import keypoints
 from facekp.data import make_tfrecords as driver
