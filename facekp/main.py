@@ -9,17 +9,17 @@ is refused (a new --workdir, or --restart, starts afresh). --print_config lists 
 field with its value and comment. Under several workers (TF_CONFIG) only the chief deletes a run
 (--restart) and evaluates.
 """
-from facekp.train import config_docs
-from facekp.train import resume_rules
 from facekp.core import cli  # first: quiets the C++ start-up lines of TensorFlow and MediaPipe
 from absl import app  # pylint: disable=wrong-import-order
 from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
+from facekp.train import config_docs
 from facekp.train import config_rules
 from facekp.train import hardware
 from facekp.train import loop
+from facekp.train import resume_rules
 
 FLAGS = flags.FLAGS
 

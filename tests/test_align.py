@@ -5,9 +5,9 @@ import cv2
 import numpy as np
 import pytest
 
+from facekp.core import images
 from facekp.data import align
 from facekp.data import face_mesh as face_mesh_lib
-from facekp.core import images
 from conftest import SAMPLE_DIR
 
 

@@ -6,14 +6,14 @@ import mediapipe as mp
 import numpy as np
 import pytest
 
-from facekp.data import align
-from facekp.data import annotate
-from facekp.data import face_mesh as face_mesh_lib
-from facekp.data import faces
 from facekp.core import files
 from facekp.core import images
 from facekp.core import journal as journal_lib
 from facekp.core import keypoint_csv
+from facekp.data import align
+from facekp.data import annotate
+from facekp.data import face_mesh as face_mesh_lib
+from facekp.data import faces
 from conftest import SAMPLE_DIR, encode
 
 

@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from facekp.input import augment
 from facekp.core import keypoints as keypoints_lib
 from facekp.core import schema as schema_lib
+from facekp.input import augment
 
 SCHEMA = schema_lib.Schema((1, 33, 61, 263, 291), (1, 263, 291, 33, 61))
 PERM = SCHEMA.flip_permutation

@@ -6,8 +6,8 @@ import subprocess
 import sys
 import textwrap
 
-from facekp.core import stderr_filter
 from facekp.core import cli
+from facekp.core import stderr_filter
 from facekp.core import workdir as workdir_lib
 
 import test_train  # pylint: disable=wrong-import-order  (its synthetic dataset)

@@ -5,11 +5,11 @@ import os
 
 import pytest
 
-from facekp.train import config_rules
-from facekp.train import config_docs
-from facekp.train import resume_rules
 from facekp.input import augment
 from facekp.models import keypoint_model
+from facekp.train import config_docs
+from facekp.train import config_rules
+from facekp.train import resume_rules
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NAMES = sorted(os.path.basename(p)[:-3] for p in glob.glob(f"{ROOT}/configs/*.py")

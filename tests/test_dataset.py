@@ -14,15 +14,15 @@ import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from facekp.data import png
 from facekp.core import dataset_info
-from facekp.data import cleaning
-from facekp.data import shards
 from facekp.core import images
-from facekp.input import input_pipeline
-from facekp.core import keypoints
 from facekp.core import keypoint_csv
+from facekp.core import keypoints
+from facekp.data import cleaning
+from facekp.data import png
+from facekp.data import shards
 from facekp.data import splits as splits_lib
+from facekp.input import input_pipeline
 from conftest import encode, user_csv
 
 

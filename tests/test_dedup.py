@@ -5,9 +5,9 @@ import os
 import cv2
 import numpy as np
 
-from facekp.data import dedup
 from facekp.core import images
 from facekp.core import keypoint_csv
+from facekp.data import dedup
 from facekp.data import splits as splits_lib
 from conftest import SAMPLE_DIR, encode
 

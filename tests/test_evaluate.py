@@ -7,12 +7,12 @@ import numpy as np
 from PIL import Image
 import pytest
 
-from facekp.core import sample
-from facekp.eval import evaluate
-from facekp.input import input_pipeline
 from facekp.core import keypoints as keypoints_lib
+from facekp.core import sample
 from facekp.core import schema as schema_lib
 from facekp.core import workdir as workdir_lib
+from facekp.eval import evaluate
+from facekp.input import input_pipeline
 
 SCHEMA = schema_lib.Schema((1, 33, 61, 263, 291), (1, 263, 291, 33, 61))
 SIZE = 64

@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from facekp.core import sample
-from facekp.serve import loading
-from facekp.serve import export
 from facekp.core import keypoints as keypoints_lib
+from facekp.core import sample
 from facekp.core import schema as schema_lib
+from facekp.serve import export
+from facekp.serve import loading
 
 SIZE = 32
 

@@ -7,9 +7,9 @@ import numpy as np
 from mediapipe.framework.formats import landmark_pb2
 import pytest
 
+from facekp.core import images
 from facekp.data import face_mesh
 from facekp.data import mediapipe_internals
-from facekp.core import images
 from conftest import SAMPLE_DIR
 
 

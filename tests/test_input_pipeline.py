@@ -12,9 +12,9 @@ import pytest
 import tensorflow as tf
 
 from facekp.core import dataset_info
+from facekp.core import schema as schema_lib
 from facekp.data import shards as dataset_lib
 from facekp.input import input_pipeline
-from facekp.core import schema as schema_lib
 
 SCHEMA = schema_lib.Schema((1, 33, 61, 263, 291), (1, 263, 291, 33, 61))
 SIZE = 16

@@ -14,12 +14,12 @@ import pytest
 import tensorflow_datasets as tfds
 
 from facekp.core import dataset_info
-from facekp.data import annotate
 from facekp.core import files
 from facekp.core import images
 from facekp.core import journal as journal_lib
-from facekp.data import splits as splits_lib
+from facekp.data import annotate
 from facekp.data import make_tfrecords
+from facekp.data import splits as splits_lib
 from conftest import SAMPLE_DIR, copies_of, encode
 from conftest import user_csv as write_user_csv
 

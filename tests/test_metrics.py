@@ -2,8 +2,8 @@
 import numpy as np
 import pytest
 
-from facekp.eval import metrics
 from facekp.core import schema as schema_lib
+from facekp.eval import metrics
 
 SCHEMA = schema_lib.Schema((1, 33, 61, 263, 291), (1, 263, 291, 33, 61))
 EYES = SCHEMA.eye_slots  # (1, 3)

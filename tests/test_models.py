@@ -184,9 +184,19 @@ def test_unet_refuses_imagenet_weights_and_loads_its_own(tmp_path):
                              rtol=1e-5, atol=1e-6)
 
 
+def gaussian_maps(points, height, width, sigma):
+  """Gaussian maps [N, height, width, K] (peak 1) of points [N, K, 2] normalised, sigma in
+  cells: what a well-trained heatmap head outputs."""
+  x = (np.arange(width) + 0.5)[None, None, :, None]
+  y = (np.arange(height) + 0.5)[None, :, None, None]
+  px = points[:, None, None, :, 0] * width
+  py = points[:, None, None, :, 1] * height
+  return np.exp(-0.5 * ((x - px) ** 2 + (y - py) ** 2) / sigma ** 2).astype(np.float32)
+
+
 def test_soft_argmax_decodes_a_rendered_heatmap_to_its_sub_pixel_point():
   points = np.array([[[0.4137, 0.5521], [0.3012, 0.6677]]], np.float32)  # between cell centres
-  heatmaps = keypoint_model.render_heatmaps(points, 32, 32, sigma=1.5)
+  heatmaps = gaussian_maps(points, 32, 32, sigma=1.5)
   assert heatmaps.shape == (1, 32, 32, 2)
   row, col = np.unravel_index(np.argmax(heatmaps[0, :, :, 0]), (32, 32))
   assert (col, row) == (int(0.4137 * 32), int(0.5521 * 32))

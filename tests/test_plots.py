@@ -4,10 +4,10 @@ import numpy as np
 from PIL import Image
 import pytest
 
-from facekp.eval import plots
 from facekp.core import drawing
 from facekp.core import schema as schema_lib
 from facekp.core import workdir as workdir_lib
+from facekp.eval import plots
 
 SCHEMA = schema_lib.Schema((1, 33, 61, 263, 291), (1, 263, 291, 33, 61))
 RED = np.array([255, 45, 45])  # drawing.PREDICTION_COLOUR

@@ -13,14 +13,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from facekp.data import align
-from facekp.data import face_mesh as face_mesh_lib
-from facekp.data import faces
 from facekp.core import images
 from facekp.core import keypoints
 from facekp.core import sample
-from facekp.serve import predict
 from facekp.core import schema as schema_lib
+from facekp.data import align
+from facekp.data import face_mesh as face_mesh_lib
+from facekp.data import faces
+from facekp.serve import predict
 from conftest import copies_of
 
 SIZE = 64

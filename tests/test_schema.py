@@ -1,8 +1,8 @@
 """facekp.core.schema, and mirror partners derived by MediaPipe (facekp.data.annotate)."""
 import pytest
 
-from facekp.data import mirror
 from facekp.core import schema as schema_lib
+from facekp.data import mirror
 
 
 def test_explicit_schema_properties(default_schema, tmp_path):

@@ -14,16 +14,17 @@ import tensorflow as tf
 
 from configs import tiny
 from facekp.core import dataset_info
-from facekp.train import callbacks as callbacks_lib
-from facekp.train import checkpointing
-from facekp.data import shards
 from facekp.core import files
-from facekp.train import hardware
+from facekp.core import schema as schema_lib
+from facekp.core import workdir as workdir_lib
+from facekp.data import shards
 from facekp.input import input_pipeline
 from facekp.models import keypoint_model
-from facekp.core import schema as schema_lib
+from facekp.train import callbacks as callbacks_lib
+from facekp.train import checkpointing
+from facekp.train import hardware
+from facekp.train import keypoint_trainer
 from facekp.train import loop
-from facekp.core import workdir as workdir_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCHEMA = schema_lib.Schema((1, 33, 61, 263, 291), (1, 263, 291, 33, 61))
@@ -154,7 +155,7 @@ def test_frozen_backbone_stays_put_then_fine_tunes_after_a_resume(data_dir, tmp_
 
   def backbone_weights():
     keras.utils.set_random_seed(config.seed)
-    net, trainer = loop.build_trainer(config, strategy, SCHEMA, config.steps_per_epoch)
+    net, trainer = keypoint_trainer.build_trainer(config, strategy, SCHEMA, config.steps_per_epoch)
     if os.path.exists(f"{workdir}/checkpoints/backup/latest.weights.h5"):
       trainer.load_weights(f"{workdir}/checkpoints/backup/latest.weights.h5")
     return keypoint_model.backbone_of(net).get_weights()
@@ -323,14 +324,14 @@ def test_progress_redraws_one_line_on_a_terminal_and_stays_quiet_in_a_log(caplog
 def test_lr_schedule_and_linear_scaling(data_dir):
   config = small_config(data_dir, batch_size=64, learning_rate=1e-3, lr_scaling="linear",
                         lr_base_batch_size=32)
-  assert loop.learning_rate(config, num_replicas=2) == pytest.approx(2e-3)
+  assert keypoint_trainer.learning_rate(config, num_replicas=2) == pytest.approx(2e-3)
   config.update(lr_schedule="cosine", warmup_epochs=1.0, num_epochs=3)
-  schedule = loop.lr_schedule(config, 1e-3, steps_per_epoch=10)
+  schedule = keypoint_trainer.lr_schedule(config, 1e-3, steps_per_epoch=10)
   assert float(schedule(0)) == 0.0
   assert float(schedule(10)) == pytest.approx(1e-3)
   assert float(schedule(30)) == pytest.approx(0.0, abs=1e-9)
   config.lr_schedule = "constant"
-  assert float(loop.lr_schedule(config, 1e-3, 10)(25)) == pytest.approx(1e-3)
+  assert float(keypoint_trainer.lr_schedule(config, 1e-3, 10)(25)) == pytest.approx(1e-3)
 
 
 def _python(code, timeout=300):

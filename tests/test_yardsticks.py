@@ -5,8 +5,8 @@ import logging
 import numpy as np
 import pytest
 
-from facekp.core import sample
 from facekp.core import keypoints as keypoints_lib
+from facekp.core import sample
 from facekp.core import schema as schema_lib
 from facekp.core import workdir as workdir_lib
 from facekp.eval import yardsticks

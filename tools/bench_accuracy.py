@@ -39,20 +39,20 @@ from absl import logging
 import cv2
 import numpy as np
 
-from facekp.models import keypoint_model
-from facekp.core import sample
 from facekp.core import dataset_info
-from facekp.data import shards
-from facekp.eval import evaluate
 from facekp.core import files
-from facekp.input import input_pipeline
 from facekp.core import keypoint_csv
 from facekp.core import keypoints as keypoints_lib
-from facekp.eval import metrics as metrics_lib
-from facekp.data import splits as splits_lib
-from facekp.train import loop as train_lib
-from facekp.eval import yardsticks
+from facekp.core import sample
 from facekp.data import make_tfrecords
+from facekp.data import shards
+from facekp.data import splits as splits_lib
+from facekp.eval import evaluate
+from facekp.eval import metrics as metrics_lib
+from facekp.eval import yardsticks
+from facekp.input import input_pipeline
+from facekp.models import keypoint_model
+from facekp.train import loop as train_lib
 
 SHARED_DATA = os.path.normpath(os.path.join(
     os.path.dirname(os.path.abspath(__file__)), os.pardir, os.pardir, "shared", "data"))

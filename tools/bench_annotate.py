@@ -20,10 +20,10 @@ from absl import flags
 from absl import logging
 import mediapipe as mp
 
-from facekp.data import annotate
-from facekp.data import mirror
 from facekp.core import images
 from facekp.core import sample
+from facekp.data import annotate
+from facekp.data import mirror
 import tools
 
 FLAGS = flags.FLAGS

@@ -16,9 +16,9 @@ from facekp.core import cli  # first: quiets the C++ start-up lines of TensorFlo
 from absl import flags
 import numpy as np
 
+from facekp.core import images
 from facekp.data import cleaning
 from facekp.data import dedup
-from facekp.core import images
 import tools
 
 FLAGS = flags.FLAGS

@@ -21,7 +21,6 @@ import shutil
 import tempfile
 import time
 
-from facekp.core import dataset_info
 from facekp.core import cli  # first: quiets the C++ start-up lines of TensorFlow and MediaPipe
 from absl import flags
 import cv2
@@ -30,10 +29,11 @@ import numpy as np
 import tensorflow as tf
 
 from configs import mobilenet_aug
-from facekp.input import augment
-from facekp.data import shards as dataset_lib
-from facekp.input import input_pipeline
+from facekp.core import dataset_info
 from facekp.core import schema as schema_lib
+from facekp.data import shards as dataset_lib
+from facekp.input import augment
+from facekp.input import input_pipeline
 import tools
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

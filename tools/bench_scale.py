@@ -33,10 +33,10 @@ from facekp.core import cli  # first: quiets the C++ start-up lines of TensorFlo
 from absl import flags
 import psutil
 
-from facekp.data import annotate
 from facekp.core import images
-from facekp.core import sample
 from facekp.core import journal
+from facekp.core import sample
+from facekp.data import annotate
 import tools
 
 FLAGS = flags.FLAGS

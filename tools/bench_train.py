@@ -148,7 +148,7 @@ def facekp_way(backbone, precision, xla, replicas, data_dir, schema):
   from facekp.input import input_pipeline  # pylint: disable=g-import-not-at-top
   from facekp.models import keypoint_model  # pylint: disable=g-import-not-at-top
   from facekp.train import hardware  # pylint: disable=g-import-not-at-top
-  from facekp.train import loop  # pylint: disable=g-import-not-at-top
+  from facekp.train import keypoint_trainer  # pylint: disable=g-import-not-at-top
 
   strategy = hardware.create_strategy("mirrored" if replicas > 1 else "one_device")
   config = _config(backbone, precision, xla, "")
@@ -157,7 +157,7 @@ def facekp_way(backbone, precision, xla, replicas, data_dir, schema):
       strategy, data_dir, "train", global_batch_size=FLAGS.batch_size, train=True,
       image_size=IMAGE_SIZE, cache=True)
   with strategy.scope():
-    trainer = loop.KeypointTrainer(keypoint_model.create_model(config, 5), config.augment,
+    trainer = keypoint_trainer.KeypointTrainer(keypoint_model.create_model(config, 5), config.augment,
                                     schema.flip_permutation, seed=0)
     trainer.compile(keras.optimizers.Adam(1e-3), keras.losses.Huber(),
                     metrics=["mae"], jit_compile=xla)

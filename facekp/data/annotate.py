@@ -16,12 +16,12 @@ import time
 from absl import logging
 
 from facekp.core import dataset_info
-from facekp.data import face_mesh
-from facekp.data import faces
 from facekp.core import files
 from facekp.core import images
 from facekp.core import journal as journal_lib
 from facekp.core import workers as workers_lib
+from facekp.data import face_mesh
+from facekp.data import faces
 from facekp.core.keypoint_csv import KeypointRow, OK, missing_row, write_keypoints_csv
 
 JOURNAL = "face_keypoints.journal"

@@ -24,13 +24,13 @@ from apache_beam.runners.portability import fn_api_runner
 import tensorflow as tf
 
 from facekp.core import dataset_info
-from facekp.data import annotate
-from facekp.data import cleaning
-from facekp.data import shards
 from facekp.core import files
 from facekp.core import keypoint_csv
 from facekp.core import keypoints
+from facekp.data import annotate
+from facekp.data import cleaning
 from facekp.data import make_tfrecords as driver
+from facekp.data import shards
 from facekp.data import splits
 
 STAGING_SUFFIX = ".incomplete"

@@ -5,11 +5,11 @@ import math
 import numpy as np
 
 from facekp.core import dataset_info
-from facekp.data import dedup
 from facekp.core import files
 from facekp.core import images
 from facekp.core import keypoint_csv
 from facekp.core import keypoints as keypoints_lib
+from facekp.data import dedup
 from facekp.data import splits
 from facekp.core.keypoint_csv import MISSING, OK
 

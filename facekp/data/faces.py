@@ -16,8 +16,8 @@ import typing
 import cv2
 import numpy as np
 
-from facekp.data import align
 from facekp.core.keypoint_csv import OK
+from facekp.data import align
 
 # MediaPipe is asked for a few faces even when one is wanted, so that "largest" is a real choice.
 FACE_SEARCH_LIMIT = 5

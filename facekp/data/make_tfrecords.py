@@ -15,14 +15,14 @@ from absl import logging
 import tensorflow as tf
 
 from facekp.core import dataset_info
-from facekp.data import annotate
-from facekp.data import cleaning
-from facekp.data import shards
 from facekp.core import files
 from facekp.core import keypoint_csv
 from facekp.core import keypoints
-from facekp.data import mirror
 from facekp.core import schema as schema_lib
+from facekp.data import annotate
+from facekp.data import cleaning
+from facekp.data import mirror
+from facekp.data import shards
 from facekp.data import splits
 
 _PARALLEL_WRITE_MIN_ROWS = 5000

@@ -6,12 +6,12 @@ A schema's flip permutation (facekp.core.schema) comes from here, never typed by
 import numpy as np
 import scipy.optimize
 
+from facekp.core import images
+from facekp.core import keypoints
+from facekp.core import sample
+from facekp.core import schema as schema_lib
 from facekp.data import align
 from facekp.data import face_mesh
-from facekp.core import images
-from facekp.core import sample
-from facekp.core import keypoints
-from facekp.core import schema as schema_lib
 
 _MAX_SAMPLE_FACES = 10
 _SAME_FACE_OFFSET = 0.5  # eye distances; two different faces lie several apart

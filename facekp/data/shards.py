@@ -11,12 +11,12 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from facekp.data import png
 from facekp.core import dataset_info
-from facekp.data import dedup
 from facekp.core import files
 from facekp.core import images
 from facekp.core import keypoints as keypoints_lib
+from facekp.data import dedup
+from facekp.data import png
 
 SHARD_TARGET_BYTES = 64 << 20
 _JPEG_MAGIC = b"\xff\xd8\xff"

@@ -30,23 +30,23 @@ And pictures/: <name>_faces.png, <name>_faces_perturbed.png, <name>_worst_faces.
 import os
 import re
 
-from facekp.eval import plots
-from facekp.models import flip_tta
-from facekp.models import keypoint_model
-from facekp.core import dataset_info
 from facekp.core import cli  # first: quiets the C++ start-up lines of TensorFlow and MediaPipe
 from absl import flags
 from absl import logging
 import numpy as np
 import tensorflow as tf
 
-from facekp.core import files
-from facekp.input import input_pipeline
-from facekp.core import keypoints as keypoints_lib
-from facekp.eval import metrics as metrics_lib
+from facekp.core import dataset_info
 from facekp.core import drawing
+from facekp.core import files
+from facekp.core import keypoints as keypoints_lib
 from facekp.core import workdir as workdir_lib
+from facekp.eval import metrics as metrics_lib
+from facekp.eval import plots
 from facekp.eval import yardsticks
+from facekp.input import input_pipeline
+from facekp.models import flip_tta
+from facekp.models import keypoint_model
 
 CED_POINTS = 101
 EVAL = "eval"

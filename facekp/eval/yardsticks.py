@@ -11,12 +11,12 @@ from absl import logging
 import numpy as np
 import tensorflow as tf
 
-from facekp.input import augment
-from facekp.data import face_mesh as face_mesh_lib
-from facekp.input import input_pipeline
 from facekp.core import keypoints as keypoints_lib
-from facekp.eval import metrics as metrics_lib
 from facekp.core import workdir as workdir_lib
+from facekp.data import face_mesh as face_mesh_lib
+from facekp.eval import metrics as metrics_lib
+from facekp.input import augment
+from facekp.input import input_pipeline
 
 # The perturbed protocol: fixed for every run so its figures compare across runs.
 PERTURBATION = {"rotation": 20.0, "scale": 0.15, "translate": 0.08}

@@ -258,3 +258,10 @@ def train_mean_keypoints(data_dir):
   if not count:
     raise ValueError(f"the train split of {data_dir} is empty: no mean shape")
   return (total / count).astype(np.float32)
+
+
+def first_examples(data_dir, split, count, image_size=128):
+  """(images, keypoints) NumPy arrays of the first `count` examples of a split, in stored order."""
+  batch = create_split(data_dir, split, batch_size=count, train=False, image_size=image_size,
+                       cache=False)
+  return next(batch.take(1).as_numpy_iterator())

@@ -13,7 +13,6 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from facekp.core import keypoints as keypoints_lib
 from facekp.core import workdir as workdir_lib
 
 HEADS = ("dense", "flatten", "soft_argmax")
@@ -105,16 +104,6 @@ def unet(include_top=False, weights=None, input_shape=(128, 128, 3), width=16, d
 
 
 CUSTOM_BACKBONES = {"unet": (unet, _scale_to_unit)}
-
-
-def render_heatmaps(points, height, width, sigma):
-  """Gaussian maps [N, height, width, K] (peak 1) of points [N, K, 2] normalised, sigma in
-  cells: the targets of heatmap regression, and what a well-trained heatmap head outputs."""
-  cells = keypoints_lib.to_pixels(_cell_centres(height, width), width, height)
-  cells = cells.reshape(1, height, width, 1, 2)
-  target = keypoints_lib.to_pixels(points, width, height)[:, None, None]  # [N, 1, 1, K, 2]
-  d2 = ((cells - target) ** 2).sum(-1)
-  return np.exp(-0.5 * d2 / sigma ** 2).astype(np.float32)
 
 
 @keras.saving.register_keras_serializable(package="facekp")

@@ -24,9 +24,6 @@ real faces: the workdir's test split, or the sample photos when the dataset is n
 import os
 import time
 
-from facekp.models import flip_tta
-from facekp.serve import loading
-from facekp.core import dataset_info
 from facekp.core import cli  # first: quiets the C++ start-up lines of TensorFlow and MediaPipe
 from absl import flags
 from absl import logging
@@ -34,12 +31,15 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from facekp.core import dataset_info
 from facekp.core import files
-from facekp.input import input_pipeline
 from facekp.core import keypoints as keypoints_lib
 from facekp.core import sample
-from facekp.models import keypoint_model
 from facekp.core import workdir as workdir_lib
+from facekp.input import input_pipeline
+from facekp.models import flip_tta
+from facekp.models import keypoint_model
+from facekp.serve import loading
 
 TFLITE_VARIANTS = ("float32", "dynamic_range", "float16")
 KEYPOINTS_FILE = "keypoints.json"

@@ -36,25 +36,25 @@ import os
 import re
 import signal
 
-from facekp.serve import loading
-from facekp.core import dataset_info
 from facekp.core import cli  # first: quiets the C++ start-up lines of TensorFlow and MediaPipe
 from absl import flags
 from absl import logging
 import numpy as np
 import tensorflow as tf
 
-from facekp.data import align
-from facekp.data import face_mesh
-from facekp.data import faces as faces_lib
+from facekp.core import dataset_info
+from facekp.core import drawing
 from facekp.core import files
 from facekp.core import images as images_lib
 from facekp.core import journal as journal_lib
 from facekp.core import keypoint_csv
 from facekp.core import keypoints as keypoints_lib
-from facekp.core import drawing
 from facekp.core import schema as schema_lib
 from facekp.core.keypoint_csv import OK
+from facekp.data import align
+from facekp.data import face_mesh
+from facekp.data import faces as faces_lib
+from facekp.serve import loading
 
 PREDICTIONS_CSV = "predictions.csv"
 PREDICTIONS_JSON = "predictions.json"

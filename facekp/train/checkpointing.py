@@ -21,8 +21,8 @@ import h5py
 import keras
 import tensorflow as tf
 
-from facekp.core import workdir as workdir_lib
 from facekp.core import files
+from facekp.core import workdir as workdir_lib
 from facekp.train import keras_internals
 
 LATEST = ("latest.weights.h5", "training_metadata.json")
@@ -45,6 +45,16 @@ class State:
       return "no backup yet"
     return f"epoch {self.epoch + 1} step {self.batch}" if self.batch else (
         f"the end of epoch {self.epoch}")
+
+
+def backup_dir(folder):
+  """Where a run in `folder` keeps its latest state."""
+  return f"{workdir_lib.path(folder, workdir_lib.CHECKPOINTS)}/backup"
+
+
+def best_weights_path(folder):
+  """Where a run in `folder` keeps the weights of its best epoch (lowest config.monitor)."""
+  return f"{workdir_lib.path(folder, workdir_lib.CHECKPOINTS)}/best.weights.h5"
 
 
 def _pair(backup_dir, names=LATEST):
@@ -221,6 +231,38 @@ def monitored(rows, monitor):
     raise ValueError(f"history.csv has no {monitor} for epochs {missing}: this workdir was "
                      "trained with another monitor; use a new --workdir")
   return [float(row[monitor]) for row in rows]
+
+
+@dataclasses.dataclass
+class ResumePoint:
+  """Where a run resumes, and every rule about it: the State restored from the newest complete
+  backup and the history rows of the epochs it holds (rows written after it, by a run killed
+  before its next backup, are run again). `rows` grows as epochs finish (history_logger)."""
+  state: State
+  rows: list
+
+  @classmethod
+  def restore(cls, trainer, workdir):
+    """Loads the newest complete backup of `workdir` into `trainer`; the point it holds."""
+    state = restore(trainer, backup_dir(workdir))
+    rows = [row for row in workdir_lib.read_history(workdir_lib.path(workdir, workdir_lib.HISTORY))
+            if int(row[workdir_lib.HISTORY_EPOCH]) <= state.epoch]
+    return cls(state, rows)
+
+  def monitored(self, monitor):
+    return monitored(self.rows, monitor)
+
+  def best(self, monitor):
+    """(lowest `monitor` so far or None, its epoch counted from 1)."""
+    best, best_epoch, _, _ = early_stopping_state(self.monitored(monitor), 0)
+    return best, best_epoch + 1
+
+  def finished(self, config):
+    """All epochs run, or early stopping's patience used up."""
+    if self.state.epoch >= config.num_epochs:
+      return True
+    return early_stopping_state(self.monitored(config.monitor),
+                                config.early_stopping_patience)[3]
 
 
 class ResumedEarlyStopping(keras.callbacks.EarlyStopping):

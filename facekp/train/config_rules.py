@@ -10,9 +10,9 @@ from ml_collections import config_dict
 import tensorflow as tf
 
 from facekp.input import augment
-from facekp.train import default_config as default_config_lib
 from facekp.input import input_pipeline
 from facekp.models import keypoint_model
+from facekp.train import default_config as default_config_lib
 
 STRATEGIES = ("auto", "one_device", "mirrored", "multi_worker", "tpu")
 PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
@@ -42,11 +42,6 @@ class ConfigError(ValueError):
 
 def default_config():
   return default_config_lib.get_config()
-
-
-def backbone_names():
-  """The backbone names facekp.models.keypoint_model knows (every keras.applications model)."""
-  return keypoint_model.backbone_names()
 
 
 # Validation.
