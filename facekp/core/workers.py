@@ -58,7 +58,7 @@ class Pool:
 
   `preload`: modules the fork server imports (those of the task functions); `warm_up`: an
   importable function that `start` runs once per worker, returning the worker's pid (it takes
-  ~0.2 s or more, so that every worker gets one).
+  long enough that every worker gets one).
   """
 
   def __init__(self, workers=None, preload=(), warm_up=None):

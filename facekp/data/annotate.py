@@ -28,8 +28,8 @@ JOURNAL = "face_keypoints.journal"
 ALIGNED_DIR = "aligned"
 NO_FACE_TRANSPARENT = "no_face_transparent"
 _PROGRESS_SECONDS = 10.0
-# Per chunk the pool's queues cost the main process ~1 ms: 64 images a chunk keep that near 1 % of
-# Face Mesh's time, and a killed run loses at most two chunks a worker.
+# Each chunk costs the main process a round trip through the pool's queues: 64 images a chunk
+# keep that small beside Face Mesh's time, and a killed run loses at most two chunks a worker.
 MAX_CHUNK = 64
 # 2: stamps of the labelled files; faces largest first, also those of the full-range detector
 _JOURNAL_VERSION = 2

@@ -5,19 +5,18 @@ Three tests, from strict to loose, each enough to join two images in a group:
   same pixels      sha256 of the decoded RGB array (one photo re-encoded, PNG vs BMP, ...);
   same face        a 256-bit perceptual hash (DCT of the 32 x 32 grey image, as pHash) within
                    PHASH_MAX_DISTANCE bits: one face resaved, recoloured, resized, drawn on,
-                   or the next frame of a video. Calibrated on ../shared/data/aligned128.
+                   or the next frame of a video (calibration: docs/engineering.md).
 Groups are transitive (a union-find over all three tests). A 64-bit hash is too coarse for
 aligned faces: there two different people's crops came within 4 bits. Near hashes are found
-through an index (`near_pairs`), not by comparing all pairs: 70,000 images take seconds.
+through an index (`near_pairs`), not by comparing all pairs.
 """
 import collections
 import hashlib
 
 import numpy as np
 
-# Calibrated on the 432 crops of ../shared/data/aligned128 (256-bit hashes): one photo saved by
-# different packages (Lena x3, Obama in two colour depths, a photo recoloured) lies 0-22 bits
-# apart; frames of one video or one photo with drawings on it 14-34; different people 56 or more.
+# Copies of one photo lie well inside this many bits of 256, different people well outside
+# (docs/engineering.md gives the calibration).
 PHASH_MAX_DISTANCE = 32
 _HASH_SIDE = 32
 _DCT_SIDE = 16

@@ -72,7 +72,7 @@ def storable_image_bytes(data, rgb):
 def _stored_image(data, path, digest):
   """(bytes to store, width, height) of an image file's bytes. `digest`: dedup.bytes_digest of
   the file when cleaning decoded it, or None: a plain RGB PNG that still holds those bytes is
-  stored without a second decode (0.5 ms an image)."""
+  stored without a second decode."""
   if digest is not None and png.is_plain_rgb_png(data) and dedup.bytes_digest(data) == digest:
     return (data, *png.png_size(data))
   rgb = images.decode_rgb(data, path)
@@ -141,7 +141,7 @@ def write_split_shard(out_path, rows, images_dir, num_keypoints, digests=None):
 
 def _split_infos(shard_splits, written):
   """tfds.core.SplitInfo of each split from its shards' (examples, bytes), in shard order: what
-  TFDS would count by reading every shard back (15 s at 70,000 faces)."""
+  TFDS would count by reading every shard back."""
   infos = {}
   for split, (count, num_bytes) in zip(shard_splits, written):
     info = infos.setdefault(split, {"name": split, "shard_lengths": [], "num_bytes": 0})

@@ -268,7 +268,7 @@ def evaluate_workdir(workdir, data_dir=None, split="test", *, tta_flip=False, pi
 
 
 def define_flags():
-  """Command-line flags, defined only when run as a program (train.py imports this module)."""
+  """Command-line flags, defined only when run as a program (facekp.main imports this module)."""
   cli.define_workdir("Training workdir (config.json, model.keras).")
   flags.DEFINE_string("data_dir", None, "Any labelled facekp dataset; default: the one the "
                       "model was trained on (the workdir's config).")
