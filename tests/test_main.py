@@ -31,8 +31,9 @@ def test_missing_data_dir_says_how_to_make_one(tmp_path):
 
 def test_the_training_path_needs_neither_the_teacher_nor_the_plotting_stack():
   """With mediapipe, matplotlib, cv2 and scipy unimportable the training modules import, and
-  load none of them. (Where they are installed, `import tensorflow` alone loads matplotlib,
-  cv2 and scipy through Keras' optional imports; facekp adds none of them.)"""
+  load none of them (TensorBoard's face grids load matplotlib when they are first drawn). (Where
+  they are installed, `import tensorflow` alone loads matplotlib, cv2 and scipy through Keras'
+  optional imports; facekp adds none of them.)"""
   code = """
 import importlib.abc, sys
 BLOCKED = ("mediapipe", "matplotlib", "cv2", "scipy")

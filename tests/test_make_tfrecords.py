@@ -20,6 +20,7 @@ from facekp.core import journal as journal_lib
 from facekp.data import annotate
 from facekp.data import make_tfrecords
 from facekp.data import splits as splits_lib
+from tools import make_tfrecords as make_tfrecords_command
 from conftest import SAMPLE_DIR, copies_of, encode
 from conftest import user_csv as write_user_csv
 
@@ -45,7 +46,7 @@ def tfds_keypoints(out):
 
 
 def test_help_documents_every_flag():
-  module_flags = flags.FLAGS.get_flags_for_module(make_tfrecords)
+  module_flags = flags.FLAGS.get_flags_for_module(make_tfrecords_command)
   assert {f.name for f in module_flags} >= {"images", "out", "align", "landmarks", "workers",
                                             "split", "num_shards", "max_faces", "csv"}
   assert all(len(f.help) > 20 for f in module_flags)

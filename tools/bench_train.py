@@ -72,10 +72,11 @@ def _image_paths(tmp):
 
 def _write_dataset(paths, out):
   """The same PNGs as a facekp dataset (every split), keypoints at a fixed mean face."""
+  from facekp.core import dataset_info  # pylint: disable=g-import-not-at-top
   from facekp.data import shards  # pylint: disable=g-import-not-at-top
   from facekp.core import schema as schema_lib  # pylint: disable=g-import-not-at-top
   schema = schema_lib.Schema(schema_lib.DEFAULT_MESH_INDICES, (1, 263, 291, 33, 61))
-  spec = shards.features(schema.num_keypoints)
+  spec = dataset_info.features(schema.num_keypoints)
   examples = []
   for path in paths:
     with open(path, "rb") as f:
@@ -83,7 +84,7 @@ def _write_dataset(paths, out):
                        "height": IMAGE_SIZE, "width": IMAGE_SIZE,
                        "keypoints_px": MEAN_FACE * IMAGE_SIZE, "keypoints": MEAN_FACE})
   for split in ("train", "validation", "test"):
-    shards.write_shard(shards.shard_path(out, split, 0, 1), examples, spec)
+    shards.write_shard(dataset_info.shard_path(out, split, 0, 1), examples, spec)
   shards.write_metadata(out, spec, schema)
   return schema
 

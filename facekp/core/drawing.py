@@ -12,14 +12,9 @@ import io
 import math
 import textwrap
 
-import matplotlib
+import numpy as np
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-from matplotlib.lines import Line2D  # pylint: disable=g-import-not-at-top
-import numpy as np  # pylint: disable=g-import-not-at-top
-
-from facekp.core import files  # pylint: disable=g-import-not-at-top
+from facekp.core import files
 
 DPI = 100
 GRID_FACES = 16  # faces shown in a grid (evaluation pictures, TensorBoard)
@@ -37,6 +32,15 @@ PREDICTION_COLOUR = "#ff2d2d"
 SLOT_MARKERS = ("o", "^", "s", "v", "D", "P", "X", "*", "p", "h")
 
 
+def pyplot():
+  """matplotlib.pyplot on the Agg backend (no display), imported on first use: training imports
+  this module and loads matplotlib only when it first draws a picture."""
+  import matplotlib  # pylint: disable=import-outside-toplevel
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+  return plt
+
+
 def slot_marker(slot):
   return SLOT_MARKERS[slot % len(SLOT_MARKERS)]
 
@@ -45,7 +49,7 @@ def figure_png(fig):
   """The figure as PNG bytes at DPI without trimming, so its size is figsize * DPI; closes it."""
   buffer = io.BytesIO()
   fig.savefig(buffer, format="png", dpi=DPI, pil_kwargs={"compress_level": 6})
-  plt.close(fig)
+  pyplot().close(fig)
   return buffer.getvalue()
 
 
@@ -74,12 +78,12 @@ def show_image(ax, image):
 
 
 def _legend_handles(names, with_colours=True):
+  line = pyplot().Line2D
   handles = []
   if with_colours:
-    handles += [Line2D([], [], color=LABEL_COLOUR, marker="o", linestyle="", label="label"),
-                Line2D([], [], color=PREDICTION_COLOUR, marker="o", linestyle="",
-                       label="prediction")]
-  handles += [Line2D([], [], color="0.3", marker=slot_marker(k), linestyle="", label=name)
+    handles += [line([], [], color=LABEL_COLOUR, marker="o", linestyle="", label="label"),
+                line([], [], color=PREDICTION_COLOUR, marker="o", linestyle="", label="prediction")]
+  handles += [line([], [], color="0.3", marker=slot_marker(k), linestyle="", label=name)
               for k, name in enumerate(names)]
   return handles
 
@@ -141,7 +145,7 @@ def face_grid_figure(images, true_px, pred_px, names, captions=None, title="", c
   top_band = MARGIN_INCHES + len(heading_lines) * TITLE_LINE_INCHES + 0.05
   row_height = caption_band + PANEL_INCHES
   height = top_band + rows * row_height + (rows - 1) * GAP_INCHES + legend_band
-  fig = plt.figure(figsize=(width, height))
+  fig = pyplot().figure(figsize=(width, height))
   left0 = (width - grid_width) / 2
   for i in range(num):
     row, column = divmod(i, columns)
@@ -177,7 +181,7 @@ def photo_overlay(path, image, faces, names, max_inches=10.0):
   """
   height, width = image.shape[:2]
   scale = max_inches / max(height, width)  # inches per photo pixel
-  fig = plt.figure(figsize=(width * scale, height * scale))
+  fig = pyplot().figure(figsize=(width * scale, height * scale))
   ax = fig.add_axes((0, 0, 1, 1))
   show_image(ax, image)
   for points, outline in faces:

@@ -1,6 +1,5 @@
 """Pictures of an evaluation: cumulative error distributions and training curves."""
 from matplotlib import ticker
-import matplotlib.pyplot as plt
 import numpy as np
 
 from facekp.core import drawing
@@ -18,7 +17,8 @@ def ced_curves(path, panels, limit=metrics_lib.AUC_LIMIT):
   labelled with its AUC up to `limit` (dotted line), the yardsticks (CURVE_STYLES) in their own
   style. The x axis reaches past `limit` where most faces of a panel lie beyond it.
   """
-  fig, axes = plt.subplots(1, len(panels), squeeze=False, figsize=(5.0 * len(panels), 4.0))
+  fig, axes = drawing.pyplot().subplots(1, len(panels), squeeze=False,
+                                        figsize=(5.0 * len(panels), 4.0))
   for ax, (title, curves) in zip(axes.flat, panels):
     largest = max(float(np.quantile(nme, 0.9)) for nme in curves.values())
     x_max = min(max(limit, largest * 1.1), 5 * limit)
@@ -82,7 +82,8 @@ def training_curves(path, history, monitor=None):
   if not metrics:
     raise ValueError("history has no metric with a val_ twin to plot")
   best = best_epoch(history, monitor)
-  fig, axes = plt.subplots(1, len(metrics), squeeze=False, figsize=(4.5 * len(metrics), 3.5))
+  fig, axes = drawing.pyplot().subplots(1, len(metrics), squeeze=False,
+                                        figsize=(4.5 * len(metrics), 3.5))
   for ax, name in zip(axes.flat, metrics):
     marker = "." if len(epochs) <= 60 else None
     ax.plot(epochs, history[name], marker=marker, label="train")
