@@ -70,13 +70,14 @@ def image_folder(tmp_path, image_files):
 
 def write_labelled_dataset(data_dir, faces, splits=("train", "validation", "test"), seed=0):
   """The faces as a facekp dataset of the given splits, with made-up plausible keypoints."""
-  from facekp.data import shards  # pylint: disable=g-import-not-at-top  (TFDS: only when used)
+  from facekp.core import dataset_info  # pylint: disable=g-import-not-at-top  (TFDS: when used)
+  from facekp.data import shards  # pylint: disable=g-import-not-at-top
   from facekp.core import keypoints as keypoints_lib  # pylint: disable=g-import-not-at-top
   schema = schema_lib.Schema(schema_lib.DEFAULT_MESH_INDICES, (1, 263, 291, 33, 61))
   keypoints = np.array([[0.5, 0.55], [0.3, 0.4], [0.35, 0.7], [0.7, 0.4], [0.65, 0.7]],
                        np.float32)
   rng = np.random.default_rng(seed)
-  spec = shards.features(schema.num_keypoints)
+  spec = dataset_info.features(schema.num_keypoints)
   size = faces.shape[1]
   for split in splits:
     examples = []
@@ -85,7 +86,7 @@ def write_labelled_dataset(data_dir, faces, splits=("train", "validation", "test
       examples.append({"image": face, "image_name": f"{split}_{i}.png", "height": size,
                        "width": size, "keypoints": points,
                        "keypoints_px": keypoints_lib.to_pixels(points, size).astype(np.float32)})
-    shards.write_shard(shards.shard_path(data_dir, split, 0, 1), examples, spec)
+    shards.write_shard(dataset_info.shard_path(data_dir, split, 0, 1), examples, spec)
   shards.write_metadata(data_dir, spec, schema)
 
 
