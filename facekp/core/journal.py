@@ -14,6 +14,7 @@ import hashlib
 import io
 import json
 import os
+import stat
 import time
 import typing
 
@@ -67,7 +68,12 @@ def unchanged(path, stamp):
 
 
 def _size(path):
-  return os.stat(path).st_size if "://" not in path else tf.io.gfile.stat(path).length
+  """The size of a file, or -1 for what is not a regular file (a named pipe would block the
+  read that hashes it)."""
+  if "://" in path:
+    return tf.io.gfile.stat(path).length
+  status = os.stat(path)
+  return status.st_size if stat.S_ISREG(status.st_mode) else -1
 
 
 def _sha256(path):
