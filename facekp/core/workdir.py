@@ -30,9 +30,8 @@ EXPORT = "export"
 EVAL = "eval"
 # What a run writes, config.json last: a deletion cut short leaves a workdir that is still known
 # as one, and --restart again finishes the job. metrics.json and pictures/ are older layouts'.
-RUN_FILES = (TRAIN_MEAN, DATASET, CHECKPOINTS, HISTORY, TENSORBOARD, MODEL, EVAL, EXPORT, "workers",
-             "metrics.json",
-             "pictures", CONFIG)
+RUN_FILES = (TRAIN_MEAN, DATASET, CHECKPOINTS, HISTORY, TENSORBOARD, MODEL, EVAL, EXPORT,
+             "workers", "metrics.json", "pictures", CONFIG)
 
 
 def path(workdir, name):
