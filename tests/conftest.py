@@ -70,7 +70,7 @@ def image_folder(tmp_path, image_files):
 
 def write_labelled_dataset(data_dir, faces, splits=("train", "validation", "test"), seed=0):
   """The faces as a facekp dataset of the given splits, with made-up plausible keypoints."""
-  from facekp.core import dataset_info  # pylint: disable=g-import-not-at-top  (TFDS: only when used)
+  from facekp.core import dataset_info  # pylint: disable=g-import-not-at-top  (TFDS: when used)
   from facekp.data import shards  # pylint: disable=g-import-not-at-top
   from facekp.core import keypoints as keypoints_lib  # pylint: disable=g-import-not-at-top
   schema = schema_lib.Schema(schema_lib.DEFAULT_MESH_INDICES, (1, 263, 291, 33, 61))

@@ -82,7 +82,8 @@ def test_journal_drops_an_interrupted_tail_and_continues(tmp_path, default_schem
   path = str(tmp_path / annotate.JOURNAL)
   journal = journal_lib.Journal(path, {"k": 1})
   assert journal.read() == {}
-  row = keypoint_csv.KeypointRow("a.png", 4, 3, tuple(float(v) for v in range(10)), "ok")
+  row = keypoint_csv.KeypointRow("a.png", 4, 3, tuple(float(v) for v in range(10)), "ok",
+                                 "a.png")
   stamp = journal_lib.Stamp(10, 123, "ab")
   journal.append([("a.png", stamp, [row])])
   journal.close()

@@ -1,6 +1,8 @@
 """Tests for facekp.eval.evaluate: flip TTA, and whole workdirs scored on each split and on another
 dataset, each into its own folder."""
 import json
+import os
+import re
 
 import keras
 import numpy as np
@@ -137,7 +139,8 @@ def test_each_split_and_dataset_gets_its_own_outputs(trained, test_metrics, labe
   mean = np.full((5, 2), 0.5)
   workdir_lib.write_train_mean(workdir, mean, "somewhere", 9)
   scored = evaluate.evaluate_workdir(str(workdir), data_dir=str(other), pictures=False)
-  out = workdir / "eval" / "other_faces-test"
+  out = workdir / "eval" / scored["name"]
+  assert re.fullmatch(r"other_faces-[0-9a-f]{6}-test", scored["name"])
   assert json.loads((out / "metrics.json").read_text()) == scored
   assert scored["num_faces"] == 4 and scored["data_dir"] == str(other)
   assert scored["mean_shape_source"].endswith(workdir_lib.TRAIN_MEAN)
@@ -147,4 +150,30 @@ def test_each_split_and_dataset_gets_its_own_outputs(trained, test_metrics, labe
   assert f"on the test split of {other}" in capsys.readouterr().out
   # The dataset the model was trained on, named by another spelling of its path, is its own.
   assert evaluate.output_name(f"{root}/data/", f"{root}/data", "test") == "test"
-  assert evaluate.output_name("gs://b/faces", f"{root}/data", "test") == "faces-test"
+  assert re.fullmatch(r"faces-[0-9a-f]{6}-test",
+                      evaluate.output_name("gs://b/faces", f"{root}/data", "test"))
+
+
+def test_two_datasets_of_one_folder_name_get_two_outputs(trained, labelled_dataset, capsys):
+  """a/data and b/data, each evaluated: neither overwrites the other, and each says where it
+  went."""
+  root, _, workdir = trained
+  scored = {}
+  for parent, seed in (("a", 1), ("b", 2)):
+    data_dir = root / parent / "data"
+    data_dir.mkdir(parents=True)
+    labelled_dataset(str(data_dir), sample.sample_faces(SIZE)[:3], splits=("test",), seed=seed)
+    scored[parent] = evaluate.evaluate_workdir(str(workdir), data_dir=str(data_dir),
+                                               pictures=False)
+    out = workdir / "eval" / scored[parent]["name"]
+    assert f"wrote {out}/: metrics.json" in capsys.readouterr().out
+  assert scored["a"]["name"] != scored["b"]["name"]
+  assert all(re.fullmatch(r"data-[0-9a-f]{6}-test", m["name"]) for m in scored.values())
+  for parent, metrics in scored.items():
+    written = json.loads((workdir / "eval" / metrics["name"] / "metrics.json").read_text())
+    assert written == metrics and written["data_dir"] == str(root / parent / "data")
+  assert scored["a"]["aligned"]["model"] != scored["b"]["aligned"]["model"]
+  # The same dataset named by another path (a link) is the same dataset: the same folder.
+  os.symlink(root / "a" / "data", root / "link")
+  assert evaluate.output_name(f"{root}/link", None, "test") == "test"
+  assert evaluate.output_name(f"{root}/link", f"{root}/x", "test") == scored["a"]["name"]

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from facekp.core import files
 from facekp.core import keypoints as keypoints_lib
 from facekp.core import sample
 from facekp.core import schema as schema_lib
@@ -96,6 +97,38 @@ def test_tta_flip_bakes_a_mirror_symmetric_average_into_every_export(tmp_path):
                                atol=1e-4)
     # ...and not the model on the face alone (its points are not symmetric).
     assert np.abs(direct - plain(faces)).max() > 1e-3
+
+
+def test_a_second_export_replaces_the_first_whole(tmp_path):
+  """export, then export --tta_flip --tflite=float32: no variant of the first is left beside
+  the second's keypoints.json, and the report lists exactly the files there."""
+  data_dir = tmp_path / "data"
+  data_dir.mkdir()
+  schema_lib.Schema(schema_lib.DEFAULT_MESH_INDICES, (1, 263, 291, 33, 61)).save(
+      str(data_dir / "schema.json"))
+  workdir = tmp_path / "workdir"
+  workdir.mkdir()
+  tiny_trained_model().save(workdir / "model.keras")
+  (workdir / "config.json").write_text(json.dumps({"data_dir": str(data_dir), "image_size": SIZE}))
+  out = workdir / "export"
+  first = export.export_workdir(str(workdir), repeats=1)
+  assert sorted(first["files"]) == sorted(p.name for p in out.iterdir())
+  assert {"model_float16.tflite", "model_dynamic_range.tflite"} <= set(first["files"])
+  second = export.export_workdir(str(workdir), variants=("float32",), repeats=1, tta_flip=True)
+  assert sorted(p.name for p in out.iterdir()) == sorted(second["files"]) == [
+      "export_report.json", "keypoints.json", "model_float32.tflite", "saved_model",
+      "schema.json"]
+  assert set(second["models"]) == {"keras", "saved_model", "tflite_float32"}
+  assert second["models"]["tflite_float32"]["path"] == f"{out}/model_float32.tflite"
+  assert json.loads((out / "export_report.json").read_text()) == second
+  assert json.loads((out / export.KEYPOINTS_FILE).read_text())["flip_tta"] is True
+  assert [p.name for p in workdir.iterdir() if files.is_temporary(p.name)] == []
+  # What predict loads from the folder is the second export: the flip-averaged model.
+  faces = sample.sample_faces(SIZE)
+  tta = loading.load(str(out / "model_float32.tflite"))
+  np.testing.assert_allclose(
+      tta(faces), loading.load(str(out / "saved_model"))(faces), atol=1e-4)
+  assert np.abs(tta(faces) - loading.load(str(workdir / "model.keras"))(faces)).max() > 1e-3
 
 
 def test_the_crop_method_comes_from_the_dataset(tmp_path):

@@ -8,6 +8,8 @@ Layout of a dataset directory (`--out`):
   dataset_info.json, features.json, metadata.json   (written by TFDS)
 `tfds.builder_from_directory(out)` loads every split with its features spec.
 """
+import hashlib
+
 import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
@@ -22,6 +24,7 @@ DUPLICATES_JSON = "duplicates.json"
 SCHEMA_FILE = "schema.json"
 FILENAME_TEMPLATE = "{DATASET}-{SPLIT}.{FILEFORMAT}-{SHARD_X_OF_Y}"
 DATASET_NAME = "facekp"
+_SPLIT_ORDER = ("train", "validation", "test")  # as make_tfrecords --split gives them
 
 
 def features(num_keypoints):
@@ -62,3 +65,25 @@ def builder(data_dir):
         f"{data_dir} is not a facekp dataset: dataset_info.json is missing "
         "(create one with `python -m tools.make_tfrecords --images=DIR --out=DIR`)")
   return tfds.builder_from_directory(data_dir)
+
+
+def fingerprint(data_dir):
+  """What a training run records of its dataset, to know it again when resuming: the number of
+  examples of each split and a sha256 over every shard's split, name and content (a dataset
+  rewritten with other splits, other images or other labels has another; the same dataset
+  written again has the same)."""
+  splits = builder(data_dir).info.splits
+  names = sorted(splits.keys(), key=lambda n: (_SPLIT_ORDER.index(n) if n in _SPLIT_ORDER else 3,
+                                               n))
+  shards = [f"{name}/{path.name}/{_file_sha256(str(path))}"
+            for name in names for path in splits[name].filepaths]
+  return {"splits": {name: int(splits[name].num_examples) for name in names},
+          "shards_sha256": hashlib.sha256("\n".join(shards).encode("utf-8")).hexdigest()}
+
+
+def _file_sha256(path):
+  digest = hashlib.sha256()
+  with tf.io.gfile.GFile(path, "rb") as f:
+    for block in iter(lambda: f.read(1 << 22), b""):
+      digest.update(block)
+  return digest.hexdigest()

@@ -9,6 +9,7 @@ leaves either the old file, the new file, or no file, never a part of one. Paths
 import contextlib
 import errno
 import fcntl
+import hashlib
 import json
 import os
 import posixpath
@@ -25,14 +26,34 @@ def _is_local(path):
   return "://" not in str(path)
 
 
+_TEMPORARY_PREFIX = ".tmp"
+# Extensions kept in a temporary name are at most this long: ".weights.h5" (Keras) fits.
+_MAX_EXTENSION = 16
+
+
 def temporary_name(path):
-  """A hidden name beside `path` that keeps its extension (Keras and h5py look at it)."""
+  """A hidden name beside `path`: `.tmp<pid>.<hash of the name><extension>`. Its length does not
+  grow with the name's (any name the file system holds has a temporary name it holds too); it
+  keeps the extension, since Keras and h5py look at it (".keras", ".weights.h5")."""
   folder, name = posixpath.split(str(path))
-  return posixpath.join(folder, f".tmp{os.getpid()}.{name}")
+  digest = hashlib.sha256(name.encode("utf-8", "surrogateescape")).hexdigest()[:12]
+  return posixpath.join(folder, f"{_TEMPORARY_PREFIX}{os.getpid()}.{digest}{_extension(name)}")
+
+
+def _extension(name):
+  """The longest run of a name's trailing extensions that is at most _MAX_EXTENSION bytes long
+  ("best.weights.h5" -> ".weights.h5", "a.png" -> ".png"); "" when even the last is longer."""
+  found = ""
+  for part in reversed(name.split(".")[1:]):
+    longer = f".{part}{found}"
+    if len(longer.encode("utf-8", "surrogateescape")) > _MAX_EXTENSION:
+      break
+    found = longer
+  return found
 
 
 def is_temporary(name):
-  return posixpath.basename(name).startswith(".tmp")
+  return posixpath.basename(name).startswith(_TEMPORARY_PREFIX)
 
 
 def _fsync_file(path):

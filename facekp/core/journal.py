@@ -2,11 +2,12 @@
 file content, so a run killed at any moment resumes where it stopped.
 
 An append-only file: a settings line, then per chunk, for each source image a stamp line
-(`#stamp,<source>,<size>,<mtime_ns>,<sha256>`, blank for a file that could not be read), its
-keypoint rows (`<source>,<csv row>`) and optionally one JSON line (`#extra,<source>,<json>`),
-and a commit line. Rows after the last commit (a run killed while writing) are cut off when the
-journal is read. A source that appears again (done again after it changed) replaces its
-earlier entry.
+(`#stamp,<source>,<size>,<mtime_ns>,<sha256>`, blank for a file that could not be read; a rerun
+compares the sha256 of every source: `unchanged`), its keypoint rows (`<source>,<csv row up to
+its status>`: the source is the rows' photo) and optionally one JSON line
+(`#extra,<source>,<json>`), and a commit line. Rows after the last commit (a run killed while
+writing) are cut off when the journal is read. A source that appears again (done again after it
+changed) replaces its earlier entry.
 """
 import csv
 import hashlib
@@ -16,6 +17,8 @@ import os
 import stat
 import time
 import typing
+
+import tensorflow as tf
 
 from facekp.core import files
 from facekp.core import keypoint_csv
@@ -45,39 +48,40 @@ class Entry(typing.NamedTuple):
 
 
 def stamp_of(path, data):
-  """The stamp of the bytes `data` just read from `path`. (Should the file change after the
-  read, its mtime moves on, so the next run checks its hash again.)"""
-  return Stamp(len(data), os.stat(path).st_mtime_ns, hashlib.sha256(data).hexdigest())
-
-
-def stamp_of_file(path):
-  """The stamp of a regular file as it is now, or None when it is not one or cannot be read (a
-  named pipe would block the read)."""
-  try:
-    if not stat.S_ISREG(os.stat(path).st_mode):
-      return None
-    with open(path, "rb") as f:
-      return stamp_of(path, f.read())
-  except OSError:
-    return None
+  """The stamp of the bytes `data` just read from `path` (its hash is what later runs compare;
+  size and mtime, 0 in object storage, are kept for the reader)."""
+  mtime_ns = os.stat(path).st_mtime_ns if "://" not in path else 0
+  return Stamp(len(data), mtime_ns, hashlib.sha256(data).hexdigest())
 
 
 def unchanged(path, stamp):
-  """Whether the file at `path` still holds what `stamp` describes: size and mtime first, the
-  content hash when they differ (a copy or a touch keeps its labels; new content does not).
-  A file that could not be read before (no stamp) is tried again."""
+  """Whether the file at `path` still holds the content `stamp` describes: its sha256 is
+  compared on every call. Size and mtime are no proof (a photo replaced by another of the same
+  size with its time put back, as a restore or `cp -p` does, keeps both); only a new size
+  settles it without reading. A file that could not be read before (no stamp) is tried again."""
   if stamp is None:
     return False
   try:
-    st = os.stat(path)
-  except OSError:
+    return _size(path) == stamp.size and _sha256(path) == stamp.sha256
+  except (OSError, tf.errors.OpError):
     return False
-  if (st.st_size, st.st_mtime_ns) == (stamp.size, stamp.mtime_ns):
-    return True
-  if st.st_size != stamp.size:
-    return False
+
+
+def _size(path):
+  """The size of a file, or -1 for what is not a regular file (a named pipe would block the
+  read that hashes it)."""
+  if "://" in path:
+    return tf.io.gfile.stat(path).length
+  status = os.stat(path)
+  return status.st_size if stat.S_ISREG(status.st_mode) else -1
+
+
+def _sha256(path):
+  if "://" in path:
+    with tf.io.gfile.GFile(path, "rb") as f:
+      return hashlib.sha256(f.read()).hexdigest()
   with open(path, "rb") as f:
-    return hashlib.sha256(f.read()).hexdigest() == stamp.sha256
+    return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 class Journal:
@@ -115,7 +119,7 @@ class Journal:
         name, value = fields
         done[name] = done[name]._replace(extra=json.loads(value))
       elif fields:  # not a commit line
-        done.setdefault(source, Entry(None, [])).rows.append(_parse_fields(fields))
+        done.setdefault(source, Entry(None, [])).rows.append(_parse_fields(fields, source))
     return done
 
   def _write_header(self):
@@ -145,7 +149,8 @@ class Journal:
       self._file = None
 
 
-def _parse_fields(fields):
+def _parse_fields(fields, source):
+  """A row as the journal stores it (its photo is the source it is filed under)."""
   name, width, height, *points, status = fields
   points = tuple(float(v) for v in points)
-  return keypoint_csv.KeypointRow(name, int(width), int(height), points, status)
+  return keypoint_csv.KeypointRow(name, int(width), int(height), points, status, source)

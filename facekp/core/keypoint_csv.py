@@ -1,10 +1,12 @@
 """The keypoint CSV: face_keypoints.csv, cleaned.csv, predictions.csv and a user's --csv.
 
-One row per image (or per face, for predictions):
-  image_name,width,height,point_1_x,point_1_y,...,point_K_y,status
+One row per image (or per face, for predictions and make_tfrecords --align):
+  image_name,width,height,point_1_x,point_1_y,...,point_K_y,status,photo
 in pixels of the image as `facekp.core.images.load_rgb` returns it, -1.0 where there is no point
-(status says why: ok, no_face, unreadable, not_an_image, ...; width and height are 0 when the
-image could not be read). A user's own CSV needs only image_name and the point columns.
+(status says why: ok, no_face, unreadable, not_an_image, name_too_long, ...; width and height are
+0 when the image could not be read). `photo` names the source image the row came from (the
+image itself without --align; blank where it is not known, as in a user's CSV without it). A
+user's own CSV needs only image_name and the point columns.
 """
 import csv
 import io
@@ -20,23 +22,30 @@ from facekp.core import files
 
 MISSING = -1.0
 OK = "ok"
+PHOTO = "photo"
 _BOM = "\ufeff"
 
 
 class KeypointRow(typing.NamedTuple):
-  """One CSV row. `points` is flat (x1, y1, ..., xK, yK); width/height are None when unknown."""
+  """One CSV row. `points` is flat (x1, y1, ..., xK, yK); width/height are None when unknown;
+  `photo`: the source image's name, None when unknown."""
   image_name: str
   width: typing.Optional[int]
   height: typing.Optional[int]
   points: tuple
   status: str
+  photo: typing.Optional[str] = None
 
   def keypoints(self):
     return np.asarray(self.points, dtype=np.float64).reshape(-1, 2)
 
 
+def header(point_columns):
+  return ("image_name", "width", "height", *point_columns, "status", PHOTO)
+
+
 def csv_header(schema):
-  return ("image_name", "width", "height") + schema.csv_point_columns + ("status",)
+  return header(schema.csv_point_columns)
 
 
 def missing_row(image_name, num_keypoints, status, width=0, height=0):
@@ -44,22 +53,24 @@ def missing_row(image_name, num_keypoints, status, width=0, height=0):
 
 
 def format_csv_fields(row):
-  """Fields of a row as strings; floats as their shortest exact repr (reruns match exactly)."""
+  """Fields of a row as strings up to its status (a journal's row format); floats as their
+  shortest exact repr (reruns match exactly)."""
   size = ["" if v is None else str(v) for v in (row.width, row.height)]
   return [row.image_name, *size, *(repr(float(v)) for v in row.points), row.status]
 
 
-def _csv_text(rows, header):
+def csv_text(rows, point_columns):
+  """The CSV (header(point_columns), then the rows in the given order) as text."""
   buffer = io.StringIO()
   writer = csv.writer(buffer, lineterminator="\n")
-  writer.writerow(header)
-  writer.writerows(format_csv_fields(row) for row in rows)
+  writer.writerow(header(point_columns))
+  writer.writerows(format_csv_fields(row) + [row.photo or ""] for row in rows)
   return buffer.getvalue()
 
 
 def write_keypoints_csv(path, rows, schema):
   """Writes rows (in the given order) through a temporary name."""
-  files.atomic_write(path, _csv_text(rows, csv_header(schema)))
+  files.atomic_write(path, csv_text(rows, schema.csv_point_columns))
 
 
 def _field(fields, column, name, kind, where):
@@ -77,7 +88,7 @@ def read_keypoints_csv(path, schema):
   """Reads face_keypoints.csv (or a user's CSV in the seed's format) into KeypointRows.
 
   Required columns: image_name and point_1_x ... point_K_y for the schema's K points; width,
-  height and status are optional (unknown sizes are read from the images when cleaning).
+  height, status and photo are optional (unknown sizes are read from the images when cleaning).
   """
   with tf.io.gfile.GFile(path) as f:
     reader = csv.reader(f)
@@ -108,7 +119,8 @@ def read_keypoints_csv(path, schema):
           width=_field(fields, column, "width", int, where),
           height=_field(fields, column, "height", int, where),
           points=tuple(_field(fields, column, c, float, where) for c in point_columns),
-          status=fields[column["status"]].strip() if "status" in column else OK))
+          status=fields[column["status"]].strip() if "status" in column else OK,
+          photo=(fields[column[PHOTO]] or None) if PHOTO in column else None))
   return rows
 
 

@@ -3,6 +3,8 @@
   config.json                the resolved config the run was started with
   train_mean_keypoints.json  the training split's mean face (normalised [K, 2]), recorded at
                              training time so a model can be scored on any other dataset
+  dataset.json               the dataset the run started on (facekp.core.dataset_info.fingerprint:
+                             split sizes, a digest of the shards): a resume on another is refused
   checkpoints/               best.weights.h5 and backup/ (the latest state, for resuming)
   history.csv                one row per epoch
   tensorboard/               TensorBoard logs
@@ -19,6 +21,7 @@ from facekp.core import files
 
 CONFIG = "config.json"
 TRAIN_MEAN = "train_mean_keypoints.json"
+DATASET = "dataset.json"
 CHECKPOINTS = "checkpoints"
 HISTORY = "history.csv"
 TENSORBOARD = "tensorboard"
@@ -27,9 +30,8 @@ EXPORT = "export"
 EVAL = "eval"
 # What a run writes, config.json last: a deletion cut short leaves a workdir that is still known
 # as one, and --restart again finishes the job. metrics.json and pictures/ are older layouts'.
-RUN_FILES = (TRAIN_MEAN, CHECKPOINTS, HISTORY, TENSORBOARD, MODEL, EVAL, EXPORT, "workers",
-             "metrics.json",
-             "pictures", CONFIG)
+RUN_FILES = (TRAIN_MEAN, DATASET, CHECKPOINTS, HISTORY, TENSORBOARD, MODEL, EVAL, EXPORT,
+             "workers", "metrics.json", "pictures", CONFIG)
 
 
 def path(workdir, name):
@@ -65,6 +67,17 @@ def write_train_mean(workdir, mean_keypoints, data_dir, num_examples):
   files.write_json(path(workdir, TRAIN_MEAN), {
       "mean_keypoints": np.asarray(mean_keypoints, np.float64).tolist(),
       "data_dir": str(data_dir), "num_examples": int(num_examples)})
+
+
+def write_dataset(workdir, data_dir, fingerprint):
+  files.write_json(path(workdir, DATASET), {"data_dir": str(data_dir), **fingerprint})
+
+
+def read_dataset(workdir):
+  """The dataset record of a run (write_dataset), or None for a workdir without one."""
+  if not tf.io.gfile.exists(path(workdir, DATASET)):
+    return None
+  return files.read_json(path(workdir, DATASET), "dataset record")
 
 
 def read_train_mean(workdir):

@@ -5,9 +5,14 @@ photo, cropped FFHQ-style first; facekp.data.faces) in worker processes (facekp.
 FaceMesh each, and writes face_keypoints.csv. Finished work goes to a journal (facekp.core.journal)
 as it arrives, so a run killed at any moment (SIGKILL included) continues where it stopped and
 ends with the same CSV an uninterrupted run writes; a file whose content changed since it was
-labelled is labelled again.
+labelled (its sha256, compared on every run) is labelled again. Every listed image gets its rows,
+each naming its photo; with alignment, photos whose crop names would meet (a.jpg, a.png) keep
+their extension in their crops' names (facekp.data.faces.crop_stems), and a crop whose name the
+file system cannot hold is a row with status "name_too_long".
 """
 import dataclasses
+import errno
+import functools
 import itertools
 import os
 import posixpath
@@ -27,6 +32,7 @@ from facekp.core.keypoint_csv import KeypointRow, OK, missing_row, write_keypoin
 JOURNAL = "face_keypoints.journal"
 ALIGNED_DIR = "aligned"
 NO_FACE_TRANSPARENT = "no_face_transparent"
+NAME_TOO_LONG = "name_too_long"
 _PROGRESS_SECONDS = 10.0
 # Each chunk costs the main process a round trip through the pool's queues: 64 images a chunk
 # keep that small beside Face Mesh's time, and a killed run loses at most two chunks a worker.
@@ -43,6 +49,17 @@ class Settings:
   mesh_indices: tuple
   align_size: int = 0  # 0: annotate the images as they are
   max_faces: int = 1  # faces per photo when aligning
+  # With alignment: (photo name, crop stem) of the photos whose crops are not named by
+  # faces.crop_stem (with_crop_stems). Names only, so the journal's fingerprint leaves it out.
+  renamed: tuple = ()
+
+  @functools.cached_property
+  def _stems(self):
+    return dict(self.renamed)
+
+  def crop_stem(self, name):
+    """What the faces of photo `name` are named by (facekp.data.faces.face_name)."""
+    return self._stems.get(name) or faces.crop_stem(name)
 
   def fingerprint(self):
     return {"mesh_indices": list(self.mesh_indices), "align_size": self.align_size,
@@ -86,7 +103,12 @@ class Labeller:
     return self.label_file(name)[1]
 
   def label_file(self, name):
-    """(journal.Stamp of the file, or None when it could not be read; its rows)."""
+    """(journal.Stamp of the file, or None when it could not be read; its rows, each naming
+    `name` as its photo)."""
+    stamp, rows = self._label_file(name)
+    return stamp, [row._replace(photo=name) for row in rows]
+
+  def _label_file(self, name):
     path = f"{self.settings.images_dir}/{name}"
     stamp = None
     try:
@@ -107,20 +129,30 @@ class Labeller:
 
   def _align_and_label(self, photo_name, photo_rgb):
     size = self.settings.align_size
-    found = faces.aligned_faces(self.finder, photo_name, photo_rgb, size, self.settings.max_faces)
+    found = faces.aligned_faces(self.finder, self.settings.crop_stem(photo_name), photo_rgb, size,
+                                self.settings.max_faces)
     if not found:
       height, width = photo_rgb.shape[:2]
       return [missing_row(photo_name, len(self.indices), "no_face", width, height)]
-    rows = []
-    for face in found:
-      path = f"{self.settings.out_dir}/{ALIGNED_DIR}/{face.name}"
+    return [self._write_crop(face) for face in found]
+
+  def _write_crop(self, face):
+    """The row of one face, its crop written to aligned/; a name the file system cannot hold
+    gives a NAME_TOO_LONG row."""
+    size = self.settings.align_size
+    path = f"{self.settings.out_dir}/{ALIGNED_DIR}/{face.name}"
+    try:
       os.makedirs(posixpath.dirname(path), exist_ok=True)
       files.atomic_write(path, images.encode_png(face.crop))
-      rows.append(KeypointRow(face.name, size, size,
-                              tuple(face.landmarks[self.indices].ravel().tolist()),
-                              OK) if face.status == OK else
-                  missing_row(face.name, len(self.indices), face.status, size, size))
-    return rows
+    except OSError as e:
+      if e.errno != errno.ENAMETOOLONG:
+        raise
+      logging.warning("%s: %s", face.name, e.strerror)
+      return missing_row(face.name, len(self.indices), NAME_TOO_LONG, size, size)
+    if face.status != OK:
+      return missing_row(face.name, len(self.indices), face.status, size, size)
+    return KeypointRow(face.name, size, size, tuple(face.landmarks[self.indices].ravel().tolist()),
+                       OK)
 
 
 def _label_chunk(settings, names):
@@ -147,17 +179,38 @@ class Pool(workers_lib.Pool):
     return self.imap_unordered(_label_chunk, itertools.repeat(settings), chunks)
 
 
-def unique_crop_stems(names):
-  """With alignment, photos a.jpg and a.png would write the same crops: keep the first."""
-  seen, kept = set(), []
-  for name in names:
-    stem = posixpath.splitext(name)[0]
-    if stem in seen:
-      logging.warning("skipping %s: photo %s.* before it writes the same crop names", name, stem)
-    else:
-      seen.add(stem)
-      kept.append(name)
-  return kept
+def with_crop_stems(settings, names):
+  """The settings for annotating `names`: with alignment, the crop stems of the photos whose
+  crops faces.crop_stems names otherwise than by faces.crop_stem."""
+  if not settings.align_size:
+    return settings
+  renamed = tuple((name, stem) for name, stem in faces.crop_stems(names).items()
+                  if stem != faces.crop_stem(name))
+  for name, stem in renamed:
+    logging.info("%s: another photo has its stem; its faces are named %s", name,
+                 faces.face_name(stem, "<k>"))
+  return dataclasses.replace(settings, renamed=renamed)
+
+
+def _up_to_date(settings, name, entry):
+  """Whether a journal entry holds what labelling `name` gives now: the file's content is the
+  same (its hash) and, with alignment, its crops are named by the stem the listing gives it."""
+  if not journal_lib.unchanged(f"{settings.images_dir}/{name}", entry.stamp):
+    return False
+  return not settings.align_size or all(
+      row.image_name == name or faces.is_face_of(row.image_name, settings.crop_stem(name))
+      for row in entry.rows)
+
+
+def _remove_crops(settings, stale, kept):
+  """Deletes the crops of the stale journal entries ({photo: Entry}) that no kept entry names:
+  the faces of a photo that changed or was renamed are cropped again, perhaps fewer or under
+  other names, and aligned/ holds only crops that a row names."""
+  named = {row.image_name for entry in kept for row in entry.rows}
+  for photo, entry in stale.items():
+    for row in entry.rows:
+      if row.image_name != photo and row.image_name not in named:
+        files.remove_quietly(f"{settings.out_dir}/{ALIGNED_DIR}/{row.image_name}")
 
 
 def _progress(done, total, seconds, found):
@@ -168,14 +221,13 @@ def _progress(done, total, seconds, found):
                secs)
 
 
-def list_sources(images_dir, *, exclude=(), align=0):
-  """The image names under images_dir to annotate (with `align`, stems made unique: each photo
-  names its crops); a clear error when there is none."""
+def list_sources(images_dir, *, exclude=()):
+  """The image names under images_dir to annotate; a clear error when there is none."""
   names = images.list_images(images_dir, exclude=exclude)
   if not names:
     raise ValueError(f"no images under {images_dir} (looked for files ending in "
                      f"{', '.join(images.IMAGE_EXTENSIONS)})")
-  return unique_crop_stems(names) if align else names
+  return names
 
 
 def annotate_folder(settings, schema, *, names=None, workers=None, chunk_size=0, pool=None):
@@ -190,18 +242,18 @@ def annotate_folder(settings, schema, *, names=None, workers=None, chunk_size=0,
     raise ValueError(f"annotation needs a local output folder, not {settings.out_dir}: its "
                      "journal is appended to and fsynced (copy the finished folder over after)")
   if names is None:
-    names = list_sources(settings.images_dir, exclude=[settings.out_dir],
-                         align=settings.align_size)
-  elif settings.align_size:
-    names = unique_crop_stems(names)
+    names = list_sources(settings.images_dir, exclude=[settings.out_dir])
+  settings = with_crop_stems(settings, names)
   os.makedirs(settings.out_dir, exist_ok=True)
   journal = journal_lib.Journal(f"{settings.out_dir}/{JOURNAL}", settings.fingerprint())
   done = journal.read()
-  changed = [name for name in names if name in done and not journal_lib.unchanged(
-      f"{settings.images_dir}/{name}", done[name].stamp)]
-  todo = [name for name in names if name not in done] + changed
-  logging.info("%d images: %d annotated before, %d changed since (labelled again), %d to do",
-               len(names), len(names) - len(todo), len(changed), len(todo))
+  stale = {name for name in names if name in done and not _up_to_date(settings, name, done[name])}
+  todo = [name for name in names if name not in done] + [n for n in names if n in stale]
+  logging.info("%d images: %d annotated before, %d changed or renamed since (labelled again), "
+               "%d to do", len(names), len(names) - len(todo), len(stale), len(todo))
+  if settings.align_size:
+    _remove_crops(settings, {n: done[n] for n in stale},
+                  [done[n] for n in names if n in done and n not in stale])
   if todo:
     own_pool = pool is None
     pool = pool or Pool(workers)

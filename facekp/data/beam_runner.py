@@ -235,10 +235,11 @@ def make_tfrecords(images_dir, out_dir, *, landmarks, fractions, align=0, num_sh
     timings = {}
     with driver.timed(timings, "schema"):
       schema = driver.load_or_make_schema(staging, landmarks)
-    names = annotate.list_sources(images_dir, exclude=[staging, out_dir], align=align)
+    names = annotate.list_sources(images_dir, exclude=[staging, out_dir])
     names_file = f"{staging}/{_NAMES_FILE}"
     files.atomic_write(names_file, "".join(f"{name}\n" for name in names))
-    settings = annotate.Settings(images_dir, staging, schema.mesh_indices, align, max_faces)
+    settings = annotate.with_crop_stems(
+        annotate.Settings(images_dir, staging, schema.mesh_indices, align, max_faces), names)
     images_root = f"{staging}/{annotate.ALIGNED_DIR}" if align else images_dir
     with driver.timed(timings, "pipeline"):
       with make_pipeline(beam_options) as pipeline:

@@ -1,7 +1,7 @@
 """Duplicate and near-duplicate images: copies that must land in one split.
 
 Three tests, from strict to loose, each enough to join two images in a group:
-  same bytes       sha256 of the file;
+  same bytes       sha256 of the file as read on this run (never a journal's stamp);
   same pixels      sha256 of the decoded RGB array (one photo re-encoded, PNG vs BMP, ...);
   same face        a 256-bit perceptual hash (DCT of the 32 x 32 grey image, as pHash) within
                    PHASH_MAX_DISTANCE bits: one face resaved, recoloured, resized, drawn on,

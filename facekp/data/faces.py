@@ -5,12 +5,16 @@ make_tfrecords (with and without --align) and predict see a photo's faces the sa
           MediaPipe's full-range detector finds (small, distant or many faces), each placed by
           Face Mesh on a crop around its box;
   order   largest first, by the side of the face's FFHQ-style square (facekp.data.align);
-  names   face k of photo "dir/a.jpg" is "dir/a_f<k>.png" (k from 0, in that order);
+  names   face k of photo "dir/a.jpg" is "dir/a_f<k>.png" (k from 0, in that order); photos
+          whose names would meet ("a.jpg" and "a.png") keep their extension: "dir/a.jpg_f<k>.png"
+          (`crop_stems`);
   crops   `crop_face`: the FFHQ-style crop, placed by Face Mesh on a first crop of it;
   errors  FACE_ERRORS give the photo an "error" row and the run goes on; an unreadable file
           gets facekp.core.images' reason; anything else (I/O errors, bugs) stops the run.
 """
+import collections
 import posixpath
+import re
 import typing
 
 import cv2
@@ -64,8 +68,34 @@ def largest_first(faces, max_faces):
   return sorted(faces, key=face_size, reverse=True)[:max_faces]
 
 
-def face_name(photo_name, k):
-  return f"{posixpath.splitext(photo_name)[0]}_f{k}.png"
+def crop_stem(photo_name):
+  """What a photo's faces are named by when no other photo's stem meets it ("dir/a.jpg" ->
+  "dir/a")."""
+  return posixpath.splitext(photo_name)[0]
+
+
+def crop_stems(names):
+  """{photo name: the stem its faces are named by (face_name)}: crop_stem, or the whole name for
+  photos whose stems would meet ("a.jpg" and "a.png", or "a.jpg" and "a.jpg.png"), so that
+  every photo's faces have names of their own. Whole names never meet (a folder holds each
+  name once), so moving the photos of shared stems to their whole names ends."""
+  stems = {name: crop_stem(name) for name in names}
+  while True:
+    users = collections.Counter(stems.values())
+    shared = [name for name, stem in stems.items() if users[stem] > 1 and stem != name]
+    if not shared:
+      return stems
+    stems.update((name, name) for name in shared)
+
+
+def face_name(stem, k):
+  """The name of face k of the photo whose crop stem is `stem` (crop_stems)."""
+  return f"{stem}_f{k}.png"
+
+
+def is_face_of(image_name, stem):
+  """Whether `image_name` names a face of the photo whose crop stem is `stem`."""
+  return re.fullmatch(re.escape(stem) + r"_f\d+\.png", image_name) is not None
 
 
 def search_limit(max_faces):
@@ -114,10 +144,11 @@ def largest_face(finder, image_rgb):
   return faces[0] if faces else None
 
 
-def aligned_faces(finder, photo_name, photo_rgb, size, max_faces):
-  """Up to `max_faces` faces of a photo, largest first, each cropped to size x size."""
+def aligned_faces(finder, stem, photo_rgb, size, max_faces):
+  """Up to `max_faces` faces of a photo, largest first, each cropped to size x size and named
+  by the photo's crop stem (crop_stems)."""
   faces = largest_first(find_faces(finder, photo_rgb), max_faces)
-  return [Face(face_name(photo_name, k), *crop_face(finder.crop_mesh, photo_rgb, landmarks, size))
+  return [Face(face_name(stem, k), *crop_face(finder.crop_mesh, photo_rgb, landmarks, size))
           for k, landmarks in enumerate(faces)]
 
 

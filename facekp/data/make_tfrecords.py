@@ -4,7 +4,8 @@
 -> clean (cleaned.csv, cleaning_report.json) -> find copies (facekp.data.dedup: same bytes, same
 pixels, near-identical faces; duplicates.json) -> split by a hash of the photo name, every group
 of copies in one split -> shards and TFDS metadata. Running it again reuses the finished
-annotation (also after a crash or kill).
+annotation (also after a crash or kill) of every image whose content is unchanged (its sha256 is
+compared on every run; facekp.data.annotate).
 """
 import contextlib
 import json

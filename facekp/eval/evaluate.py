@@ -15,8 +15,10 @@ between the two yardsticks that the model closes is the headline figure.
 
 Each evaluation writes its own folder, so no split or dataset overwrites another:
   workdir/eval/<split>/                 the split of the dataset the model was trained on
-  workdir/eval/<dataset>-<split>/       a split of another dataset (--data_dir; <dataset> is
-                                        its folder's name)
+  workdir/eval/<dataset>-<hash>-<split>/  a split of another dataset (--data_dir; <dataset> is
+                                        its folder's name, <hash> six hex digits of its
+                                        absolute path: a/data and b/data differ)
+The last line printed names the folder.
 holding metrics.json: workdir, data_dir, split, name, num_faces, image_size, keypoint_names,
 huber_delta, mean_shape_source; "aligned" and "perturbed" (the latter with its "perturbation"
 parameters), each holding "model", "model_flip_tta" (with --tta_flip), "mean_shape",
@@ -27,6 +29,7 @@ mean_point_error_px, per_keypoint_mae_px, nme, failure_rate_0.10, failure_rate_0
 And pictures/: <name>_faces.png, <name>_faces_perturbed.png, <name>_worst_faces.png,
 <name>_ced.png and training_curves.png (when history.csv exists).
 """
+import hashlib
 import os
 import re
 
@@ -193,17 +196,22 @@ def draw_pictures(picture_dir, name, title, arrays, pred, perturbed, pred_pertur
 
 # The workdir.
 
-def _same_dataset(a, b):
-  normal = lambda p: os.path.abspath(p) if "://" not in p else p
-  return normal(str(a).rstrip("/")) == normal(str(b).rstrip("/"))
+def _absolute(data_dir):
+  """A dataset's path as one spelling: links and relative parts resolved (when local)."""
+  path = str(data_dir).rstrip("/")
+  return path if "://" in path else os.path.realpath(path)
 
 
 def output_name(data_dir, trained_on, split):
-  """"<split>" for the dataset the model was trained on, "<dataset>-<split>" for another."""
-  if not trained_on or _same_dataset(data_dir, trained_on):
+  """"<split>" for the dataset the model was trained on, "<dataset>-<hash>-<split>" for another:
+  <dataset> is its folder's name and <hash> the first 6 hex digits of the sha256 of its absolute
+  path, so that two datasets of one folder name (a/data, b/data) never share an output."""
+  where = _absolute(data_dir)
+  if not trained_on or where == _absolute(trained_on):
     return split
-  dataset_name = re.sub(r"[^A-Za-z0-9_.-]+", "_", str(data_dir).rstrip("/").split("/")[-1])
-  return f"{dataset_name or 'dataset'}-{split}"
+  dataset_name = re.sub(r"[^A-Za-z0-9_.-]+", "_", where.split("/")[-1]) or "dataset"
+  digest = hashlib.sha256(where.encode("utf-8", "surrogateescape")).hexdigest()[:6]
+  return f"{dataset_name}-{digest}-{split}"
 
 
 def output_dir(workdir, name):

@@ -16,8 +16,12 @@ Writes into workdir/export/:
                                "flip_tta": whether the exports average each face with its mirror
                                (--tta_flip)
   export_report.json           per export: file size, max and mean |difference| from Keras in
-                               pixels on test faces, CPU latency per image; and "keypoints"
-Every file is written whole or not at all (facekp.core.files).
+                               pixels on test faces, CPU latency per image; "keypoints"; and
+                               "files", the names of every file in export/
+Every file is written whole or not at all (facekp.core.files), and export/ as a whole: an
+export is written and checked in a temporary folder that then replaces export/, so the folder
+never mixes the files of two exports (a second export with fewer --tflite variants leaves none
+of the first's).
 Quantised keypoint models are known to drift (tensorflow/tensorflow#39954), hence the check on
 real faces: the workdir's test split, or the sample photos when the dataset is not at hand.
 """
@@ -43,6 +47,7 @@ from facekp.serve import loading
 
 TFLITE_VARIANTS = ("float32", "dynamic_range", "float16")
 KEYPOINTS_FILE = "keypoints.json"
+EXPORT_REPORT = "export_report.json"
 UNKNOWN_CROP = "unknown"
 
 
@@ -155,10 +160,13 @@ def dataset_crop(data_dir):
 def export_workdir(workdir, *, data_dir=None, variants=TFLITE_VARIANTS, max_images=64,
                    repeats=20, tta_flip=False):
   """Writes workdir/export (SavedModel, TFLite variants, schema, keypoints metadata) and checks
-  it; returns the report. tta_flip: every export averages each face with its mirror."""
+  it; returns the report. tta_flip: every export averages each face with its mirror.
+
+  The export is written and checked in a temporary folder beside export/, which then replaces
+  export/ whole: the folder holds exactly the files of one export, never a variant left by an
+  earlier one."""
   data_dir = data_dir or workdir_lib.read_config(workdir).get("data_dir")
   model = keypoint_model.load_model(workdir)
-  out = workdir_lib.path(workdir, workdir_lib.EXPORT)
   schema = None
   if data_dir and tf.io.gfile.exists(f"{data_dir}/{dataset_info.SCHEMA_FILE}"):
     schema = dataset_info.load_schema(data_dir)
@@ -167,33 +175,51 @@ def export_workdir(workdir, *, data_dir=None, variants=TFLITE_VARIANTS, max_imag
       raise ValueError(f"--tta_flip needs the flip permutation of the dataset's "
                        f"{dataset_info.SCHEMA_FILE}, and {data_dir!r} has none: pass --data_dir")
     model = flip_tta.with_flip_tta(model, schema.flip_permutation)
-  tf.io.gfile.makedirs(out)
+  reference = loading.keras_model(model, workdir_lib.path(workdir, workdir_lib.MODEL))
+  keypoints = {**keypoints_lib.metadata(dataset_crop(data_dir), reference.image_size),
+               "flip_tta": bool(tta_flip)}
+  out = workdir_lib.path(workdir, workdir_lib.EXPORT)
+  with files.atomic_path(out) as staging:
+    tf.io.gfile.makedirs(staging)
+    exports = write_exports(model, staging, schema, keypoints, variants)
+    images, source = check_images(data_dir, reference.image_size, max_images)
+    report_models = {name: compare(reference, candidate, images, repeats)
+                     for name, candidate in [("keras", reference), *exports.items()]}
+    for result in report_models.values():  # where each file will be
+      result["path"] = _moved(result["path"], staging, out)
+    report = {"workdir": str(workdir), "image_size": reference.image_size, "images": source,
+              "num_images": int(len(images)), "models": report_models,
+              "schema": schema.to_dict() if schema else None, "keypoints": keypoints,
+              "files": sorted([*_listing(staging), EXPORT_REPORT])}
+    files.write_json(f"{staging}/{EXPORT_REPORT}", report)
+    files.remove_quietly(out)  # a folder is not renamed over another
+  print(format_report(report), flush=True)
+  return report
+
+
+def write_exports(model, out, schema, keypoints, variants):
+  """Writes schema.json (when known), keypoints.json, the SavedModel and the TFLite variants
+  into `out`; returns {name: loaded export}."""
   if schema is not None:
     files.write_json(f"{out}/{dataset_info.SCHEMA_FILE}", schema.to_dict())
-  reference = loading.keras_model(model, workdir_lib.path(workdir, workdir_lib.MODEL))
-  image_size = reference.image_size
-  keypoints = {**keypoints_lib.metadata(dataset_crop(data_dir), image_size),
-               "flip_tta": bool(tta_flip)}
   files.write_json(f"{out}/{KEYPOINTS_FILE}", keypoints)
-
-  logging.info("writing %s/saved_model", out)
-  write_saved_model(model, image_size, f"{out}/saved_model")
+  logging.info("writing the SavedModel")
+  write_saved_model(model, keypoints["input_size"], f"{out}/saved_model")
   exports = {"saved_model": loading.load_saved_model(f"{out}/saved_model")}
   for variant in variants:
     path = f"{out}/model_{variant}.tflite"
-    logging.info("converting to %s", path)
+    logging.info("converting to model_%s.tflite", variant)
     files.atomic_write(path, tflite_model(f"{out}/saved_model", variant))
     exports[f"tflite_{variant}"] = loading.load_tflite(path)
+  return exports
 
-  images, source = check_images(data_dir, image_size, max_images)
-  report_models = {name: compare(reference, candidate, images, repeats)
-                   for name, candidate in [("keras", reference), *exports.items()]}
-  report = {"workdir": str(workdir), "image_size": image_size, "images": source,
-            "num_images": int(len(images)), "models": report_models,
-            "schema": schema.to_dict() if schema else None, "keypoints": keypoints}
-  files.write_json(f"{out}/export_report.json", report)
-  print(format_report(report), flush=True)
-  return report
+
+def _moved(path, staging, out):
+  return out + path[len(staging):] if path.startswith(staging + "/") else path
+
+
+def _listing(folder):
+  return [name.rstrip("/") for name in tf.io.gfile.listdir(folder)]
 
 
 def define_flags():

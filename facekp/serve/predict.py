@@ -13,25 +13,28 @@ pixels. Before the first photo, the keypoint record of the model's training data
 export_report.json or schema.json, or the workdir's dataset) is checked against this crop.
 Written into --out:
   predictions.csv  the columns of face_keypoints.csv: image_name, width, height,
-                   point_1_x ... point_K_y (pixels of the photo), status. One row per face,
-                   named as make_tfrecords --align names its crops ("dir/a_f0.png" for the
-                   largest face of "dir/a.jpg", then _f1, ...; up to --max_faces). status is
-                   "ok", or "face_mismatch" / "no_face" for a face whose crop make_tfrecords
-                   would drop too (points -1). A photo without a face has one row under its
-                   own name: "no_face", or the reason facekp.core.images gave for a file it could
-                   not read (points -1, width and height 0), as make_tfrecords writes them.
+                   point_1_x ... point_K_y (pixels of the photo), status, photo (the photo's
+                   name under --images). One row per face, named as make_tfrecords --align
+                   names its crops ("dir/a_f0.png" for the largest face of "dir/a.jpg", then
+                   _f1, ...; up to --max_faces; "dir/a.jpg_f0.png" when another photo such as
+                   "dir/a.png" has the same stem). status is "ok", or "face_mismatch" /
+                   "no_face" for a face whose crop make_tfrecords would drop too (points -1).
+                   A photo without a face has one row under its own name: "no_face", or the
+                   reason facekp.core.images gave for a file it could not read (points -1,
+                   width and height 0), as make_tfrecords writes them.
   predictions.json the same faces with named points, the face's box in the photo (the aligned
-                   square's corners and their bounding box) and the crop (size and the matrix
-                   from photo to crop pixels).
-  overlays/<image_name>.png  the photo with each face's points and its aligned crop's outline
-                   (--nooverlays skips them: they take most of the time).
+                   square's corners and their bounding box), the crop (size and the matrix
+                   from photo to crop pixels) and the overlay's path (null when none was drawn).
+  overlays/<photo name>.png  the photo with each face's points and its aligned crop's outline
+                   (--nooverlays skips them: they take most of the time). A photo whose overlay
+                   name the file system cannot hold keeps its points; the last line counts it.
   predictions.journal  each photo's results as they come: a run that is interrupted keeps
-                   them, and the same command continues where it stopped.
+                   them, and the same command continues where it stopped. A rerun predicts
+                   again on every photo whose content changed (its sha256 is compared).
 A photo that fails never stops the rest of the folder.
 """
 import collections
-import csv
-import io
+import errno
 import os
 import re
 import signal
@@ -127,10 +130,11 @@ class FaceResult(collections.namedtuple("FaceResult", "face points outline")):
   """A cropped face (facekp.data.faces.Face) and its predicted points in the photo, or None."""
 
 
-def predict_faces(model, finder, image, name, max_faces):
-  """Up to `max_faces` faces of a photo, largest first (facekp.data.faces): [FaceResult]."""
+def predict_faces(model, finder, image, stem, max_faces):
+  """Up to `max_faces` faces of a photo, largest first, named by its crop stem
+  (facekp.data.faces): [FaceResult]."""
   size = model.image_size
-  found = faces_lib.aligned_faces(finder, name, image, size, max_faces)
+  found = faces_lib.aligned_faces(finder, stem, image, size, max_faces)
   good = [face.crop for face in found if face.status == OK]
   predicted = iter(keypoints_lib.to_pixels(model(np.stack(good)), size) if good else [])
   corners = np.array([[0, 0], [size, 0], [size, size], [0, size]], np.float64)
@@ -146,48 +150,78 @@ def overlay_path(out_dir, name):
   return f"{out_dir}/overlays/{name}.png"
 
 
-def _face_json(photo_name, k, result, names, model_size):
+def _face_json(photo_name, k, result, names, model_size, overlay):
   face = result.face
   outline = result.outline
   entry = {"photo": photo_name, "face": k, "image_name": face.name, "status": face.status,
            "points": None, "box": {"corners": outline.round(3).tolist(),
                                    "bounds": [*outline.min(0).round(3), *outline.max(0).round(3)]},
            "crop": {"size": model_size, "method": keypoints_lib.crop_method(model_size),
-                    "photo_to_crop": face.matrix.round(6).tolist()}}
+                    "photo_to_crop": face.matrix.round(6).tolist()},
+           "overlay": overlay}
   if result.points is not None:
     entry["points"] = {n: [float(x), float(y)] for n, (x, y) in zip(names, result.points)}
   return entry
 
 
-def predict_photo(model, finder, path, name, out_dir, max_faces, names, overlays):
-  """(keypoint rows, JSON entries) of one photo's faces (overlay written); a bad photo gives
-  one row with its reason."""
-  k = len(names)
-  try:
-    image = images_lib.load_rgb(path)
-    results = predict_faces(model, finder, image, name, max_faces)
-  except images_lib.ImageError as e:
-    logging.warning("skipping %s", e)
-    return [keypoint_csv.missing_row(name, k, e.reason)], []
-  except faces_lib.FACE_ERRORS as e:
-    # One odd file must not stop a folder; the row and the log say what happened.
-    logging.warning("%s: %s: %s", name, type(e).__name__, e)
-    return [keypoint_csv.missing_row(name, k, "error")], []
-  height, width = image.shape[:2]
-  if not results:
-    return [keypoint_csv.missing_row(name, k, "no_face", width, height)], []
-  found = [(r.points, r.outline) for r in results if r.points is not None]
-  if overlays and found:
-    overlay = overlay_path(out_dir, name)
-    tf.io.gfile.makedirs(os.path.dirname(overlay))
-    with files.atomic_path(overlay) as tmp:
-      drawing.photo_overlay(tmp, image, found, names)
-  rows = [keypoint_csv.KeypointRow(r.face.name, width, height, tuple(r.points.ravel()), OK)
-          if r.points is not None else
-          keypoint_csv.missing_row(r.face.name, k, r.face.status, width, height)
-          for r in results]
-  entries = [_face_json(name, i, r, names, model.image_size) for i, r in enumerate(results)]
-  return rows, entries
+class PhotoPredictor:
+  """Predicts on one photo at a time with a model and a face finder, writing its overlay."""
+
+  def __init__(self, model, finder, out_dir, max_faces, names, overlays):
+    self.model, self.finder, self.out_dir = model, finder, out_dir
+    self.max_faces, self.names, self.overlays = max_faces, names, overlays
+
+  def __call__(self, path, name, stem):
+    """(journal stamp of the bytes read or None, keypoint rows, JSON entries) of one photo's
+    faces, the rows naming `name` as their photo; a bad photo gives one row with its reason."""
+    stamp, rows, entries = self._predict(path, name, stem)
+    return stamp, [row._replace(photo=name) for row in rows], entries
+
+  def _predict(self, path, name, stem):
+    k = len(self.names)
+    stamp = None
+    try:
+      data = images_lib.read_bytes(path)
+      stamp = journal_lib.stamp_of(path, data)
+      image = images_lib.decode_rgb(data, path)
+      results = predict_faces(self.model, self.finder, image, stem, self.max_faces)
+    except images_lib.ImageError as e:
+      logging.warning("skipping %s", e)
+      return stamp, [keypoint_csv.missing_row(name, k, e.reason)], []
+    except faces_lib.FACE_ERRORS as e:
+      # One odd file must not stop a folder; the row and the log say what happened.
+      logging.warning("%s: %s: %s", name, type(e).__name__, e)
+      return stamp, [keypoint_csv.missing_row(name, k, "error")], []
+    height, width = image.shape[:2]
+    if not results:
+      return stamp, [keypoint_csv.missing_row(name, k, "no_face", width, height)], []
+    overlay = self._overlay(image, name, results)
+    rows = [keypoint_csv.KeypointRow(r.face.name, width, height, tuple(r.points.ravel()), OK)
+            if r.points is not None else
+            keypoint_csv.missing_row(r.face.name, k, r.face.status, width, height)
+            for r in results]
+    entries = [_face_json(name, i, r, self.names, self.model.image_size, overlay)
+               for i, r in enumerate(results)]
+    return stamp, rows, entries
+
+  def _overlay(self, image, name, results):
+    """Draws the photo's overlay; its path relative to out_dir, or None when none was drawn
+    (--nooverlays, no face predicted, or a name the file system cannot hold: the points are
+    kept all the same)."""
+    found = [(r.points, r.outline) for r in results if r.points is not None]
+    if not self.overlays or not found:
+      return None
+    path = overlay_path(self.out_dir, name)
+    try:
+      tf.io.gfile.makedirs(os.path.dirname(path))
+      with files.atomic_path(path) as tmp:
+        drawing.photo_overlay(tmp, image, found, self.names)
+    except OSError as e:
+      if e.errno != errno.ENAMETOOLONG:
+        raise
+      logging.warning("%s: no overlay: %s", name, e.strerror)
+      return None
+    return path[len(self.out_dir) + 1:]
 
 
 # --- A folder --------------------------------------------------------------------------------
@@ -208,11 +242,7 @@ def photo_list(images_path, exclude=()):
 
 
 def _write_outputs(out_dir, rows, entries, columns):
-  text = io.StringIO()
-  writer = csv.writer(text, lineterminator="\n")
-  writer.writerow(["image_name", "width", "height", *columns, "status"])
-  writer.writerows(keypoint_csv.format_csv_fields(row) for row in rows)
-  files.atomic_write(f"{out_dir}/{PREDICTIONS_CSV}", text.getvalue())
+  files.atomic_write(f"{out_dir}/{PREDICTIONS_CSV}", keypoint_csv.csv_text(rows, columns))
   files.write_json(f"{out_dir}/{PREDICTIONS_JSON}", {"faces": entries})
 
 
@@ -243,20 +273,18 @@ def predict_images(model_path, images_path, out_dir, max_faces=1, overlays=True)
     fingerprint = {"model": os.path.abspath(model_path), "max_faces": max_faces,
                    "overlays": overlays}
     journal = journal_lib.Journal(f"{out_dir}/{JOURNAL}", fingerprint)
-    paths = {name: path for path, name in photos}
-    done = {name: entry for name, entry in journal.read().items()
-            if name in paths and journal_lib.unchanged(paths[name], entry.stamp)}
+    stems = faces_lib.crop_stems([name for _, name in photos])
+    done = _up_to_date(journal.read(), photos, stems, out_dir)
     todo = [(path, name) for path, name in photos if name not in done]
     if done:
       logging.info("%d photos: %d predicted before, %d to do", len(photos), len(done), len(todo))
     try:
       with face_mesh.FaceMesh(faces_lib.search_limit(max_faces)) as photo_mesh, \
           face_mesh.FaceMesh(max_faces=1) as crop_mesh, face_mesh.FaceDetector() as detector:
-        finder = faces_lib.Finder(photo_mesh, crop_mesh, detector)
+        predictor = PhotoPredictor(model, faces_lib.Finder(photo_mesh, crop_mesh, detector),
+                                   out_dir, max_faces, names, overlays)
         for i, (path, name) in enumerate(todo):
-          rows, entries = predict_photo(model, finder, path, name, out_dir, max_faces, names,
-                                        overlays)
-          stamp = journal_lib.stamp_of_file(path)
+          stamp, rows, entries = predictor(path, name, stems[name])
           journal.append([(name, stamp, rows, entries)])
           done[name] = journal_lib.Entry(stamp, rows, entries)
           if (i + 1) % 100 == 0 or i + 1 == len(todo):
@@ -268,11 +296,38 @@ def predict_images(model_path, images_path, out_dir, max_faces=1, overlays=True)
     finally:
       journal.close()
     rows = [row for _, name in photos for row in done[name].rows]
-    _write_outputs(out_dir, rows, [e for _, name in photos for e in done[name].extra], columns)
-  counts = collections.Counter(row.status for row in rows)
-  print(f"{len(photos)} photos -> {out_dir}/{PREDICTIONS_CSV}: {counts.pop(OK, 0)} faces"
-        + "".join(f", {n} {status}" for status, n in sorted(counts.items())), flush=True)
+    entries = [e for _, name in photos for e in done[name].extra or []]
+    _write_outputs(out_dir, rows, entries, columns)
+  print(_summary(len(photos), out_dir, rows, entries if overlays else []), flush=True)
   return rows
+
+
+def _up_to_date(journal_entries, photos, stems, out_dir):
+  """{photo name: journal Entry} of the listed photos whose entry still holds what predicting
+  gives now: the file's content is the same (its hash) and its faces are named by the stem
+  the listing gives it. The overlays of the others are deleted: they are drawn again."""
+  done = {}
+  for path, name in photos:
+    entry = journal_entries.get(name)
+    if entry is None:
+      continue
+    if journal_lib.unchanged(path, entry.stamp) and all(
+        row.image_name == name or faces_lib.is_face_of(row.image_name, stems[name])
+        for row in entry.rows):
+      done[name] = entry
+    else:
+      files.remove_quietly(overlay_path(out_dir, name))
+  return done
+
+
+def _summary(num_photos, out_dir, rows, entries):
+  """The line predict ends with: faces found, rows by status, overlays that could not be
+  written (`entries`: the JSON entries of a run that draws overlays, else [])."""
+  counts = collections.Counter(row.status for row in rows)
+  no_overlay = {e["photo"] for e in entries if e["points"] and e.get("overlay", "") is None}
+  return (f"{num_photos} photos -> {out_dir}/{PREDICTIONS_CSV}: {counts.pop(OK, 0)} faces"
+          + "".join(f", {n} {status}" for status, n in sorted(counts.items()))
+          + (f"; {len(no_overlay)} overlay(s) not written (name too long)" if no_overlay else ""))
 
 
 def define_flags():

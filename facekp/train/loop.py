@@ -8,6 +8,9 @@ checkpoints/ (best.weights.h5, the weights with the lowest config.monitor, and b
 resuming), history.csv (a row per epoch, counted from 1), tensorboard/ and model.keras (the
 inference model with the best weights). The end-of-training evaluation is facekp.main's.
 
+Training records its dataset (workdir dataset.json); a rerun on a dataset rewritten since (other
+splits, images or labels) is refused (facekp.train.resume_rules.check_dataset).
+
 Run the same command again after any interruption: training continues from the latest complete
 backup (taken every config.checkpoint_every_steps steps and at each epoch end) at the step where
 it was taken, with early stopping's count rebuilt from history.csv, and ends at the same epoch
@@ -36,6 +39,7 @@ from facekp.train import checkpointing
 from facekp.train import config_rules
 from facekp.train import hardware
 from facekp.train import keypoint_trainer
+from facekp.train import resume_rules
 
 _IMAGE_DECODE_ERROR = re.compile(r"Invalid (PNG|JPEG) data|decode|Unknown image file format", re.I)
 
@@ -52,10 +56,12 @@ def train_and_evaluate(config, workdir):
 
 def _train(config, workdir, writer, strategy):
   """The run: state is read from `workdir` (the chief's) and written to writer.path."""
+  dataset = resume_rules.check_dataset(workdir, config.data_dir)
   _set_precision(config, strategy)
   keras.utils.set_random_seed(config.seed)
   out = writer.path
   workdir_lib.write_config(out, config)
+  workdir_lib.write_dataset(out, config.data_dir, dataset)
   schema = dataset_info.load_schema(config.data_dir)
   steps_per_epoch = _steps_per_epoch(config)
   mean = input_pipeline.train_mean_keypoints(config.data_dir)

@@ -1,9 +1,11 @@
-"""Which config changes a resumed run accepts, and the check made before training into a workdir."""
+"""Which config changes a resumed run accepts, the check made before training into a workdir,
+and the check that a resumed run trains on the dataset it started on."""
 import os
 
 from absl import logging
 import tensorflow as tf
 
+from facekp.core import dataset_info
 from facekp.core import files
 from facekp.core import workdir as workdir_lib
 from facekp.train import config_rules
@@ -75,3 +77,26 @@ def check_workdir(workdir, config, restart=False):
   if allowed:
     logging.info("resuming %s with %s (changes that keep the model)", workdir,
                  describe_changes(allowed))
+
+
+def check_dataset(workdir, data_dir):
+  """The fingerprint of the dataset at data_dir (facekp.core.dataset_info.fingerprint), after
+  refusing to resume a run in `workdir` that started on other data: a dataset rewritten in place
+  (other splits, images or labels) would put faces the run trained on into validation and test.
+  A workdir without a record (a new run) accepts any."""
+  found = dataset_info.fingerprint(data_dir)
+  recorded = workdir_lib.read_dataset(workdir)
+  if recorded is None or {k: recorded.get(k) for k in found} == found:
+    return found
+  raise config_rules.ConfigError(
+      f"{workdir} holds a run started on another version of the dataset {data_dir}: "
+      f"{describe_dataset_change(recorded, found)}. Faces it trained on may now be in "
+      "validation or test. Resume it on the dataset it started with, train into a new "
+      "--workdir, or pass --restart to delete that run and start afresh")
+
+
+def describe_dataset_change(recorded, found):
+  sizes = lambda record: ", ".join(f"{k} {v}" for k, v in (record.get("splits") or {}).items())
+  if recorded.get("splits") != found["splits"]:
+    return f"its splits were {sizes(recorded)} examples and are {sizes(found)}"
+  return f"its splits hold {sizes(found)} examples as before, but the shards' content changed"
