@@ -20,7 +20,7 @@ TINY = os.path.join(ROOT, "configs", "tiny.py")
 DRIVER = textwrap.dedent("""
     import contextlib, io, json, sys
     from absl import flags
-    from facekp.core import cli, main
+    from facekp import main
     for argv in json.loads(sys.argv[1]):
       for name in [n for n in flags.FLAGS if n.startswith("config.")]:
         delattr(flags.FLAGS, name)  # config_flags defines one per override it parses

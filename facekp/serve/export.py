@@ -17,6 +17,9 @@ Writes into workdir/export/:
                                (--tta_flip)
   export_report.json           per export: file size, max and mean |difference| from Keras in
                                pixels on test faces, CPU latency per image; and "keypoints"
+  model_card.json, README.md   the model card (facekp.serve.model_card), written last: schema and
+                               landmark names, coordinates, crop and input size, the training
+                               data, the test accuracy beside the yardsticks, the training command
 Every file is written whole or not at all (facekp.core.files).
 Quantised keypoint models are known to drift (tensorflow/tensorflow#39954), hence the check on
 real faces: the workdir's test split, or the sample photos when the dataset is not at hand.
@@ -40,8 +43,11 @@ from facekp.input import input_pipeline
 from facekp.models import flip_tta
 from facekp.models import keypoint_model
 from facekp.serve import loading
+from facekp.serve import model_card
 
 TFLITE_VARIANTS = ("float32", "dynamic_range", "float16")
+TFLITE_DESCRIPTIONS = {"float32": "float32", "dynamic_range": "weights quantised to int8, "
+                       "activations float", "float16": "weights stored as float16"}
 KEYPOINTS_FILE = "keypoints.json"
 UNKNOWN_CROP = "unknown"
 
@@ -154,8 +160,9 @@ def dataset_crop(data_dir):
 
 def export_workdir(workdir, *, data_dir=None, variants=TFLITE_VARIANTS, max_images=64,
                    repeats=20, tta_flip=False):
-  """Writes workdir/export (SavedModel, TFLite variants, schema, keypoints metadata) and checks
-  it; returns the report. tta_flip: every export averages each face with its mirror."""
+  """Writes workdir/export (SavedModel, TFLite variants, schema, keypoints metadata, model card)
+  and checks it; returns the report (export_report.json). tta_flip: every export averages each
+  face with its mirror."""
   data_dir = data_dir or workdir_lib.read_config(workdir).get("data_dir")
   model = keypoint_model.load_model(workdir)
   out = workdir_lib.path(workdir, workdir_lib.EXPORT)
@@ -176,13 +183,14 @@ def export_workdir(workdir, *, data_dir=None, variants=TFLITE_VARIANTS, max_imag
                "flip_tta": bool(tta_flip)}
   files.write_json(f"{out}/{KEYPOINTS_FILE}", keypoints)
 
-  logging.info("writing %s/saved_model", out)
-  write_saved_model(model, image_size, f"{out}/saved_model")
-  exports = {"saved_model": loading.load_saved_model(f"{out}/saved_model")}
+  saved_model = f"{out}/{loading.EXPORT_MODEL}"
+  logging.info("writing %s", saved_model)
+  write_saved_model(model, image_size, saved_model)
+  exports = {"saved_model": loading.load_saved_model(saved_model)}
   for variant in variants:
     path = f"{out}/model_{variant}.tflite"
     logging.info("converting to %s", path)
-    files.atomic_write(path, tflite_model(f"{out}/saved_model", variant))
+    files.atomic_write(path, tflite_model(saved_model, variant))
     exports[f"tflite_{variant}"] = loading.load_tflite(path)
 
   images, source = check_images(data_dir, image_size, max_images)
@@ -190,10 +198,29 @@ def export_workdir(workdir, *, data_dir=None, variants=TFLITE_VARIANTS, max_imag
                    for name, candidate in [("keras", reference), *exports.items()]}
   report = {"workdir": str(workdir), "image_size": image_size, "images": source,
             "num_images": int(len(images)), "models": report_models,
-            "schema": schema.to_dict() if schema else None, "keypoints": keypoints}
+            "schema": schema.to_dict() if schema else None, "keypoints": keypoints,
+            "model_card": f"{out}/{model_card.CARD_FILE}"}
   files.write_json(f"{out}/export_report.json", report)
+  card = model_card.build(workdir=workdir, data_dir=data_dir, schema=schema, keypoints=keypoints,
+                          exports=export_files(variants, schema is not None))
+  model_card.write(out, card)
   print(format_report(report), flush=True)
   return report
+
+
+def export_files(variants, with_schema):
+  """{file name: what it is} of an export folder."""
+  found = {f"{loading.EXPORT_MODEL}/": "SavedModel, serving signature serving_default"}
+  found.update({f"model_{variant}.tflite": f"TFLite, {TFLITE_DESCRIPTIONS[variant]}"
+                for variant in variants})
+  if with_schema:
+    found[dataset_info.SCHEMA_FILE] = "the keypoint schema: slot names and flip permutation"
+  found.update({KEYPOINTS_FILE: "coordinate convention, crop and input size",
+                "export_report.json": "each export against the Keras model: size, difference "
+                                      "in pixels, latency",
+                model_card.CARD_FILE: "this card, for programs",
+                model_card.README_FILE: "this card, for people"})
+  return found
 
 
 def define_flags():
