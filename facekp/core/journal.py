@@ -13,6 +13,7 @@ import hashlib
 import io
 import json
 import os
+import stat
 import time
 import typing
 
@@ -50,8 +51,11 @@ def stamp_of(path, data):
 
 
 def stamp_of_file(path):
-  """The stamp of a file as it is now, or None when it cannot be read."""
+  """The stamp of a file as it is now, or None when it cannot be read (or is no regular file:
+  opening a FIFO would wait for a writer)."""
   try:
+    if not stat.S_ISREG(os.stat(path).st_mode):
+      return None
     with open(path, "rb") as f:
       return stamp_of(path, f.read())
   except OSError:

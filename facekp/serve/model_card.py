@@ -170,7 +170,8 @@ def _accuracy_lines(summary):
     lines += [f"Note: {summary['note']}.", ""]
   labels = {"model": "model", "model_flip_tta": "model + flip TTA", "mean_shape": "mean shape",
             "teacher_floor": "teacher floor"}
-  lines += ["| protocol | predictor | MAE px | NME | FR>10% | AUC@10% |", "|---|---|---|---|---|---|"]
+  lines += ["| protocol | predictor | MAE px | NME | FR>10% | AUC@10% |",
+            "|---|---|---|---|---|---|"]
   for protocol in PROTOCOLS:
     for name in PREDICTORS:
       if name not in summary[protocol]:
