@@ -76,7 +76,7 @@ def test_the_api_does_not_hide_the_subpackages():
 
 
 def test_the_stages_run_as_functions(run):
-  root, data_dir, workdir, metrics, report = run
+  _, _, workdir, metrics, report = run
   assert metrics["epochs"] == 2
   test = metrics["test"]  # tiny evaluates at the end
   assert test["num_faces"] == SPLITS["test"]
@@ -86,7 +86,6 @@ def test_the_stages_run_as_functions(run):
   assert set(report["models"]) == {"keras", "saved_model", "tflite_float32"}
   source = json.loads(open(f"{workdir}/config_source.json").read())
   assert source == {"config_file": os.path.join(cli.CONFIGS_DIR, "tiny.py"), "cwd": os.getcwd()}
-  del root, data_dir
 
 
 def test_the_readme_example_runs_as_written(run):
