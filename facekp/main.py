@@ -1,25 +1,24 @@
 """Trains a keypoint model: python -m facekp.main --config=configs/X.py --workdir=DIR
     [--config.data_dir=DATASET] [--config.FIELD=VALUE ...]
 
-The stages, in order: check the config (and that a rerun resumes with the config it started
-with), train (facekp.train.loop), then, with config.evaluate_at_end, evaluate the best weights on the
-test split (facekp.eval.evaluate, imported only then: training itself loads neither the teacher nor
-the plotting stack). Running the same command again resumes an interrupted run; a changed config
+The stages, in order (facekp.api.run_training, which facekp.train_model runs too): check the
+config (and that a rerun resumes with the config it started with), train (facekp.train.loop),
+then, with config.evaluate_at_end, evaluate the best weights on the test split
+(facekp.eval.evaluate, imported only then: training itself loads neither the teacher nor the
+plotting stack). Running the same command again resumes an interrupted run; a changed config
 is refused (a new --workdir, or --restart, starts afresh). --print_config lists every config
 field with its value and comment. Under several workers (TF_CONFIG) only the chief deletes a run
 (--restart) and evaluates.
 """
 from facekp.core import cli  # first: quiets the C++ start-up lines of TensorFlow and MediaPipe
-from absl import app  # pylint: disable=wrong-import-order
+import sys  # pylint: disable=wrong-import-order
+
+from absl import app
 from absl import flags
-from absl import logging
 from ml_collections import config_flags
 
+from facekp import api
 from facekp.train import config_docs
-from facekp.train import config_rules
-from facekp.train import hardware
-from facekp.train import loop
-from facekp.train import resume_rules
 
 FLAGS = flags.FLAGS
 
@@ -41,22 +40,8 @@ def main(argv):
   if not FLAGS.workdir:
     raise app.UsageError("--workdir is required: the directory for this run's checkpoints, "
                          "logs and model (a new one starts a new run)")
-  config_rules.validate(config)  # before any file is read
-  if hardware.is_chief() or not FLAGS.restart:
-    resume_rules.check_workdir(FLAGS.workdir, config, restart=FLAGS.restart)
-  config_rules.check_dataset(config)
-  logging.info("config %s (--verbosity=1 prints every field)", cli.config_arguments())
-  logging.vlog(1, "config:\n%s", config)
-  train_then_evaluate(config, FLAGS.workdir)
-
-
-def train_then_evaluate(config, workdir):
-  """Trains, then evaluates on the test split (the chief only); returns the metrics."""
-  metrics = loop.train_and_evaluate(config, workdir)
-  if config.evaluate_at_end and hardware.is_chief():
-    from facekp.eval import evaluate  # pylint: disable=g-import-not-at-top  (MediaPipe, matplotlib)
-    metrics["test"] = evaluate.evaluate_workdir(workdir)
-  return metrics
+  api.run_training(config, workdir=FLAGS.workdir, restart=FLAGS.restart,
+                   config_file=cli.config_module_path(sys.argv[1:]))
 
 
 def run():

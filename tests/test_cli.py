@@ -21,7 +21,6 @@ DRIVER = textwrap.dedent("""
     import contextlib, io, json, sys
     from absl import flags
     from facekp import main
-    from facekp.core import cli
     for argv in json.loads(sys.argv[1]):
       for name in [n for n in flags.FLAGS if n.startswith("config.")]:
         delattr(flags.FLAGS, name)  # config_flags defines one per override it parses

@@ -1,5 +1,7 @@
 """Tests for facekp.serve.export: SavedModel and TFLite exports agree with the Keras model."""
 import json
+import os
+import shutil
 
 import keras
 import numpy as np
@@ -12,6 +14,8 @@ from facekp.core import sample
 from facekp.core import schema as schema_lib
 from facekp.serve import export
 from facekp.serve import loading
+from facekp.serve import model_card
+from facekp.serve import predict
 
 SIZE = 32
 
@@ -168,3 +172,49 @@ def test_load_reads_every_format(exported, name):
 def test_load_rejects_what_is_not_a_model(tmp_path):
   with pytest.raises(FileNotFoundError, match="is not a keypoint model"):
     loading.load(str(tmp_path))
+
+
+def test_every_export_has_a_model_card(exported):
+  workdir, report = exported
+  out = workdir / "export"
+  card = json.loads((out / model_card.CARD_FILE).read_text())
+  assert report["model_card"] == f"{out}/{model_card.CARD_FILE}"
+  assert all(os.path.exists(out / name.rstrip("/")) for name in card["files"])
+  assert card["keypoints"] == report["keypoints"] and card["input"]["input_size"] == SIZE
+  # No dataset at hand, no evaluation, no recorded config: the card says so.
+  assert card["schema"] is None and card["landmarks"] is None
+  assert card["training_data"]["faces"] is None
+  assert card["training_data"]["data_dir"] == str(workdir / "no_dataset")
+  assert card["accuracy"] == model_card.NOT_EVALUATED
+  training = card["training"]
+  assert training["config_file_source"].startswith("not recorded")
+  assert training["command"].startswith(f"python -m facekp.main --config={training['config_file']}"
+                                        f" --workdir={workdir} --config.data_dir={workdir}/no_")
+  readme = (out / model_card.README_FILE).read_text()
+  assert "Not evaluated" in readme and "the dataset's schema.json was not at hand" in readme
+  assert training["command"] in readme
+
+
+def test_predict_reads_its_checks_from_the_model_card_first(exported, tmp_path):
+  workdir, _ = exported
+  out = tmp_path / "export"
+  shutil.copytree(workdir / "export", out)
+  assert predict.load_checked_model(str(out)).names == tuple(f"point_{k}" for k in range(1, 6))
+  card = json.loads((out / model_card.CARD_FILE).read_text())
+  schema = schema_lib.Schema(schema_lib.DEFAULT_MESH_INDICES, (1, 263, 291, 33, 61))
+  card["schema"] = schema.to_dict()
+  (out / model_card.CARD_FILE).write_text(json.dumps(card))
+  assert predict.load_checked_model(str(out / "model_float32.tflite")).names == schema.names
+  # export_report.json still records the model's own convention and size: the card wins.
+  for keypoints, message in (
+      ({"coordinates": "pixel_centres"}, "model_card.json: the model was trained on "
+                                         "'pixel_centres' keypoint coordinates"),
+      ({"input_size": 2 * SIZE}, f"records an input size of {2 * SIZE} px, but the model takes "
+                                 f"{SIZE} px")):
+    (out / model_card.CARD_FILE).write_text(json.dumps(
+        dict(card, keypoints=dict(card["keypoints"], **keypoints))))
+    for model in ("", "saved_model", "model_float32.tflite"):
+      with pytest.raises(ValueError, match=message):
+        predict.load_checked_model(str(out / model))
+  (out / model_card.CARD_FILE).unlink()
+  predict.load_checked_model(str(out))  # back to export_report.json

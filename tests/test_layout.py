@@ -55,7 +55,7 @@ def layering_violations():
     stage = stage_of(path)
     if stage is None:  # facekp/__init__.py, facekp/main.py: the top, may import any stage
       continue
-    allowed = tuple(dict.fromkeys(ALLOWED[stage] + (f"facekp.{stage}",)))
+    allowed = tuple(dict.fromkeys(ALLOWED[stage] + (f"facekp.{stage}",)))  # core: once
     for line, module in imported_modules(path):
       if module in ("tools", "configs") or module.startswith(("tools.", "configs.")):
         found.append(f"{os.path.relpath(path, ROOT)}:{line}: imports {module} (facekp never "

@@ -16,8 +16,10 @@ A user error (a bad flag, config value, path or input) ends with one line saying
 and what to do, and exit status 1; anything else is a bug and keeps its traceback.
 """
 import importlib.util
+import json
 import os
 import re
+import shlex
 import sys
 
 from facekp.core import stderr_filter
@@ -139,11 +141,73 @@ def make_config_importable(argv):
   return None
 
 
-def _load_config_file(path):
+def load_config_file(path):
+  """get_config() of a config file (configs/*.py, or one of the same form anywhere)."""
+  problem = make_config_importable([f"--config={path}"])
+  if problem:
+    raise FileNotFoundError(problem)
   spec = importlib.util.spec_from_file_location("_facekp_config", path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   return module.get_config()
+
+
+CONFIGS_DIR = os.path.join(ROOT, "configs")  # facekp's configs, in a checkout or installed
+
+
+def config_names():
+  """The names of facekp's own configs ("tiny", "few_faces", ...)."""
+  return sorted(name[:-3] for name in os.listdir(CONFIGS_DIR)
+                if name.endswith(".py") and not name.startswith("_"))
+
+
+def find_config_file(name_or_path):
+  """The file of a config given by path, or by the name of one of facekp's configs ("tiny" is
+  configs/tiny.py) so that code needs no checkout to find them."""
+  path = os.fspath(name_or_path)
+  if os.path.isfile(path):
+    return path
+  named = os.path.join(CONFIGS_DIR, f"{path}.py")
+  if re.fullmatch(r"\w+", path) and os.path.isfile(named):
+    return named
+  raise FileNotFoundError(f"config {path!r}: no such file, nor one of facekp's configs "
+                          f"({', '.join(config_names())})")
+
+
+def config_differences(config, base):
+  """{field: value} where a config differs from `base` (both dicts, as config.json holds them):
+  nested fields dotted ("augment.flip"), a nested dict whose keys differ from base's as one."""
+  found = {}
+  for key, value in config.items():
+    old = base.get(key) if isinstance(base, dict) else None
+    if isinstance(value, dict) and isinstance(old, dict) and set(value) == set(old):
+      found.update({f"{key}.{k}": v for k, v in config_differences(value, old).items()})
+    elif value != old:
+      found[key] = value
+  return found
+
+
+def config_as_dict(config):
+  """A ConfigDict as config.json stores it (tuples as lists)."""
+  return json.loads(config.to_json_best_effort())
+
+
+def closest_config(config):
+  """(file, differences) of facekp's config from which `config` (a config.json dict) differs in
+  the fewest fields: the likeliest start of a run whose config file was not recorded."""
+  candidates = []
+  for name in config_names():
+    path = os.path.join(CONFIGS_DIR, f"{name}.py")
+    candidates.append((path, config_differences(config, config_as_dict(load_config_file(path)))))
+  return min(candidates, key=lambda candidate: len(candidate[1]))
+
+
+def training_command(*, config_file, workdir, data_dir, overrides):
+  """The facekp.main command line that trains `config_file` with `overrides` ({field: value})."""
+  arguments = [f"--config={config_file}", f"--workdir={workdir}", f"--config.data_dir={data_dir}"]
+  arguments += [f"--config.{field}={value if isinstance(value, str) else value!r}"
+                for field, value in sorted(overrides.items()) if field != "data_dir"]
+  return "python -m facekp.main " + " ".join(map(shlex.quote, arguments))
 
 
 def _field_paths(config, prefix=""):
@@ -159,7 +223,7 @@ def config_override_problems(argv):
   import difflib  # pylint: disable=import-outside-toplevel
   path = config_module_path(argv)
   try:
-    config = _load_config_file(path)
+    config = load_config_file(path)
   except Exception:  # pylint: disable=broad-except  (reported by config_flags itself)
     return []
   fields = list(_field_paths(config))

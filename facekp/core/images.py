@@ -134,8 +134,15 @@ def _open(data, path):
     raise ImageError(path, _decode_failure(e), str(e)) from None
 
 
-def _to_rgb(image):
-  """Any Pillow mode -> uint8 [H, W, 3]."""
+def over_black(rgba):
+  """uint8 RGBA [H, W, 4] -> uint8 RGB [H, W, 3], composited over black: what decoders that drop
+  alpha show when transparent pixels are black."""
+  rgba = np.asarray(rgba, dtype=np.uint16)
+  return ((rgba[:, :, :3] * rgba[:, :, 3:] + 127) // 255).astype(np.uint8)
+
+
+def pil_to_rgb(image):
+  """Any Pillow image (any mode) -> uint8 [H, W, 3], its pixels as stored (no EXIF rotation)."""
   if image.mode in ("I", "F") or image.mode.startswith("I;16"):
     # 16-bit (or wider) grayscale: Pillow's convert("L") clips, so scale 0..65535 to 0..255.
     wide = np.asarray(image, dtype=np.float64)
@@ -143,10 +150,29 @@ def _to_rgb(image):
     return np.repeat(gray[:, :, None], 3, axis=2)
   has_alpha = image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info
   if has_alpha:
-    rgba = np.asarray(image.convert("RGBA"), dtype=np.uint16)
-    # Over black: what decoders that drop alpha show when transparent pixels are black.
-    return ((rgba[:, :, :3] * rgba[:, :, 3:] + 127) // 255).astype(np.uint8)
+    return over_black(image.convert("RGBA"))
   return np.asarray(image.convert("RGB"), dtype=np.uint8)
+
+
+def array_to_rgb(array):
+  """A uint8 image array -> uint8 [H, W, 3], as load_rgb converts files: grayscale [H, W] or
+  [H, W, 1] repeated into three channels, RGBA [H, W, 4] composited over black (over_black).
+  Raises ValueError, on one line, for another dtype or shape: floats are not guessed at (0..1 or
+  0..255?), convert them first."""
+  array = np.asarray(array)
+  if array.dtype != np.uint8:
+    raise ValueError(f"an image array must be uint8 (0..255), not {array.dtype}: convert it "
+                     "first, e.g. np.clip(np.round(x * 255), 0, 255).astype(np.uint8) for 0..1")
+  if array.ndim == 2:
+    array = array[:, :, None]
+  if array.ndim != 3 or array.shape[2] not in (1, 3, 4) or 0 in array.shape[:2]:
+    raise ValueError(f"an image array must be [H, W] (gray), [H, W, 1], [H, W, 3] (RGB) or "
+                     f"[H, W, 4] (RGBA) with H, W > 0, not of shape {list(array.shape)}")
+  if array.shape[2] == 1:
+    return np.ascontiguousarray(np.repeat(array, 3, axis=2))
+  if array.shape[2] == 4:
+    return over_black(array)
+  return np.ascontiguousarray(array)
 
 
 def decode_rgb(data, path="<bytes>"):
@@ -155,7 +181,7 @@ def decode_rgb(data, path="<bytes>"):
   try:
     image.load()
     image = ImageOps.exif_transpose(image)
-    rgb = _to_rgb(image)
+    rgb = pil_to_rgb(image)
   except Image.DecompressionBombError as e:
     raise ImageError(path, "too_large", str(e)) from None
   except (OSError, SyntaxError, ValueError, EOFError) as e:

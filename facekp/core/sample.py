@@ -15,6 +15,15 @@ def sample_photos():
           if name.endswith(".jpg")]
 
 
+def sample_photo(name):
+  """The path of one sample photo by its file name (e.g. "astronaut.jpg"): ships with facekp, so
+  examples and checks run without photos of one's own."""
+  paths = {os.path.basename(path): path for path in sample_photos()}
+  if name not in paths:
+    raise ValueError(f"no sample photo {name!r}; the sample photos are {', '.join(paths)}")
+  return paths[name]
+
+
 def sample_faces(image_size):
   """The committed sample photos, centre-cropped square and resized: uint8 [N, S, S, 3]."""
   faces = []

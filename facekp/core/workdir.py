@@ -1,6 +1,8 @@
 """The layout of a training workdir, and the one place that reads it.
 
   config.json                the resolved config the run was started with
+  config_source.json         the config file it was made from and the command's working
+                             directory (the model card rebuilds the training command from them)
   train_mean_keypoints.json  the training split's mean face (normalised [K, 2]), recorded at
                              training time so a model can be scored on any other dataset
   dataset.json               the dataset the run started on (facekp.core.dataset_info.fingerprint:
@@ -13,6 +15,7 @@
   export/                    SavedModel, TFLite and export_report.json (facekp.serve.export)
 """
 import csv
+import os
 
 import numpy as np
 import tensorflow as tf
@@ -20,6 +23,7 @@ import tensorflow as tf
 from facekp.core import files
 
 CONFIG = "config.json"
+CONFIG_SOURCE = "config_source.json"
 TRAIN_MEAN = "train_mean_keypoints.json"
 DATASET = "dataset.json"
 CHECKPOINTS = "checkpoints"
@@ -31,7 +35,7 @@ EVAL = "eval"
 # What a run writes, config.json last: a deletion cut short leaves a workdir that is still known
 # as one, and --restart again finishes the job. metrics.json and pictures/ are older layouts'.
 RUN_FILES = (TRAIN_MEAN, DATASET, CHECKPOINTS, HISTORY, TENSORBOARD, MODEL, EVAL, EXPORT,
-             "workers", "metrics.json", "pictures", CONFIG)
+             "workers", "metrics.json", "pictures", CONFIG_SOURCE, CONFIG)
 
 
 def path(workdir, name):
@@ -61,6 +65,20 @@ def write_config(workdir, config):
   tf.io.gfile.makedirs(str(workdir))
   files.atomic_write(path(workdir, CONFIG),
                      config.to_json_best_effort(indent=2, sort_keys=True) + "\n")
+
+
+def write_config_source(workdir, config_file):
+  """Records the config file a run was made from (None: a config built in code) and where the
+  command ran, since relative paths in it and in config.json are relative to that folder."""
+  files.write_json(path(workdir, CONFIG_SOURCE), {
+      "config_file": None if config_file is None else str(config_file), "cwd": os.getcwd()})
+
+
+def read_config_source(workdir):
+  """The config_source.json of a workdir as a dict, or None for a run that did not record one."""
+  if not tf.io.gfile.exists(path(workdir, CONFIG_SOURCE)):
+    return None
+  return files.read_json(path(workdir, CONFIG_SOURCE), "config source")
 
 
 def write_train_mean(workdir, mean_keypoints, data_dir, num_examples):

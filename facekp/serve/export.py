@@ -18,6 +18,9 @@ Writes into workdir/export/:
   export_report.json           per export: file size, max and mean |difference| from Keras in
                                pixels on test faces, CPU latency per image; "keypoints"; and
                                "files", the names of every file in export/
+  model_card.json, README.md   the model card (facekp.serve.model_card): schema and landmark
+                               names, coordinates, crop and input size, the training data, the
+                               test accuracy beside the yardsticks, the training command
 Every file is written whole or not at all (facekp.core.files), and export/ as a whole: an
 export is written and checked in a temporary folder that then replaces export/, so the folder
 never mixes the files of two exports (a second export with fewer --tflite variants leaves none
@@ -44,8 +47,11 @@ from facekp.input import input_pipeline
 from facekp.models import flip_tta
 from facekp.models import keypoint_model
 from facekp.serve import loading
+from facekp.serve import model_card
 
 TFLITE_VARIANTS = ("float32", "dynamic_range", "float16")
+TFLITE_DESCRIPTIONS = {"float32": "float32", "dynamic_range": "weights quantised to int8, "
+                       "activations float", "float16": "weights stored as float16"}
 KEYPOINTS_FILE = "keypoints.json"
 EXPORT_REPORT = "export_report.json"
 UNKNOWN_CROP = "unknown"
@@ -159,8 +165,9 @@ def dataset_crop(data_dir):
 
 def export_workdir(workdir, *, data_dir=None, variants=TFLITE_VARIANTS, max_images=64,
                    repeats=20, tta_flip=False):
-  """Writes workdir/export (SavedModel, TFLite variants, schema, keypoints metadata) and checks
-  it; returns the report. tta_flip: every export averages each face with its mirror.
+  """Writes workdir/export (SavedModel, TFLite variants, schema, keypoints metadata, model card)
+  and checks it; returns the report (export_report.json). tta_flip: every export averages each
+  face with its mirror.
 
   The export is written and checked in a temporary folder beside export/, which then replaces
   export/ whole: the folder holds exactly the files of one export, never a variant left by an
@@ -187,11 +194,17 @@ def export_workdir(workdir, *, data_dir=None, variants=TFLITE_VARIANTS, max_imag
                      for name, candidate in [("keras", reference), *exports.items()]}
     for result in report_models.values():  # where each file will be
       result["path"] = _moved(result["path"], staging, out)
+    card_files = [model_card.CARD_FILE, model_card.README_FILE]
     report = {"workdir": str(workdir), "image_size": reference.image_size, "images": source,
               "num_images": int(len(images)), "models": report_models,
               "schema": schema.to_dict() if schema else None, "keypoints": keypoints,
-              "files": sorted([*_listing(staging), EXPORT_REPORT])}
+              "model_card": f"{out}/{model_card.CARD_FILE}",
+              "files": sorted([*_listing(staging), EXPORT_REPORT, *card_files])}
     files.write_json(f"{staging}/{EXPORT_REPORT}", report)
+    card = model_card.build(workdir=workdir, data_dir=data_dir, schema=schema,
+                            keypoints=keypoints,
+                            exports=export_files(variants, schema is not None))
+    model_card.write(staging, card)
     files.remove_quietly(out)  # a folder is not renamed over another
   print(format_report(report), flush=True)
   return report
@@ -203,13 +216,14 @@ def write_exports(model, out, schema, keypoints, variants):
   if schema is not None:
     files.write_json(f"{out}/{dataset_info.SCHEMA_FILE}", schema.to_dict())
   files.write_json(f"{out}/{KEYPOINTS_FILE}", keypoints)
+  saved_model = f"{out}/{loading.EXPORT_MODEL}"
   logging.info("writing the SavedModel")
-  write_saved_model(model, keypoints["input_size"], f"{out}/saved_model")
-  exports = {"saved_model": loading.load_saved_model(f"{out}/saved_model")}
+  write_saved_model(model, keypoints["input_size"], saved_model)
+  exports = {"saved_model": loading.load_saved_model(saved_model)}
   for variant in variants:
     path = f"{out}/model_{variant}.tflite"
     logging.info("converting to model_%s.tflite", variant)
-    files.atomic_write(path, tflite_model(f"{out}/saved_model", variant))
+    files.atomic_write(path, tflite_model(saved_model, variant))
     exports[f"tflite_{variant}"] = loading.load_tflite(path)
   return exports
 
@@ -220,6 +234,21 @@ def _moved(path, staging, out):
 
 def _listing(folder):
   return [name.rstrip("/") for name in tf.io.gfile.listdir(folder)]
+
+
+def export_files(variants, with_schema):
+  """{file name: what it is} of an export folder."""
+  found = {f"{loading.EXPORT_MODEL}/": "SavedModel, serving signature serving_default"}
+  found.update({f"model_{variant}.tflite": f"TFLite, {TFLITE_DESCRIPTIONS[variant]}"
+                for variant in variants})
+  if with_schema:
+    found[dataset_info.SCHEMA_FILE] = "the keypoint schema: slot names and flip permutation"
+  found.update({KEYPOINTS_FILE: "coordinate convention, crop and input size",
+                EXPORT_REPORT: "each export against the Keras model: size, difference "
+                                      "in pixels, latency",
+                model_card.CARD_FILE: "this card, for programs",
+                model_card.README_FILE: "this card, for people"})
+  return found
 
 
 def define_flags():

@@ -1,5 +1,6 @@
 """Readers of every model format: a workdir, a .keras file, a SavedModel or a .tflite file ->
 one callable that takes uint8 faces and returns normalised keypoints."""
+import os
 import warnings
 
 import keras
@@ -10,6 +11,7 @@ from facekp.core import workdir as workdir_lib
 from facekp.models import keypoint_model
 
 SERVING_SIGNATURE = "serving_default"
+EXPORT_MODEL = "saved_model"  # the model an export folder (facekp.serve.export) is loaded as
 
 
 class KeypointModel:
@@ -61,15 +63,34 @@ def load_tflite(path=None, content=None):
   return KeypointModel(lambda x: runner(images=x)["keypoints"], image_size, path)
 
 
+
+def model_file(path):
+  """The model file or folder that `load` reads for `path`: the SavedModel of an export folder,
+  model.keras of a workdir, else `path` itself."""
+  path = str(os.fspath(path)).rstrip("/") or "/"
+  if path.endswith((".tflite", ".keras")):
+    if not tf.io.gfile.exists(path):
+      raise FileNotFoundError(f"{path}: no such model file")
+    return path
+  if tf.io.gfile.exists(f"{path}/saved_model.pb"):
+    return path
+  if tf.io.gfile.exists(f"{path}/{EXPORT_MODEL}/saved_model.pb"):
+    return f"{path}/{EXPORT_MODEL}"
+  if tf.io.gfile.exists(workdir_lib.path(path, workdir_lib.MODEL)):
+    return workdir_lib.path(path, workdir_lib.MODEL)
+  raise FileNotFoundError(f"{path} is not a keypoint model: expected a workdir (with "
+                          "model.keras), an export folder (with saved_model/), a .keras file, a "
+                          "SavedModel directory or a .tflite file")
+
+
 def load(path):
-  """A workdir, a .keras file, a SavedModel directory or a .tflite file -> KeypointModel."""
+  """A workdir, an export folder, a .keras file, a SavedModel directory or a .tflite file ->
+  KeypointModel (its .path is model_file(path))."""
+  path = model_file(path)
   if path.endswith(".tflite"):
     return load_tflite(path)
+  if path.endswith(f"/{workdir_lib.MODEL}"):  # a workdir's: says when a killed save emptied it
+    return keras_model(keypoint_model.load_model(os.path.dirname(path)), path)
   if path.endswith(".keras"):
     return load_keras(path)
-  if tf.io.gfile.exists(f"{path}/saved_model.pb"):
-    return load_saved_model(path)
-  if tf.io.gfile.exists(workdir_lib.path(path, workdir_lib.MODEL)):
-    return keras_model(keypoint_model.load_model(path), workdir_lib.path(path, workdir_lib.MODEL))
-  raise FileNotFoundError(f"{path} is not a keypoint model: expected a workdir (with "
-                          "model.keras), a .keras file, a SavedModel directory or a .tflite file")
+  return load_saved_model(path)

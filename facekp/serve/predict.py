@@ -2,7 +2,8 @@
 
   python -m facekp.serve.predict --model=runs/effnet_aug --images=photos/ --out=predictions/
 
---model is a workdir, a .keras file, a SavedModel directory or a .tflite file (facekp.serve.export).
+--model is a workdir, an export folder, a .keras file, a SavedModel directory or a .tflite file
+(facekp.serve.export).
 --images is one photo or a folder (searched recursively; the formats facekp.core.images reads).
 
 Each photo is read with facekp.core.images.load_rgb and its faces found, ordered (largest first),
@@ -10,7 +11,9 @@ named and cropped by facekp.data.faces, the routine make_tfrecords uses: the FFH
 facekp.data.align that `make_tfrecords --align` writes, at the model's input size. The model predicts
 on each crop, and the inverse of the crop's matrix takes the points back into the photo's
 pixels. Before the first photo, the keypoint record of the model's training data (the export's
-export_report.json or schema.json, or the workdir's dataset) is checked against this crop.
+model_card.json, export_report.json or schema.json, or the workdir's dataset) is checked: its
+coordinate convention, its crop and (an export's) input size. facekp.load (facekp.api) reads
+photos through the same functions.
 Written into --out:
   predictions.csv  the columns of face_keypoints.csv: image_name, width, height,
                    point_1_x ... point_K_y (pixels of the photo), status, photo (the photo's
@@ -34,10 +37,12 @@ Written into --out:
 A photo that fails never stops the rest of the folder.
 """
 import collections
+import contextlib
 import errno
 import os
 import re
 import signal
+import typing
 
 from facekp.core import cli  # first: quiets the C++ start-up lines of TensorFlow and MediaPipe
 from absl import flags
@@ -58,11 +63,14 @@ from facekp.data import align
 from facekp.data import face_mesh
 from facekp.data import faces as faces_lib
 from facekp.serve import loading
+from facekp.serve import model_card
 
 PREDICTIONS_CSV = "predictions.csv"
 PREDICTIONS_JSON = "predictions.json"
 JOURNAL = "predictions.journal"
-_EXPORT_REPORT = "export_report.json"
+EXPORT_REPORT = "export_report.json"
+# Files of an export that hold {"schema": ..., "keypoints": ...}, the model card first.
+EXPORT_RECORDS = (model_card.CARD_FILE, EXPORT_REPORT)
 _ALIGNED_CROP = keypoints_lib.crop_method(1)[:-1] + r"\d+"  # facekp's align, at any size
 
 
@@ -75,38 +83,55 @@ def _model_dirs(model_path):
   return model_dir, os.path.dirname(model_dir) or "."
 
 
-def _training_records(model_path):
-  """(schema dict or None, keypoints record or None, where that record was read) of the
-  model's training data, from the first of: the export's export_report.json ("schema" and
-  "keypoints" entries) and schema.json beside the model or its folder's parent, then the
-  dataset named by a workdir's config.json (its schema.json)."""
+class TrainingRecord(typing.NamedTuple):
+  """What is known of a model's training data: its schema (a dict, or None), its keypoints record
+  (facekp.core.keypoints.metadata, or None), the file that record was read from, and whether
+  that file is an export's (a model card or export report: its input_size is the model's own)."""
+  schema: typing.Optional[dict]
+  record: typing.Optional[dict]
+  where: typing.Optional[str]
+  from_export: bool = False
+
+
+def _record_files(directory):
+  """The files that may hold the training record, in the order they are believed."""
+  candidates = [f"{directory}/{name}" for name in (*EXPORT_RECORDS, dataset_info.SCHEMA_FILE)]
+  if tf.io.gfile.exists(f"{directory}/config.json"):
+    data_dir = files.read_json(f"{directory}/config.json", "config").get("data_dir")
+    if data_dir:
+      candidates.append(f"{data_dir}/{dataset_info.SCHEMA_FILE}")
+  return candidates
+
+
+def training_records(model_path):
+  """The TrainingRecord of a model, from the first of: the export's model_card.json and
+  export_report.json ("schema" and "keypoints" entries) and schema.json, beside the model or in
+  its folder's parent, then the dataset named by a workdir's config.json (its schema.json)."""
   schema = record = where = None
-  for directory in _model_dirs(model_path):
-    candidates = [f"{directory}/{_EXPORT_REPORT}", f"{directory}/{dataset_info.SCHEMA_FILE}"]
-    if tf.io.gfile.exists(f"{directory}/config.json"):
-      data_dir = files.read_json(f"{directory}/config.json", "config").get("data_dir")
-      if data_dir:
-        candidates.append(f"{data_dir}/{dataset_info.SCHEMA_FILE}")
-    for path in filter(tf.io.gfile.exists, candidates):
+  from_export = False
+  for directory in _model_dirs(str(model_path)):
+    for path in filter(tf.io.gfile.exists, _record_files(directory)):
       content = files.read_json(path)
-      found = content.get("schema") if path.endswith(_EXPORT_REPORT) else content
+      is_export = path.endswith(tuple(f"/{name}" for name in EXPORT_RECORDS))
+      found = content.get("schema") if is_export else content
       if schema is None and found and "mesh_indices" in found:
         schema = found
       found_record = content.get("keypoints") or (found or {}).get("keypoints")
       if record is None and found_record:
-        record, where = found_record, path
-  return schema, record, where
+        record, where, from_export = found_record, path, is_export
+  return TrainingRecord(schema, record, where, from_export)
 
 
 def find_schema(model_path):
-  """The schema of the model's training data (see _training_records), or None."""
-  schema, _, _ = _training_records(model_path)
+  """The schema of the model's training data (see training_records), or None."""
+  schema = training_records(model_path).schema
   return schema_lib.Schema.from_dict(schema) if schema else None
 
 
-def check_training_record(record, where):
-  """Refuses a model trained on another keypoint convention; warns when its training crops are
-  not facekp's alignment (predict's crops would then differ from what it learnt on)."""
+def check_training_record(record, where, *, image_size=None):
+  """Refuses a model trained on another keypoint convention, or (given the model's input
+  `image_size`) a record of another input size; warns when its training crops are not facekp's
+  alignment (predict's crops would then differ from what it learnt on)."""
   if record is None:
     logging.warning("no keypoint record of the model's training data found%s: cannot check "
                     "that predict crops faces as its training data was cropped",
@@ -115,6 +140,10 @@ def check_training_record(record, where):
   if record.get("coordinates") != keypoints_lib.CONVENTION:
     raise ValueError(f"{where}: the model was trained on {record.get('coordinates')!r} "
                      f"keypoint coordinates, but predict uses {keypoints_lib.CONVENTION!r}")
+  recorded_size = record.get("input_size")
+  if image_size is not None and recorded_size is not None and recorded_size != image_size:
+    raise ValueError(f"{where}: records an input size of {recorded_size} px, but the model takes "
+                     f"{image_size} px: this record belongs to another model (export it again)")
   crop = record.get("crop", "")
   if not re.fullmatch(_ALIGNED_CROP, crop):
     logging.warning("%s: the model was trained on images cropped %r, but predict feeds it "
@@ -123,7 +152,46 @@ def check_training_record(record, where):
                     keypoints_lib.crop_method(1)[:-1] + "<size>")
 
 
+def point_names(schema, num_keypoints):
+  """(slot names, CSV columns) of a model's K keypoints: its schema's, or point_1 ... point_K when
+  there is no schema of K slots."""
+  if schema is not None and schema.num_keypoints == num_keypoints:
+    return schema.names, schema.csv_point_columns
+  names = tuple(f"point_{k + 1}" for k in range(num_keypoints))
+  return names, tuple(f"{n}_{axis}" for n in names for axis in "xy")
+
+
+class CheckedModel(typing.NamedTuple):
+  """A loaded model (facekp.serve.loading.KeypointModel) whose training record was checked, the
+  names of its slots and their CSV columns, and its schema (None when unknown)."""
+  model: typing.Any
+  names: tuple
+  columns: tuple
+  schema: typing.Optional[schema_lib.Schema]
+
+
+def load_checked_model(model_path):
+  """Loads any model format (facekp.serve.loading.load) and checks what it was trained on
+  (check_training_record) before it sees a photo: every reader of photos starts here."""
+  model = loading.load(model_path)
+  found = training_records(model.path)
+  check_training_record(found.record, found.where,
+                        image_size=model.image_size if found.from_export else None)
+  schema = schema_lib.Schema.from_dict(found.schema) if found.schema else None
+  num_keypoints = model(np.zeros((1, model.image_size, model.image_size, 3), np.uint8)).shape[1]
+  return CheckedModel(model, *point_names(schema, num_keypoints), schema)
+
+
 # --- One photo -------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def face_finder(max_faces):
+  """The facekp.data.faces.Finder that predict finds up to `max_faces` faces a photo with; its
+  MediaPipe graphs are closed on leaving."""
+  with face_mesh.FaceMesh(faces_lib.search_limit(max_faces)) as photo_mesh, \
+      face_mesh.FaceMesh(max_faces=1) as crop_mesh, face_mesh.FaceDetector() as detector:
+    yield faces_lib.Finder(photo_mesh, crop_mesh, detector)
 
 
 class FaceResult(collections.namedtuple("FaceResult", "face points outline")):
@@ -246,14 +314,6 @@ def _write_outputs(out_dir, rows, entries, columns):
   files.write_json(f"{out_dir}/{PREDICTIONS_JSON}", {"faces": entries})
 
 
-def _point_names(model_path, num_keypoints):
-  schema = find_schema(model_path)
-  if schema is not None and schema.num_keypoints == num_keypoints:
-    return schema.names, schema.csv_point_columns
-  names = tuple(f"point_{k + 1}" for k in range(num_keypoints))
-  return names, tuple(f"{n}_{axis}" for n in names for axis in "xy")
-
-
 def predict_images(model_path, images_path, out_dir, max_faces=1, overlays=True):
   """Predicts on every photo; writes predictions.csv / .json and overlays; returns the rows.
 
@@ -263,11 +323,7 @@ def predict_images(model_path, images_path, out_dir, max_faces=1, overlays=True)
   if max_faces < 1:
     raise ValueError(f"max_faces must be at least 1, got {max_faces}")
   photos = photo_list(images_path, exclude=[out_dir])
-  model = loading.load(model_path)
-  _, record, where = _training_records(model_path)
-  check_training_record(record, where)
-  num_keypoints = model(np.zeros((1, model.image_size, model.image_size, 3), np.uint8)).shape[1]
-  names, columns = _point_names(model_path, num_keypoints)
+  model, names, columns, _ = load_checked_model(model_path)
   with files.folder_lock(out_dir, "--out"):
     files.remove_temporaries(out_dir)
     fingerprint = {"model": os.path.abspath(model_path), "max_faces": max_faces,
@@ -279,10 +335,8 @@ def predict_images(model_path, images_path, out_dir, max_faces=1, overlays=True)
     if done:
       logging.info("%d photos: %d predicted before, %d to do", len(photos), len(done), len(todo))
     try:
-      with face_mesh.FaceMesh(faces_lib.search_limit(max_faces)) as photo_mesh, \
-          face_mesh.FaceMesh(max_faces=1) as crop_mesh, face_mesh.FaceDetector() as detector:
-        predictor = PhotoPredictor(model, faces_lib.Finder(photo_mesh, crop_mesh, detector),
-                                   out_dir, max_faces, names, overlays)
+      with face_finder(max_faces) as finder:
+        predictor = PhotoPredictor(model, finder, out_dir, max_faces, names, overlays)
         for i, (path, name) in enumerate(todo):
           stamp, rows, entries = predictor(path, name, stems[name])
           journal.append([(name, stamp, rows, entries)])
@@ -331,8 +385,8 @@ def _summary(num_photos, out_dir, rows, entries):
 
 
 def define_flags():
-  flags.DEFINE_string("model", None, "Workdir, .keras file, SavedModel directory or .tflite file.",
-                      required=True)
+  flags.DEFINE_string("model", None, "Workdir, export folder, .keras file, SavedModel directory "
+                      "or .tflite file.", required=True)
   flags.DEFINE_string("images", None, "A photo or a folder of photos.", required=True)
   flags.DEFINE_string("out", None, "Output folder (predictions.csv, overlays/).", required=True)
   flags.DEFINE_integer("max_faces", 1, "Faces per photo, largest first.")
