@@ -86,7 +86,13 @@ def test_a_bad_backbone_lists_the_known_ones():
     ("dropout", 1.0, "dropout=1.0: must be in [0, 1)"),
     ("huber_delta", 0.0, "huber_delta=0.0: must be above 0"),
     ("early_stopping_patience", -1, "early_stopping_patience=-1: must be 0 (off) or more"),
-    ("image_size", 0, "image_size=0: must be at least 1"),
+    ("image_size", 0, "image_size=0: must be from 1 to 4096"),
+    ("image_size", 8192, "image_size=8192: must be from 1 to 4096"),
+    ("learning_rate", float("inf"), "learning_rate=inf: must be a finite number"),
+    ("huber_delta", float("nan"), "huber_delta=nan: must be a finite number"),
+    ("heatmap_prior_sigma", 0.0, "heatmap_prior_sigma=0.0: must be above 0"),
+    ("seed", -1, "seed=-1: must be from 0 to 2**31 - 1"),
+    ("multi_worker_timeout_s", 0, "multi_worker_timeout_s=0: must be at least 1"),
     ("image_size", 100, "image_size=100: must be a multiple of feature_stride (32), e.g. 96"),
     ("warmup_epochs", 3.0, "warmup_epochs=3.0: must be below num_epochs (3)"),
     ("feature_stride", 12, "feature_stride=12: choose one of 4, 8, 16, 32"),
@@ -94,6 +100,21 @@ def test_a_bad_backbone_lists_the_known_ones():
 ])
 def test_each_range_is_checked(field, value, expected):
   assert expected in problems_of(tiny(**{field: value}))
+
+
+def test_a_non_finite_value_is_named_once_and_augment_fields_are_checked_too():
+  config = tiny(learning_rate=float("nan"))
+  config.augment.rotation = float("inf")
+  message = problems_of(config)
+  assert "augment.rotation=inf: must be a finite number" in message
+  assert message.count("learning_rate") == 1 and "must be above 0" not in message
+
+
+def test_backbone_kwargs_the_backbone_does_not_take_are_named():
+  config = tiny()
+  config.backbone_kwargs = {"alpah": 0.35}
+  assert "backbone_kwargs.alpah: mobilenet_v2 takes no such argument (it takes alpha" in (
+      problems_of(config))
 
 
 def test_every_problem_is_reported_at_once():

@@ -270,7 +270,7 @@ def test_a_full_disk_stops_with_a_message_naming_it_and_the_last_good_state(full
   best = checkpointing.BestCheckpoint(str(full_disk / "best.weights.h5"), "val_mae_px", None,
                                       lambda: "backup of epoch 3 step 2 in backup/")
   best.set_model(model)
-  with pytest.raises(checkpointing.DiskFullError) as error:
+  with pytest.raises(files.DiskFullError) as error:
     best.on_epoch_end(0, {"val_mae_px": 1.0})
   message = str(error.value)
   assert "no space left on the disk of" in message and "best.weights.h5" in message

@@ -12,17 +12,22 @@ Import it first in an entry point, before anything that imports TensorFlow or Me
 
 By default a command shows facekp's own lines; `--verbosity=1` (or FACEKP_DEBUG=1) shows
 TensorFlow's and MediaPipe's start-up and INFO lines too, and the traceback of every error.
-A user error (a bad flag, config value, path or input) ends with one line saying what is wrong
-and what to do, and exit status 1; anything else is a bug and keeps its traceback.
+A user error (a bad flag, config value, path or input, a full disk) ends with one line saying what
+is wrong and what to do, and exit status 1; anything else is a bug and keeps its traceback. Ctrl-C
+(exit status 130) and SIGTERM (143) stop a command with one line saying how to continue.
 """
 import importlib.util
 import json
 import os
 import re
 import shlex
+import signal
 import sys
 
 from facekp.core import stderr_filter
+from facekp.core import utf8_mode
+
+utf8_mode.restart_in_utf8_mode()  # under LC_ALL=C too, file names are UTF-8
 
 _VERBOSITY = re.compile(r"^--?(?:v|verbosity)=(-?\d+)$")
 
@@ -83,17 +88,49 @@ def define_workdir(help_text, required=True):
 
 def _user_error_types():
   from facekp.core import files  # pylint: disable=import-outside-toplevel
-  extra = [files.FolderInUseError]
+  extra = [files.FolderInUseError, files.DiskFullError]
   models = sys.modules.get("facekp.models.keypoint_model")
   if models is not None:
     extra.append(models.WeightsUnavailableError)
   tf = sys.modules.get("tensorflow")
   if tf is not None:  # file errors raised inside tf.io.gfile name the file
     extra += [tf.errors.NotFoundError, tf.errors.PermissionDeniedError]
-  checkpointing = sys.modules.get("facekp.train.checkpointing")
-  if checkpointing is not None:  # a full disk, NaN weights: the message says what to do
-    extra.extend([checkpointing.DiskFullError, FloatingPointError])
+  if "facekp.train.checkpointing" in sys.modules:  # NaN weights: the message says what to do
+    extra.append(FloatingPointError)
   return USER_ERRORS + tuple(extra)
+
+
+def disk_full_message(error):
+  """The one line for a full disk that no stage explained (files.explain_disk_full does)."""
+  from facekp.core import files  # pylint: disable=import-outside-toplevel
+  if not files.is_disk_full(error):
+    return None
+  where = getattr(error, "filename", None)
+  where = f" of {os.path.dirname(os.path.abspath(where))}" if isinstance(where, str) else ""
+  return (f"no space left on the disk{where} ({one_line(error)}): free some space and run the "
+          "same command again (what was finished is kept)")
+
+
+class Terminated(KeyboardInterrupt):
+  """SIGTERM, met as Ctrl-C is: the command stops where it is and says how to continue."""
+
+
+def _terminate(signum, frame):
+  raise Terminated(f"signal {signum}")
+
+
+def _config_file_problem(message):
+  """The one line of a config file that failed to load: config_flags' message holds the whole
+  traceback; keep the file's own line and the exception."""
+  if "Traceback (most recent call last)" not in message:
+    return None
+  path = config_module_path(sys.argv[1:]) or "the config file"
+  lines = [line.strip() for line in message.splitlines() if line.strip()]
+  frames = re.findall(r'File "([^"]+)", line (\d+)', message)
+  own = [line for file, line in frames if os.path.abspath(file) == os.path.abspath(path)]
+  exception = next((line for line in reversed(lines)
+                    if re.match(r"^[\w.]+(Error|Exception)\b", line)), lines[-1])
+  return (f"--config={path}" + (f", line {own[-1]}" if own else "") + f": {exception}")
 
 
 def one_line(error):
@@ -274,7 +311,7 @@ def parse_flags(argv):
   except flags.Error as e:
     missing = re.findall(r"Flag --(\w+) must have a value other than None", str(e))
     what = (", ".join(f"--{m}" for m in missing) + (" is" if len(missing) == 1 else " are")
-            + " required") if missing else one_line(e)
+            + " required") if missing else _config_file_problem(str(e)) or one_line(e)
     fail(f"error: {what}; --help lists the flags")
   except Exception as e:  # pylint: disable=broad-except  (config_flags: bad --config.X values)
     if DEBUG:
@@ -304,12 +341,20 @@ def run(main, flags_parser=parse_flags):
         raise
       logging.flush()
       fail(f"error: {one_line(e)}" + ("" if isinstance(e, app.UsageError) else f" {_HINT}"))
-    except KeyboardInterrupt:
-      fail("interrupted: run the same command again to continue where it stopped", 130)
+    except KeyboardInterrupt as e:  # Ctrl-C (130) or SIGTERM (143)
+      fail("interrupted: run the same command again to continue where it stopped",
+           143 if isinstance(e, Terminated) else 130)
+    except Exception as e:  # pylint: disable=broad-except  (a full disk is no bug)
+      message = None if DEBUG else disk_full_message(e)
+      if message is None:
+        raise
+      logging.flush()
+      fail(f"error: {message}")
   entry = sys.modules["__main__"]
   if not entry.__doc__:  # a console script (facekp-train): --help shows the module's usage
     entry.__doc__ = sys.modules[main.__module__].__doc__
   if not DEBUG:
     quiet_logs()
     stderr_filter.filter_stderr_for_good()
+  signal.signal(signal.SIGTERM, _terminate)  # stops as Ctrl-C does, with exit status 143
   app.run(guarded, flags_parser=flags_parser)

@@ -10,6 +10,7 @@ Layout of a dataset directory (`--out`):
 """
 import hashlib
 
+from google.protobuf import json_format
 import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
@@ -25,6 +26,7 @@ SCHEMA_FILE = "schema.json"
 FILENAME_TEMPLATE = "{DATASET}-{SPLIT}.{FILEFORMAT}-{SHARD_X_OF_Y}"
 DATASET_NAME = "facekp"
 _SPLIT_ORDER = ("train", "validation", "test")  # as make_tfrecords --split gives them
+REWRITE = "write the dataset again (python -m tools.make_tfrecords --images=DIR --out=DIR)"
 
 
 def features(num_keypoints):
@@ -46,25 +48,52 @@ def shard_path(out_dir, split, shard, num_shards):
 def read_metadata(data_dir):
   """The "keypoints" record of a dataset's schema.json (facekp.core.keypoints.metadata), or None for
   a dataset written before facekp recorded it."""
-  return files.read_json(f"{data_dir}/{SCHEMA_FILE}", "dataset schema").get("keypoints")
+  path = f"{data_dir}/{SCHEMA_FILE}"
+  record = files.read_json(path, "dataset schema", expect=dict, remedy=REWRITE).get("keypoints")
+  if record is not None and not isinstance(record, dict):
+    raise files.damaged(path, f"its \"keypoints\" record must be an object, not "
+                              f"{files.json_type(record)}", REWRITE)
+  return record
+
+
+def _check_folder(data_dir):
+  if tf.io.gfile.exists(str(data_dir)) and not tf.io.gfile.isdir(str(data_dir)):
+    raise NotADirectoryError(f"{data_dir} is a file, not a facekp dataset (a folder written by "
+                             "`python -m tools.make_tfrecords --images=DIR --out=DIR`)")
 
 
 def load_schema(data_dir):
+  """The dataset's keypoint schema (schema.json), with a clear error when it is not a facekp
+  dataset or the file is not a schema."""
+  _check_folder(data_dir)
   path = f"{data_dir}/{SCHEMA_FILE}"
   if not tf.io.gfile.exists(path):
     raise FileNotFoundError(
         f"{data_dir} is not a facekp dataset: {SCHEMA_FILE} is missing "
         "(create one with `python -m tools.make_tfrecords --images=DIR --out=DIR`)")
-  return schema_lib.Schema.load(path)
+  return schema_lib.Schema.load(path, REWRITE)
 
 
 def builder(data_dir):
-  """The TFDS builder of a facekp dataset directory, with a clear error when it is not one."""
+  """The TFDS builder of a facekp dataset directory, with a clear error when it is not one or
+  its TFDS metadata (dataset_info.json, features.json) cannot be read."""
+  _check_folder(data_dir)
   if not tf.io.gfile.exists(f"{data_dir}/dataset_info.json"):
     raise FileNotFoundError(
         f"{data_dir} is not a facekp dataset: dataset_info.json is missing "
         "(create one with `python -m tools.make_tfrecords --images=DIR --out=DIR`)")
-  return tfds.builder_from_directory(data_dir)
+  for name in ("dataset_info.json", "features.json"):
+    if tf.io.gfile.exists(f"{data_dir}/{name}"):
+      files.read_json(f"{data_dir}/{name}", "TFDS metadata file", expect=dict, remedy=REWRITE)
+  try:
+    return tfds.builder_from_directory(data_dir)
+  except (json_format.Error, ValueError, TypeError, KeyError, AttributeError,
+          tf.errors.OpError) as e:
+    problem = " ".join(str(e).split())[:300]
+    raise ValueError(
+        f"{data_dir}: its TFDS metadata (dataset_info.json, features.json) cannot be read "
+        f"({problem}); it was damaged, or not written by tools/make_tfrecords: {REWRITE}"
+        ) from None
 
 
 def fingerprint(data_dir):

@@ -116,17 +116,38 @@ def write_json(path, obj):
   atomic_write(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
 
 
-def read_json(path, what="file"):
-  """A JSON file's content; a clear error naming the file when it is missing or not JSON."""
+_JSON_TYPES = {dict: "an object", list: "a list", str: "a string", int: "a number",
+               float: "a number", bool: "true or false", type(None): "null"}
+
+
+def json_type(value):
+  """What a JSON value is, in words ("an object", "a list", ...), for error messages."""
+  return _JSON_TYPES.get(type(value), type(value).__name__)
+
+
+def damaged(path, problem, remedy="delete it (or write it again) and run again"):
+  """The ValueError for a file facekp wrote that does not hold what it should."""
+  return ValueError(f"{path}: {problem}; it was damaged, or not written by this version of "
+                    f"facekp: {remedy}")
+
+
+def read_json(path, what="file", expect=None, remedy=None):
+  """A JSON file's content; a clear error naming the file when it is missing, not JSON, or (with
+  `expect`, dict or list) not a JSON value of that kind. `remedy`: what to do then."""
+  remedy = remedy or "delete it (or write it again) and run again"
   if not tf.io.gfile.exists(path):
     raise FileNotFoundError(f"{path}: no such {what}")
-  with tf.io.gfile.GFile(path) as f:
-    text = f.read()
+  if tf.io.gfile.isdir(path):
+    raise IsADirectoryError(f"{path} is a folder, not a {what}")
   try:
-    return json.loads(text)
-  except json.JSONDecodeError as e:
-    raise ValueError(f"{path} is not valid JSON ({e}); it was not written by this version of "
-                     "facekp, or it was damaged: delete it and run again") from None
+    with tf.io.gfile.GFile(path) as f:
+      content = json.loads(f.read())
+  except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    raise damaged(path, f"not valid JSON ({e})", remedy) from None
+  if expect is not None and not isinstance(content, expect):
+    raise damaged(path, f"the {what} must be {json_type(expect())}, not {json_type(content)}",
+                  remedy)
+  return content
 
 
 def remove_temporaries(folder):
@@ -139,6 +160,35 @@ def remove_temporaries(folder):
       remove_quietly(posixpath.join(folder, name.rstrip("/")))
       removed += 1
   return removed
+
+
+class DiskFullError(OSError):
+  """A write failed for lack of space on the disk; the message names the folder and what to do."""
+
+  def __init__(self, message):
+    super().__init__(message)
+    self.errno = errno.ENOSPC
+
+
+def is_disk_full(error):
+  """Whether an OSError or a TensorFlow error says that the disk is full."""
+  text = str(error)
+  return (getattr(error, "errno", None) == errno.ENOSPC or "No space left" in text
+          or "errno = 28" in text)
+
+
+@contextlib.contextmanager
+def explain_disk_full(folder, what="folder"):
+  """Turns a full disk met in the body into a DiskFullError naming `folder`: files are written
+  whole or not at all, so the same command continues once there is space."""
+  try:
+    yield
+  except (OSError, tf.errors.OpError) as e:
+    if isinstance(e, DiskFullError) or not is_disk_full(e):
+      raise
+    raise DiskFullError(
+        f"no space left on the disk of {folder} ({what}): free some space there, or choose "
+        "another folder, and run the same command again (what was finished is kept)") from e
 
 
 class FolderInUseError(RuntimeError):

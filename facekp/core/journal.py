@@ -84,6 +84,10 @@ def _sha256(path):
     return hashlib.file_digest(f, "sha256").hexdigest()
 
 
+class SettingsChanged(ValueError):
+  """The journal was written with other settings."""
+
+
 class Journal:
   """The journal file of one output folder (see the module docstring)."""
 
@@ -94,7 +98,17 @@ class Journal:
     self._synced = 0.0
 
   def read(self):
-    """{source image name: Entry} of every committed chunk; creates the journal if absent."""
+    """{source image name: Entry} of every committed chunk; creates the journal if absent. A
+    journal that cannot be parsed is a ValueError naming it."""
+    try:
+      return self._read()
+    except SettingsChanged:
+      raise
+    except (ValueError, KeyError, IndexError, TypeError) as e:  # UnicodeDecodeError, csv rows
+      raise ValueError(f"{self.path} is damaged ({type(e).__name__}: {e}); it was not written "
+                       "by this version of facekp: delete it to start the job over") from None
+
+  def _read(self):
     if not os.path.exists(self.path):
       self._write_header()
       return {}
@@ -102,7 +116,7 @@ class Journal:
       text = f.read()
     header, _, body = text.partition("\n")
     if json.loads(header[len(_JOURNAL_MAGIC):]) != self.fingerprint:
-      raise ValueError(
+      raise SettingsChanged(
           f"{self.path} holds annotations made with other settings ({header[len(_JOURNAL_MAGIC):]}"
           f" instead of {json.dumps(self.fingerprint)}): use another --out, or delete it to "
           "annotate again")

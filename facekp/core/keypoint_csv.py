@@ -84,12 +84,25 @@ def _field(fields, column, name, kind, where):
     raise ValueError(f"{where}, column {name}: {text!r} is not a number") from None
 
 
+def _printable(text):
+  """`text` with control characters (a NUL in a damaged file) written as escapes."""
+  return re.sub(r"[\x00-\x1f\x7f]", lambda m: repr(m.group())[1:-1], text)
+
+
 def read_keypoints_csv(path, schema):
   """Reads face_keypoints.csv (or a user's CSV in the seed's format) into KeypointRows.
 
   Required columns: image_name and point_1_x ... point_K_y for the schema's K points; width,
   height, status and photo are optional (unknown sizes are read from the images when cleaning).
+  A file that is not a UTF-8 CSV is a ValueError naming it.
   """
+  try:
+    return _read_keypoints_csv(path, schema)
+  except (UnicodeDecodeError, csv.Error) as e:
+    raise ValueError(f"{path}: not a UTF-8 CSV file ({e})") from None
+
+
+def _read_keypoints_csv(path, schema):
   with tf.io.gfile.GFile(path) as f:
     reader = csv.reader(f)
     header = [h.strip() for h in next(reader, [])]
@@ -99,7 +112,7 @@ def read_keypoints_csv(path, schema):
     missing = [c for c in ("image_name",) + point_columns if c not in header]
     if missing:
       raise ValueError(f"{path}: missing required column(s) {', '.join(missing)} "
-                       f"(the header is {','.join(header) or 'empty'})")
+                       f"(the header is {_printable(','.join(header)) or 'empty'})")
     extra = sorted(c for c in header
                    if re.fullmatch(r"point_\d+_[xy]", c) and c not in point_columns)
     if extra:

@@ -4,10 +4,12 @@ Every stage imports this module. The coordinate convention and the flip itself a
 facekp.core.keypoints'.
 """
 import dataclasses
+import numbers
 
 from facekp.core import files
 
 DEFAULT_MESH_INDICES = (1, 33, 61, 263, 291)
+NUM_MESH_LANDMARKS = 468  # Face Mesh's landmarks: indices 0..467
 
 # Names read off MediaPipe's output on frontal faces; "left"/"right" are the subject's own,
 # so the subject's right eye is on the image's left.
@@ -74,15 +76,55 @@ class Schema:
             "names": list(self.names), "flip_permutation": list(self.flip_permutation)}
 
   @classmethod
-  def from_dict(cls, d):
-    return cls(d["mesh_indices"], d["mirror_indices"])
+  def from_dict(cls, d, where="the keypoint schema"):
+    """The schema of a to_dict() record; a ValueError naming `where` (the file it was read
+    from) when the record is not one."""
+    if not isinstance(d, dict):
+      raise ValueError(f"{where}: must be a JSON object with mesh_indices and mirror_indices, "
+                       f"not {files.json_type(d)}")
+    for key in ("mesh_indices", "mirror_indices"):
+      value = d.get(key)
+      if not isinstance(value, list) or not value or not all(map(_is_mesh_index, value)):
+        raise ValueError(f"{where}: {key} must be a non-empty list of Face Mesh indices "
+                         f"(integers 0..{NUM_MESH_LANDMARKS - 1}), not {_short(value)}")
+    try:
+      return cls(d["mesh_indices"], d["mirror_indices"])
+    except ValueError as e:
+      raise ValueError(f"{where}: {e}") from None
 
   def save(self, path):
     files.write_json(path, self.to_dict())
 
   @classmethod
-  def load(cls, path):
-    return cls.from_dict(files.read_json(path, "keypoint schema"))
+  def load(cls, path, remedy="delete it (or write it again) and run again"):
+    """The schema in a schema.json; a ValueError naming the file and saying `remedy` when the
+    file holds no schema."""
+    record = files.read_json(path, "keypoint schema", expect=dict, remedy=remedy)
+    try:
+      return cls.from_dict(record, path)
+    except ValueError as e:
+      raise ValueError(f"{e}; {remedy}") from None
+
+
+def _is_mesh_index(value):
+  return (isinstance(value, numbers.Integral) and not isinstance(value, bool)
+          and 0 <= value < NUM_MESH_LANDMARKS)
+
+
+def _short(value):
+  text = "nothing" if value is None else repr(value)
+  return text if len(text) <= 60 else text[:57] + "..."
+
+
+def check_mesh_indices(indices, flag="landmarks"):
+  """`indices` as a tuple when they are distinct Face Mesh indices, else a ValueError naming the
+  flag."""
+  indices = tuple(indices)
+  if not indices or not all(map(_is_mesh_index, indices)) or len(set(indices)) != len(indices):
+    raise ValueError(f"--{flag}={','.join(map(str, indices))}: must be distinct Face Mesh "
+                     f"indices from 0 to {NUM_MESH_LANDMARKS - 1}, comma-separated, e.g. "
+                     f"{','.join(map(str, DEFAULT_MESH_INDICES))}")
+  return indices
 
 
 def parse_mesh_indices(text):
@@ -90,8 +132,6 @@ def parse_mesh_indices(text):
   try:
     indices = tuple(int(t) for t in text.split(",") if t.strip())
   except ValueError:
-    raise ValueError(f"--landmarks must be comma-separated integers, got {text!r}") from None
-  bad = [i for i in indices if not 0 <= i < 468]
-  if not indices or bad:
-    raise ValueError(f"Face Mesh indices must lie in 0..467, got {text!r}")
-  return indices
+    raise ValueError(f"--landmarks={text}: must be comma-separated integers, e.g. "
+                     f"{','.join(map(str, DEFAULT_MESH_INDICES))}") from None
+  return check_mesh_indices(indices)

@@ -42,12 +42,38 @@ def path(workdir, name):
   return f"{str(workdir).rstrip('/')}/{name}"
 
 
-def read_config(workdir):
-  """The config.json of a workdir as a dict; a clear error when it is not a workdir."""
+def _is_number(value):
+  return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+# The fields of config.json that stages other than training read: (test, what each must be).
+_READ_FIELDS = {
+    "data_dir": (lambda v: isinstance(v, str), "a folder name"),
+    "image_size": (lambda v: _is_number(v) and v == int(v) >= 1, "an integer of 1 or more"),
+    "huber_delta": (lambda v: _is_number(v) and v > 0, "a number above 0"),
+}
+
+
+def read_config(workdir, required=()):
+  """The config.json of a workdir as a dict; a clear error when it is not a workdir, or when
+  the fields other stages read (data_dir, image_size, huber_delta) are missing (those in
+  `required`) or of the wrong kind."""
+  if tf.io.gfile.exists(str(workdir)) and not tf.io.gfile.isdir(str(workdir)):
+    raise NotADirectoryError(f"{workdir} is a file, not a facekp workdir (a folder holding "
+                             f"{CONFIG} and {MODEL})")
   if not tf.io.gfile.exists(path(workdir, CONFIG)):
     raise FileNotFoundError(f"{workdir} is not a facekp workdir: {CONFIG} is missing (train "
                             "one with python -m facekp.main --config=... --workdir=...)")
-  return files.read_json(path(workdir, CONFIG), "config")
+  config_path = path(workdir, CONFIG)
+  config = files.read_json(config_path, "config", expect=dict)
+  for name, (test, what) in _READ_FIELDS.items():
+    if name not in config:
+      if name in required:
+        raise files.damaged(config_path, f"the field {name} is missing")
+      continue
+    if not test(config[name]):
+      raise files.damaged(config_path, f"{name}={config[name]!r} must be {what}")
+  return config
 
 
 def remove_run(workdir):
@@ -100,18 +126,42 @@ def read_dataset(workdir):
 
 def read_train_mean(workdir):
   """The recorded training mean face float32 [K, 2], or None for a workdir without one."""
-  if not tf.io.gfile.exists(path(workdir, TRAIN_MEAN)):
+  mean_path = path(workdir, TRAIN_MEAN)
+  if not tf.io.gfile.exists(mean_path):
     return None
-  record = files.read_json(path(workdir, TRAIN_MEAN), "training mean")
-  return np.asarray(record["mean_keypoints"], np.float32)
+  record = files.read_json(mean_path, "training mean", expect=dict)
+  if "mean_keypoints" not in record:
+    raise files.damaged(mean_path, "the field mean_keypoints is missing")
+  try:
+    mean = np.asarray(record["mean_keypoints"], np.float32)
+  except (TypeError, ValueError):  # ragged lists, text
+    mean = np.zeros((0,))
+  if mean.ndim != 2 or mean.shape[1] != 2 or not mean.size or not np.isfinite(mean).all():
+    raise files.damaged(mean_path, "mean_keypoints must be a list of [x, y] pairs of finite "
+                        "numbers")
+  return mean
 
 
 HISTORY_EPOCH = "epoch"  # history.csv's first column, counting from 1 like the logs
 
 
-def read_history(path):
-  """The rows of history.csv (dicts of strings), [] without one."""
-  if not tf.io.gfile.exists(path):
+def read_history(history_path):
+  """The rows of history.csv (dicts of strings: the epoch an integer, each metric a number or
+  blank), [] without one; a clear error naming the file and line when it holds anything else."""
+  if not tf.io.gfile.exists(history_path):
     return []
-  with tf.io.gfile.GFile(path) as f:
-    return list(csv.DictReader(f))
+  try:
+    with tf.io.gfile.GFile(history_path) as f:
+      rows = list(csv.DictReader(f))
+  except (UnicodeDecodeError, csv.Error) as e:
+    raise files.damaged(history_path, f"not a CSV file ({e})") from None
+  for line, row in enumerate(rows, start=2):
+    if None in row or None in row.values():
+      raise files.damaged(history_path, f"line {line} does not have a value for each column")
+    for column, value in row.items():
+      try:
+        int(value) if column == HISTORY_EPOCH else float(value or "nan")
+      except ValueError:
+        raise files.damaged(history_path, f"line {line}, column {column}: {value!r} is not "
+                            f"{'an integer' if column == HISTORY_EPOCH else 'a number'}") from None
+  return rows

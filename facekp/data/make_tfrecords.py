@@ -15,6 +15,7 @@ import time
 from absl import logging
 import tensorflow as tf
 
+from facekp.core import checks
 from facekp.core import dataset_info
 from facekp.core import files
 from facekp.core import keypoint_csv
@@ -27,6 +28,16 @@ from facekp.data import shards
 from facekp.data import splits
 
 _PARALLEL_WRITE_MIN_ROWS = 5000
+# What the flags accept. A crop below 32 px gives Face Mesh (which looks at 192 px) too little
+# to label; the upper bounds keep a typo from starting thousands of processes or writing crops
+# of gigabytes.
+ALIGN_SIZES = (32, 4096)
+MAX_WORKERS = 256
+MAX_SHARDS = 99_999  # shard names hold five digits
+MAX_FACES = 100
+MAX_CHUNK_SIZE = 100_000
+CSV_UNITS = ("pixels", "normalised")
+RUNNERS = ("local", "beam")
 
 
 def load_or_make_schema(out_dir, mesh_indices):
@@ -95,27 +106,64 @@ def timed(timings, stage):
   timings[f"{stage}_s"] = round(time.time() - start, 2)
 
 
-def make_tfrecords(images_dir, out_dir, *, align=0, landmarks=schema_lib.DEFAULT_MESH_INDICES,
-                   workers=0, split="0.8,0.1,0.1", num_shards=0, max_faces=10, csv=None,
-                   chunk_size=0, csv_units="pixels", runner="local", beam_options=""):
-  """Runs every stage under a lock on out_dir; returns a summary dict (also logged)."""
+def check_arguments(images_dir, out_dir, *, align, landmarks, workers, split, num_shards,
+                    max_faces, csv, chunk_size, csv_units, runner, beam_options):
+  """Every argument of make_tfrecords, before any work: ValueError (or a file error) naming
+  the flag and what it accepts. Returns the split fractions."""
+  checks.input_folder("images", images_dir, "image folder")
+  checks.output_folder("out", out_dir)
+  if align != 0:
+    checks.integer("align", align, *ALIGN_SIZES)
+  schema_lib.check_mesh_indices(landmarks)
+  checks.integer("workers", workers, 0, MAX_WORKERS)
+  fractions = splits.parse_fractions(split)
+  checks.integer("num_shards", num_shards, 0, MAX_SHARDS)
+  checks.integer("max_faces", max_faces, 1, MAX_FACES)
+  checks.integer("chunk_size", chunk_size, 0, MAX_CHUNK_SIZE)
+  checks.choice("csv_units", csv_units, CSV_UNITS)
+  checks.choice("runner", runner, RUNNERS)
+  if csv is not None:
+    checks.input_file("csv", csv, "CSV file")
+  elif csv_units != "pixels":
+    raise ValueError(f"--csv_units={csv_units} applies to the points of a --csv file: give "
+                     "--csv=FILE, or leave --csv_units out")
   if csv and align:
     raise ValueError("--csv builds from existing keypoints and --align annotates new crops: "
                      "give one of them (to reuse crops, pass --images=OUT/aligned --csv=...)")
-  fractions = splits.parse_fractions(split)
+  items = [item.strip() for item in (beam_options or "").split(",") if item.strip()]
+  if items and runner != "beam":
+    raise ValueError("--beam_pipeline_options apply to --runner=beam only")
+  for item in items:
+    if "=" not in item or not item.split("=", 1)[0].strip():
+      raise ValueError(f"--beam_pipeline_options: {item!r} is not KEY=VALUE (give e.g. "
+                       "direct_num_workers=2,direct_running_mode=multi_processing)")
+  return fractions
+
+
+def make_tfrecords(images_dir, out_dir, *, align=0, landmarks=schema_lib.DEFAULT_MESH_INDICES,
+                   workers=0, split="0.8,0.1,0.1", num_shards=0, max_faces=10, csv=None,
+                   chunk_size=0, csv_units="pixels", runner="local", beam_options=""):
+  """Runs every stage under a lock on out_dir; returns a summary dict (also logged). Every
+  argument is checked first (check_arguments)."""
+  fractions = check_arguments(
+      images_dir, out_dir, align=align, landmarks=landmarks, workers=workers, split=split,
+      num_shards=num_shards, max_faces=max_faces, csv=csv, chunk_size=chunk_size,
+      csv_units=csv_units, runner=runner, beam_options=beam_options)
   if runner == "beam":
     return run_on_beam(images_dir, out_dir, align=align, landmarks=landmarks, fractions=fractions,
                        num_shards=num_shards, max_faces=max_faces, csv=csv, options=beam_options)
   out_dir = out_dir.rstrip("/")
-  tf.io.gfile.makedirs(out_dir)
-  with files.folder_lock(out_dir, "--out"):
-    removed = sum(files.remove_temporaries(folder) for folder, _, _ in os.walk(out_dir))
-    if removed:
-      logging.info("removed %d temporary file(s) that a killed run left in %s", removed, out_dir)
-    return _make_tfrecords(images_dir, out_dir, align=align, landmarks=landmarks,
-                           workers=workers, fractions=fractions, num_shards=num_shards,
-                           max_faces=max_faces, csv=csv, chunk_size=chunk_size,
-                           csv_units=csv_units)
+  with files.explain_disk_full(out_dir, "--out"):
+    tf.io.gfile.makedirs(out_dir)
+    with files.folder_lock(out_dir, "--out"):
+      removed = sum(files.remove_temporaries(folder) for folder, _, _ in os.walk(out_dir))
+      if removed:
+        logging.info("removed %d temporary file(s) that a killed run left in %s", removed,
+                     out_dir)
+      return _make_tfrecords(images_dir, out_dir, align=align, landmarks=landmarks,
+                             workers=workers, fractions=fractions, num_shards=num_shards,
+                             max_faces=max_faces, csv=csv, chunk_size=chunk_size,
+                             csv_units=csv_units)
 
 
 def _make_tfrecords(images_dir, out_dir, *, align, landmarks, workers, fractions, num_shards,

@@ -1,5 +1,6 @@
 """Splitting: train / validation / test by a hash of the photo, stable when images change."""
 import hashlib
+import math
 import posixpath
 import re
 
@@ -8,14 +9,17 @@ _FACE_SUFFIX = re.compile(r"_f\d+$")
 
 
 def parse_fractions(text):
-  """'0.8,0.1,0.1' -> (0.8, 0.1, 0.1): train, validation, test; non-negative, summing to 1."""
+  """'0.8,0.1,0.1' -> (0.8, 0.1, 0.1): train, validation, test; finite, non-negative, summing
+  to 1 (nan and inf are numbers to float(), not fractions)."""
   try:
     fractions = tuple(float(t) for t in text.split(","))
   except ValueError:
-    raise ValueError(f"--split must be three comma-separated numbers, got {text!r}") from None
-  if len(fractions) != len(SPLITS) or min(fractions) < 0 or abs(sum(fractions) - 1) > 1e-6:
-    raise ValueError(f"--split must give {len(SPLITS)} non-negative fractions (train, validation, "
-                     f"test) summing to 1, got {text!r}")
+    raise ValueError(f"--split={text}: must be three comma-separated numbers (train, validation, "
+                     "test) summing to 1, e.g. 0.8,0.1,0.1") from None
+  if (len(fractions) != len(SPLITS) or not all(map(math.isfinite, fractions))
+      or min(fractions) < 0 or abs(sum(fractions) - 1) > 1e-6):
+    raise ValueError(f"--split={text}: must be {len(SPLITS)} fractions from 0 to 1 (train, "
+                     "validation, test) summing to 1, e.g. 0.8,0.1,0.1")
   return fractions
 
 

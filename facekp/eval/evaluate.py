@@ -189,8 +189,13 @@ def draw_pictures(picture_dir, name, title, arrays, pred, perturbed, pred_pertur
                                 (f"{title}, perturbed ({faces})", nme_perturbed)],
                      limit=metrics_lib.AUC_LIMIT)
   if tf.io.gfile.exists(history_path):
-    paths.append(f"{picture_dir}/training_curves.png")
-    plots.training_curves(paths[-1], plots.history_columns(workdir_lib.read_history(history_path)))
+    try:
+      history = plots.history_columns(workdir_lib.read_history(history_path))
+    except ValueError as e:  # the evaluation stands without the curves
+      logging.warning("no training curves: %s", e)
+    else:
+      paths.append(f"{picture_dir}/training_curves.png")
+      plots.training_curves(paths[-1], history)
   return paths
 
 
@@ -223,8 +228,10 @@ def evaluate_workdir(workdir, data_dir=None, split="test", *, tta_flip=False, pi
 
   Writes metrics.json and pictures into output_dir(workdir, name); returns the metrics.
   """
-  config = workdir_lib.read_config(workdir)
-  data_dir = data_dir or config["data_dir"]
+  config = workdir_lib.read_config(workdir, required=("image_size", "huber_delta"))
+  data_dir = data_dir or config.get("data_dir")
+  if not data_dir:
+    raise ValueError(f"{workdir}/{workdir_lib.CONFIG} names no data_dir: pass --data_dir")
   image_size = int(config["image_size"])
   huber_delta = float(config["huber_delta"])
   schema = dataset_info.load_schema(data_dir)

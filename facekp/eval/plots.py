@@ -44,7 +44,7 @@ def history_columns(rows):
   """history.csv's rows (facekp.core.workdir.read_history) -> {column: float array}."""
   if not rows:
     raise ValueError("the history holds no epochs")
-  return {key: np.array([float(r[key]) for r in rows]) for key in rows[0]}
+  return {key: np.array([float(r[key] or "nan") for r in rows]) for key in rows[0]}  # blank: none
 
 
 def epoch_numbers(history):

@@ -8,6 +8,7 @@ normalised to [0, 1] whatever the dtype policy. Saved models load with
 """
 import functools
 import re
+import zipfile
 
 import keras
 import numpy as np
@@ -218,6 +219,9 @@ def _load_backbone(config):
           "seems offline and the file is not in the Keras cache (~/.keras/models or "
           "$KERAS_HOME/models). Pass a local weights file with --config.weights=PATH, copy the "
           "file into that cache, or train from scratch with --config.weights=none.") from e
+    if isinstance(e, (TypeError, ValueError)) and config.get("backbone_kwargs"):
+      raise ValueError(f"backbone={config.backbone} with backbone_kwargs="
+                       f"{dict(config.backbone_kwargs)}: {e}") from None
     raise
 
 
@@ -334,4 +338,27 @@ def load_model(workdir):
   if tf.io.gfile.stat(model_path).length == 0:
     raise ValueError(f"{model_path} is empty (a run was killed while saving it): run the same "
                      "training command again to write it anew")
-  return keras.models.load_model(model_path)
+  return load_keras_file(model_path)
+
+
+_ZIP_MAGIC = b"PK\x03\x04"  # a .keras file is a zip archive
+
+
+def load_keras_file(path):
+  """A .keras model file, with a clear error when the file is not one (Keras reports any file
+  it cannot open as a zip archive as "File not found")."""
+  if not tf.io.gfile.exists(path):
+    raise FileNotFoundError(f"{path}: no such Keras model file")
+  if tf.io.gfile.isdir(path):
+    raise IsADirectoryError(f"{path} is a folder, not a Keras model file (.keras)")
+  with tf.io.gfile.GFile(path, "rb") as f:
+    magic = f.read(len(_ZIP_MAGIC))
+  problem = None if magic == _ZIP_MAGIC else "not a zip archive"
+  if problem is None:
+    try:
+      return keras.models.load_model(path)
+    except (ValueError, OSError, KeyError, TypeError, zipfile.BadZipFile) as e:
+      problem = ("a zip archive Keras cannot open" if "File not found" in str(e) else
+                 " ".join(str(e).split())[:300])
+  raise ValueError(f"{path} is not a valid Keras model file ({problem}): give a model that "
+                   "facekp wrote (a workdir's model.keras)")

@@ -28,6 +28,7 @@ of the first's).
 Quantised keypoint models are known to drift (tensorflow/tensorflow#39954), hence the check on
 real faces: the workdir's test split, or the sample photos when the dataset is not at hand.
 """
+import json
 import os
 import time
 
@@ -38,6 +39,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from facekp.core import checks
 from facekp.core import dataset_info
 from facekp.core import files
 from facekp.core import keypoints as keypoints_lib
@@ -52,6 +54,7 @@ from facekp.serve import model_card
 TFLITE_VARIANTS = ("float32", "dynamic_range", "float16")
 TFLITE_DESCRIPTIONS = {"float32": "float32", "dynamic_range": "weights quantised to int8, "
                        "activations float", "float16": "weights stored as float16"}
+MAX_IMAGES = 10_000  # --max_images: test faces to compare the exports on
 KEYPOINTS_FILE = "keypoints.json"
 EXPORT_REPORT = "export_report.json"
 UNKNOWN_CROP = "unknown"
@@ -156,10 +159,14 @@ def dataset_crop(data_dir):
   for name in (dataset_info.SCHEMA_FILE, "metadata.json"):
     path = f"{data_dir}/{name}"
     if data_dir and tf.io.gfile.exists(path):
-      record = files.read_json(path, "dataset metadata").get("keypoints")
+      record = files.read_json(path, "dataset metadata", expect=dict,
+                               remedy=dataset_info.REWRITE).get("keypoints")
       crop = record.get("crop") if isinstance(record, dict) else record
+      if crop and not isinstance(crop, str):
+        raise files.damaged(path, 'its "keypoints" record must be an object with a "crop" '
+                            f"string, not {json.dumps(record)[:60]}", dataset_info.REWRITE)
       if crop:
-        return str(crop)
+        return crop
   return UNKNOWN_CROP
 
 
@@ -172,6 +179,11 @@ def export_workdir(workdir, *, data_dir=None, variants=TFLITE_VARIANTS, max_imag
   The export is written and checked in a temporary folder beside export/, which then replaces
   export/ whole: the folder holds exactly the files of one export, never a variant left by an
   earlier one."""
+  for variant in variants:
+    checks.choice("tflite", variant, TFLITE_VARIANTS)
+  checks.integer("max_images", max_images, 1, MAX_IMAGES)
+  if data_dir is not None:
+    checks.input_folder("data_dir", data_dir, "dataset folder")
   data_dir = data_dir or workdir_lib.read_config(workdir).get("data_dir")
   model = keypoint_model.load_model(workdir)
   schema = None

@@ -3,7 +3,7 @@ one callable that takes uint8 faces and returns normalised keypoints."""
 import os
 import warnings
 
-import keras
+from google.protobuf import message
 import numpy as np
 import tensorflow as tf
 
@@ -40,12 +40,21 @@ def keras_model(model, path=""):
 
 
 def load_keras(path):
-  return keras_model(keras.models.load_model(path), path)
+  return keras_model(keypoint_model.load_keras_file(path), path)
+
+
+def _not_a_model(path, kind, error):
+  return ValueError(f"{path} is not a valid {kind} ({' '.join(str(error).split())[:300]}): give "
+                    "one that facekp.serve.export wrote")
 
 
 def load_saved_model(path):
-  signature = tf.saved_model.load(path).signatures[SERVING_SIGNATURE]
-  image_size = signature.structured_input_signature[1]["images"].shape[1]
+  try:
+    signature = tf.saved_model.load(path).signatures[SERVING_SIGNATURE]
+    image_size = signature.structured_input_signature[1]["images"].shape[1]
+  except (OSError, ValueError, KeyError, TypeError, message.DecodeError,
+          tf.errors.OpError) as e:
+    raise _not_a_model(path, "facekp SavedModel", e) from None
   return KeypointModel(lambda x: signature(images=tf.constant(x))["keypoints"], image_size, path)
 
 
@@ -57,9 +66,12 @@ def load_tflite(path=None, content=None):
   with warnings.catch_warnings():
     # TF 2.19 points to ai_edge_litert, which is not part of the pinned dependency set.
     warnings.filterwarnings("ignore", message=".*tf.lite.Interpreter is deprecated")
-    interpreter = tf.lite.Interpreter(model_content=content)
-  runner = interpreter.get_signature_runner(SERVING_SIGNATURE)
-  image_size = runner.get_input_details()["images"]["shape"][1]
+    try:
+      interpreter = tf.lite.Interpreter(model_content=content)
+      runner = interpreter.get_signature_runner(SERVING_SIGNATURE)
+      image_size = runner.get_input_details()["images"]["shape"][1]
+    except (ValueError, KeyError, RuntimeError) as e:
+      raise _not_a_model(path or "the model", "facekp TFLite model", e) from None
   return KeypointModel(lambda x: runner(images=x)["keypoints"], image_size, path)
 
 

@@ -41,7 +41,6 @@ import contextlib
 import errno
 import os
 import re
-import signal
 import typing
 
 from facekp.core import cli  # first: quiets the C++ start-up lines of TensorFlow and MediaPipe
@@ -50,6 +49,7 @@ from absl import logging
 import numpy as np
 import tensorflow as tf
 
+from facekp.core import checks
 from facekp.core import dataset_info
 from facekp.core import drawing
 from facekp.core import files
@@ -72,6 +72,7 @@ EXPORT_REPORT = "export_report.json"
 # Files of an export that hold {"schema": ..., "keypoints": ...}, the model card first.
 EXPORT_RECORDS = (model_card.CARD_FILE, EXPORT_REPORT)
 _ALIGNED_CROP = keypoints_lib.crop_method(1)[:-1] + r"\d+"  # facekp's align, at any size
+MAX_FACES = 100  # --max_faces
 
 
 # --- What the model was trained on -------------------------------------------------------------
@@ -97,8 +98,9 @@ def _record_files(directory):
   """The files that may hold the training record, in the order they are believed."""
   candidates = [f"{directory}/{name}" for name in (*EXPORT_RECORDS, dataset_info.SCHEMA_FILE)]
   if tf.io.gfile.exists(f"{directory}/config.json"):
-    data_dir = files.read_json(f"{directory}/config.json", "config").get("data_dir")
-    if data_dir:
+    data_dir = files.read_json(f"{directory}/config.json", "config", expect=dict).get(
+        "data_dir")
+    if data_dir and isinstance(data_dir, str):
       candidates.append(f"{data_dir}/{dataset_info.SCHEMA_FILE}")
   return candidates
 
@@ -111,15 +113,24 @@ def training_records(model_path):
   from_export = False
   for directory in _model_dirs(str(model_path)):
     for path in filter(tf.io.gfile.exists, _record_files(directory)):
-      content = files.read_json(path)
+      content = files.read_json(path, expect=dict)
       is_export = path.endswith(tuple(f"/{name}" for name in EXPORT_RECORDS))
       found = content.get("schema") if is_export else content
-      if schema is None and found and "mesh_indices" in found:
-        schema = found
+      _check_record_shape(path, "schema", found)
       found_record = content.get("keypoints") or (found or {}).get("keypoints")
+      _check_record_shape(path, "keypoints", found_record)
+      if schema is None and found and "mesh_indices" in found:
+        schema_lib.Schema.from_dict(found, path)  # a ValueError naming the file if it is none
+        schema = found
       if record is None and found_record:
         record, where, from_export = found_record, path, is_export
   return TrainingRecord(schema, record, where, from_export)
+
+
+def _check_record_shape(path, name, value):
+  if value is not None and not isinstance(value, dict):
+    raise files.damaged(path, f"its {name} record must be an object, not "
+                              f"{files.json_type(value)}")
 
 
 def find_schema(model_path):
@@ -144,7 +155,7 @@ def check_training_record(record, where, *, image_size=None):
   if image_size is not None and recorded_size is not None and recorded_size != image_size:
     raise ValueError(f"{where}: records an input size of {recorded_size} px, but the model takes "
                      f"{image_size} px: this record belongs to another model (export it again)")
-  crop = record.get("crop", "")
+  crop = str(record.get("crop", ""))
   if not re.fullmatch(_ALIGNED_CROP, crop):
     logging.warning("%s: the model was trained on images cropped %r, but predict feeds it "
                     "facekp's FFHQ-style crops (%s): its points may be off; train on a dataset "
@@ -320,8 +331,15 @@ def predict_images(model_path, images_path, out_dir, max_faces=1, overlays=True)
   Holds a lock on out_dir; results go to its journal as they come, so an interrupted run keeps
   them and the same call continues.
   """
-  if max_faces < 1:
-    raise ValueError(f"max_faces must be at least 1, got {max_faces}")
+  checks.input_path("model", model_path, "model (workdir, .keras, SavedModel or .tflite)")
+  checks.input_path("images", images_path, "photo or folder of photos")
+  checks.output_folder("out", out_dir)
+  checks.integer("max_faces", max_faces, 1, MAX_FACES)
+  with files.explain_disk_full(out_dir, "--out"):
+    return _predict_images(model_path, images_path, out_dir, max_faces, overlays)
+
+
+def _predict_images(model_path, images_path, out_dir, max_faces, overlays):
   photos = photo_list(images_path, exclude=[out_dir])
   model, names, columns, _ = load_checked_model(model_path)
   with files.folder_lock(out_dir, "--out"):
@@ -393,12 +411,7 @@ def define_flags():
   flags.DEFINE_bool("overlays", True, "Draw an overlay PNG per photo (most of the run time).")
 
 
-def _interrupt(signum, frame):
-  raise KeyboardInterrupt(f"signal {signum}")
-
-
 def main(argv):
-  signal.signal(signal.SIGTERM, _interrupt)  # a terminated run says what it kept
   f = flags.FLAGS
   predict_images(f.model, f.images, f.out, max_faces=f.max_faces, overlays=f.overlays)
 

@@ -11,7 +11,6 @@ disk and the last good state.
 """
 import csv
 import dataclasses
-import errno
 import io
 import math
 import posixpath
@@ -27,10 +26,6 @@ from facekp.train import keras_internals
 
 LATEST = ("latest.weights.h5", "training_metadata.json")
 PREVIOUS = ("previous.weights.h5", "previous_metadata.json")
-
-
-class DiskFullError(OSError):
-  """A checkpoint could not be written for lack of space."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,24 +95,18 @@ def restore(trainer, backup_dir):
   return State()
 
 
-def is_disk_full(error):
-  text = str(error)
-  return (getattr(error, "errno", None) == errno.ENOSPC or "No space left" in text
-          or "errno = 28" in text)
-
-
 def write_weights(model, path, what, last_good):
   """The weights of `model` into `path` (atomically, as save_weights writes them); a full disk
-  raises DiskFullError."""
+  raises facekp.core.files.DiskFullError."""
   data = keras_internals.weights_h5_bytes(model)
   tf.io.gfile.makedirs(posixpath.dirname(path))
   try:
     files.atomic_write(path, data)
   except (OSError, tf.errors.OpError) as e:
-    if not is_disk_full(e):
+    if not files.is_disk_full(e):
       raise
-    raise DiskFullError(
-        errno.ENOSPC, f"no space left on the disk of {path} while writing the {what} "
+    raise files.DiskFullError(
+        f"no space left on the disk of {path} while writing the {what} "
         f"({len(data) / 2**20:.1f} MB); training stopped. The last good state is kept "
         f"({last_good()}): free some space and run the same command again to resume "
         "from it") from None

@@ -4,11 +4,14 @@ file is read.
 The fields, their types and their comments are those of facekp.train.default_config; experiment
 configs (configs/*.py) start from it and override a few values.
 """
+import inspect
 import json
+import math
 
 from ml_collections import config_dict
 import tensorflow as tf
 
+from facekp.core import checks
 from facekp.input import augment
 from facekp.input import input_pipeline
 from facekp.models import keypoint_model
@@ -88,8 +91,11 @@ def _field_problems(config):
   problems = []
   for name in sorted(set(given) - set(wanted)):
     problems.append(f"{name}: no such config field ({PRINT_CONFIG_HINT})")
-  for name in sorted(set(wanted) - set(given)):
-    problems.append(f"{name}: missing (configs should start from configs.default.get_config())")
+  missing = sorted(set(wanted) - set(given))
+  if missing:
+    problems.append(f"{', '.join(missing[:5])}{', ...' if len(missing) > 5 else ''}: "
+                    f"{len(missing)} field(s) missing (configs should start from "
+                    "configs.default.get_config())")
   for name in sorted(set(given) & set(wanted)):
     problems.append(_type_problem(name, given[name], wanted[name]))
   return [p for p in problems if p]
@@ -104,19 +110,36 @@ def _enum_problems(config):
   if config.backbone_kwargs is None:
     problems.append("backbone_kwargs=None: give a dict such as {} or {'alpha': 0.35}")
   try:
-    keypoint_model.application(config.backbone)
+    constructor, _ = keypoint_model.application(config.backbone)
   except ValueError as e:
     problems.append(f"backbone={config.backbone!r}: {e}")
+  else:
+    problems += _backbone_kwargs_problems(config, constructor)
   return problems
 
 
+def _backbone_kwargs_problems(config, constructor):
+  """backbone_kwargs names the backbone's constructor does not take."""
+  if not hasattr(config.backbone_kwargs, "keys"):
+    return [f"backbone_kwargs={config.backbone_kwargs!r}: give a dict such as {{}} or "
+            "{'alpha': 0.35}"]
+  parameters = inspect.signature(constructor).parameters
+  if any(p.kind == p.VAR_KEYWORD for p in parameters.values()):
+    return []
+  taken = sorted(set(parameters) - {"include_top", "weights", "input_shape"})
+  unknown = sorted(set(config.backbone_kwargs.keys()) - set(taken))
+  return [f"backbone_kwargs.{name}: {config.backbone} takes no such argument (it takes "
+          f"{', '.join(taken)})" for name in unknown]
+
+
 RANGES = (
-    # (field, test, what the value must be)
-    ("image_size", lambda v: v >= 1, "at least 1"),
+    # (field, test, what the value must be); every float field must also be finite
+    ("image_size", lambda v: 1 <= v <= 4096, "from 1 to 4096"),
     ("shuffle_buffer", lambda v: v >= 1, "at least 1"),
     ("head_units", lambda v: v >= 1, "at least 1"),
     ("dropout", lambda v: 0 <= v < 1, "in [0, 1)"),
     ("output_scale", lambda v: v > 0, "above 0"),
+    ("heatmap_prior_sigma", lambda v: v > 0, "above 0"),
     ("bn_momentum", lambda v: v is None or 0 <= v <= 1, "None or in [0, 1]"),
     ("batch_size", lambda v: v >= 1, "at least 1"),
     ("num_epochs", lambda v: v >= 1, "at least 1"),
@@ -130,7 +153,19 @@ RANGES = (
     ("early_stopping_patience", lambda v: v >= 0, "0 (off) or more"),
     ("checkpoint_every_steps", lambda v: v >= 0, "0 or more"),
     ("log_every_steps", lambda v: v >= 0, "0 (per epoch only) or more"),
+    ("multi_worker_timeout_s", lambda v: v >= 1, "at least 1"),
+    ("seed", lambda v: 0 <= v < 2**31, "from 0 to 2**31 - 1"),
 )
+
+
+def _finite_problems(config):
+  """The float fields (augment's too) holding inf or nan, which the range tests would read
+  wrongly (inf is above 0; nan is neither above nor below anything)."""
+  flat = flatten(config)
+  return [f"{name}={flat[name]!r}: must be a finite number"
+          for name, wanted in sorted(_declared_types(default_config()).items())
+          if wanted is float and isinstance(flat.get(name), float)
+          and not math.isfinite(flat[name])]
 
 
 def _range_problems(config):
@@ -168,16 +203,24 @@ def validate(config):
   but the config modules; raises ConfigError naming each bad field."""
   problems = _field_problems(config)
   if not problems:  # the value checks below need every field, each of its type
-    problems = _enum_problems(config) + _range_problems(config) + _augment_problems(config)
+    not_finite = _finite_problems(config)
+    problems = _enum_problems(config) + not_finite
+    if not not_finite:  # the ranges compare finite values
+      problems += _range_problems(config) + _augment_problems(config)
   if problems:
     raise ConfigError("bad config: " + "; ".join(problems))
 
 
 def check_dataset(config):
-  """After validate(): refuses a dataset this config cannot train on (it reads its metadata)."""
+  """After validate(): refuses a dataset this config cannot train on (it reads its metadata),
+  a weights file that is not there and a cache path that leads through a file."""
   if not tf.io.gfile.isdir(config.data_dir):
     raise FileNotFoundError(f"config.data_dir={config.data_dir}: no such directory (write one "
                             "with python -m tools.make_tfrecords --images=... --out=DIR)")
+  if config.weights not in WEIGHTS + ("",):
+    checks.input_file("config.weights", config.weights, "weights file (or imagenet, none)")
+  if config.cache not in CACHE_MODES:
+    checks.output_folder("config.cache", config.cache)
   problem = dataset_problem(config, input_pipeline.num_examples(config.data_dir, "train"))
   if problem:
     raise ConfigError(problem)

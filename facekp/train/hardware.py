@@ -9,9 +9,11 @@ other worker writes its identical state into a temporary folder that it deletes 
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
+import threading
 
 from absl import logging
 import tensorflow as tf
@@ -28,9 +30,17 @@ def tf_config():
   if not text.strip():
     return {}
   try:
-    return json.loads(text)
+    config = json.loads(text)
   except json.JSONDecodeError as e:
     raise ValueError(f"TF_CONFIG is not valid JSON ({e}): {text[:200]}") from None
+  shapes = {"": config} if not isinstance(config, dict) else {
+      f".{key}": config[key] for key in ("cluster", "task") if key in config}
+  for where, value in shapes.items():
+    if not isinstance(value, dict):
+      raise ValueError(f"TF_CONFIG{where} must be a JSON object, e.g. "
+                       '{"cluster": {"worker": ["host1:port", "host2:port"]}, '
+                       f'"task": {{"type": "worker", "index": 0}}}}; got {text[:200]}')
+  return config
 
 
 def num_workers():
@@ -82,6 +92,10 @@ def _multi_worker_strategy(timeout_s):
                      'TF_CONFIG=\'{"cluster": {"worker": ["host1:port", "host2:port"]}, '
                      '"task": {"type": "worker", "index": 0}}\'')
   watchdog = _watchdog(timeout_s)
+  # The watchdog's SIGTERM ends the process at once, as it always did (facekp.core.cli's handler
+  # would wait for TensorFlow to give the interpreter back, then say "interrupted").
+  in_main_thread = threading.current_thread() is threading.main_thread()
+  handler = signal.signal(signal.SIGTERM, signal.SIG_DFL) if in_main_thread else None
   try:
     strategy = tf.distribute.MultiWorkerMirroredStrategy(
         communication_options=tf.distribute.experimental.CommunicationOptions(
@@ -90,6 +104,8 @@ def _multi_worker_strategy(timeout_s):
   finally:
     watchdog.kill()
     watchdog.wait()
+    if handler is not None:
+      signal.signal(signal.SIGTERM, handler)
   return strategy
 
 

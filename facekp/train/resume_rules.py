@@ -5,6 +5,7 @@ import os
 from absl import logging
 import tensorflow as tf
 
+from facekp.core import checks
 from facekp.core import dataset_info
 from facekp.core import files
 from facekp.core import workdir as workdir_lib
@@ -59,8 +60,10 @@ def describe_changes(changes):
 
 
 def check_workdir(workdir, config, restart=False):
-  """Before training into `workdir`: with restart, deletes the previous run there; else refuses
-  to resume a run that was started with a config that makes another model."""
+  """Before training into `workdir` (a folder, or a path to create one): with restart, deletes
+  the previous run there; else refuses to resume a run that was started with a config that
+  makes another model."""
+  checks.output_folder("workdir", workdir)
   if not tf.io.gfile.exists(workdir_lib.path(workdir, workdir_lib.CONFIG)):
     return
   if restart:
