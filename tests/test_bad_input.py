@@ -584,6 +584,22 @@ def test_history_csv_of_the_wrong_shape_names_the_file_and_line(tmp_path):
   assert workdir_lib.read_history(path) == [{"epoch": "1", "loss": "0.5", "val_loss": ""}]
 
 
+def test_run_records_of_the_wrong_shape_name_the_file(tmp_path):
+  """dataset.json (resume's dataset check) and config_source.json (the model card)."""
+  work = str(tmp_path)
+  for name, content, read, expected in [
+      ("dataset.json", "[1]", workdir_lib.read_dataset, "must be an object, not a list"),
+      ("dataset.json", '{"splits": [1], "shards_sha256": "x"}', workdir_lib.read_dataset,
+       'it must hold "splits"'),
+      ("config_source.json", '{"config_file": 3}', workdir_lib.read_config_source,
+       "config_file must be a path or null, not a number")]:
+    write(os.path.join(work, name), content)
+    with pytest.raises(ValueError, match=re.escape(f"{work}/{name}: ") + ".*" + re.escape(
+        expected)):
+      read(work)
+    os.remove(os.path.join(work, name))
+
+
 def test_tf_config_of_the_wrong_shape_is_named(monkeypatch):
   for text in ("[1]", '{"cluster": []}', '{"task": 3}'):
     monkeypatch.setenv("TF_CONFIG", text)

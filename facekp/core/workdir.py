@@ -102,9 +102,15 @@ def write_config_source(workdir, config_file):
 
 def read_config_source(workdir):
   """The config_source.json of a workdir as a dict, or None for a run that did not record one."""
-  if not tf.io.gfile.exists(path(workdir, CONFIG_SOURCE)):
+  source_path = path(workdir, CONFIG_SOURCE)
+  if not tf.io.gfile.exists(source_path):
     return None
-  return files.read_json(path(workdir, CONFIG_SOURCE), "config source")
+  source = files.read_json(source_path, "config source", expect=dict)
+  for name in ("config_file", "cwd"):
+    if source.get(name) is not None and not isinstance(source[name], str):
+      raise files.damaged(source_path, f"{name} must be a path or null, not "
+                                       f"{files.json_type(source[name])}")
+  return source
 
 
 def write_train_mean(workdir, mean_keypoints, data_dir, num_examples):
@@ -119,9 +125,16 @@ def write_dataset(workdir, data_dir, fingerprint):
 
 def read_dataset(workdir):
   """The dataset record of a run (write_dataset), or None for a workdir without one."""
-  if not tf.io.gfile.exists(path(workdir, DATASET)):
+  record_path = path(workdir, DATASET)
+  if not tf.io.gfile.exists(record_path):
     return None
-  return files.read_json(path(workdir, DATASET), "dataset record")
+  record = files.read_json(record_path, "dataset record", expect=dict)
+  splits = record.get("splits")
+  if (not isinstance(splits, dict) or not all(isinstance(n, int) for n in splits.values())
+      or not isinstance(record.get("shards_sha256"), str)):
+    raise files.damaged(record_path, 'it must hold "splits" ({split: number of examples}) and '
+                                     '"shards_sha256" (a string)')
+  return record
 
 
 def read_train_mean(workdir):

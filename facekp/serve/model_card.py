@@ -62,7 +62,7 @@ def training_data(data_dir):
   if tf.io.gfile.exists(f"{data_dir}/{dataset_info.SCHEMA_FILE}"):
     summary["crop"] = (dataset_info.read_metadata(data_dir) or {}).get("crop")
   if tf.io.gfile.exists(f"{data_dir}/{CLEANING_REPORT}"):
-    report = files.read_json(f"{data_dir}/{CLEANING_REPORT}", "cleaning report")
+    report = files.read_json(f"{data_dir}/{CLEANING_REPORT}", "cleaning report", expect=dict)
     summary["cleaning"] = {key: report.get(key) for key in ("rows", "kept", "dropped")}
   return summary
 
@@ -78,7 +78,7 @@ def accuracy(workdir):
   path = f"{folder}/metrics.json"
   if not tf.io.gfile.exists(path):
     return NOT_EVALUATED
-  metrics = files.read_json(path, "evaluation metrics")
+  metrics = files.read_json(path, "evaluation metrics", expect=dict)
   summary = {key: metrics.get(key) for key in ("split", "data_dir", "num_faces", "image_size")}
   summary["metrics_file"] = path
   model_file = workdir_lib.path(workdir, workdir_lib.MODEL)
@@ -265,4 +265,4 @@ def write(out_dir, card):
 def read(folder):
   """The model card in a folder, or None."""
   path = f"{folder}/{CARD_FILE}"
-  return files.read_json(path, "model card") if tf.io.gfile.exists(path) else None
+  return files.read_json(path, "model card", expect=dict) if tf.io.gfile.exists(path) else None
