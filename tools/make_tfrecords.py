@@ -20,7 +20,7 @@ flags.DEFINE_string(
     "out", None, "Output folder: face_keypoints.csv, cleaned.csv, cleaning_report.json, "
     "schema.json, the TFRecord shards and TFDS metadata (and aligned/ with --align).")
 flags.DEFINE_integer(
-    "align", 0, "If > 0, treat --images as raw photos: crop every face found FFHQ-style to "
+    "align", 0, "32 to 4096: treat --images as raw photos: crop every face found FFHQ-style to "
     "ALIGN x ALIGN pixels (lossless PNG under OUT/aligned/<name>_f<k>.png) and annotate the "
     "crops. 0: annotate the images as they are (e.g. FFHQ-128).")
 flags.DEFINE_string(
@@ -28,23 +28,24 @@ flags.DEFINE_string(
     "Face Mesh indices of the keypoints, in slot order. Every index's mirror partner must be "
     "among them (partners are derived by running Face Mesh on mirrored sample faces).")
 flags.DEFINE_integer(
-    "workers", 0, "Annotation worker processes, one FaceMesh each (0: one per CPU core).")
+    "workers", 0, "Annotation worker processes, one FaceMesh each, up to 256 (0: one per CPU "
+    "core).")
 flags.DEFINE_string(
     "split", "0.8,0.1,0.1", "Fractions of photos for train, validation and test (summing to 1). "
     "Assigned by a hash of the photo name: stable when images are added or removed, and all "
     "faces of one photo, and all copies of an image (facekp.data.dedup), land in the same split.")
 flags.DEFINE_integer(
     "num_shards", 0, "TFRecord shards of the train split; validation and test get shards of "
-    "the same number of examples. 0: about one shard per 64 MiB of images.")
+    "the same number of examples, up to 99999. 0: about one shard per 64 MiB of images.")
 flags.DEFINE_integer(
-    "max_faces", 10, "With --align: at most this many faces per photo.")
+    "max_faces", 10, "With --align: at most this many faces per photo (1 to 100).")
 flags.DEFINE_string(
     "csv", None, "Skip annotation: build the dataset from this existing CSV (image_name and "
     "point_1_x ... point_K_y in pixels; width, height, status optional), names relative to "
     "--images.")
 flags.DEFINE_integer(
-    "chunk_size", 0, "Images per worker task; the journal commits once per chunk. 0: 64, or "
-    "fewer so that every worker gets four tasks.")
+    "chunk_size", 0, "Images per worker task (up to 100000); the journal commits once per "
+    "chunk. 0: 64, or fewer so that every worker gets four tasks.")
 flags.DEFINE_enum(
     "csv_units", "pixels", ["pixels", "normalised"], "Units of the --csv points: pixels of "
     "the image, or normalised to [0, 1] by its width and height (converted to pixels). A "

@@ -267,7 +267,7 @@ def define_flags():
   cli.define_workdir("Training workdir (config.json, model.keras).")
   flags.DEFINE_string("data_dir", None, "Dataset for the check; default: the workdir's config.")
   flags.DEFINE_list("tflite", list(TFLITE_VARIANTS), "TFLite variants to write.")
-  flags.DEFINE_integer("max_images", 64, "Test images to compare the exports on.")
+  flags.DEFINE_integer("max_images", 64, "Test images to compare the exports on (1 to 10000).")
   flags.DEFINE_bool("tta_flip", False, "Bake test-time flip averaging into every export (twice "
                     "the compute per face; evaluate --tta_flip shows what it gains).")
 

@@ -407,7 +407,7 @@ def define_flags():
                       "or .tflite file.", required=True)
   flags.DEFINE_string("images", None, "A photo or a folder of photos.", required=True)
   flags.DEFINE_string("out", None, "Output folder (predictions.csv, overlays/).", required=True)
-  flags.DEFINE_integer("max_faces", 1, "Faces per photo, largest first.")
+  flags.DEFINE_integer("max_faces", 1, "Faces per photo, largest first (1 to 100).")
   flags.DEFINE_bool("overlays", True, "Draw an overlay PNG per photo (most of the run time).")
 
 
