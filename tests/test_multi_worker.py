@@ -119,7 +119,7 @@ def test_two_workers_train_like_two_mirrored_replicas(data_dir, tmp_path, proces
 import tensorflow as tf
 cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-from configs import tiny
+from facekp.configs import tiny
 from facekp.train import loop
 config = tiny.get_config()
 config.update({SAME_STEPS!r}, data_dir={data_dir!r}, strategy="mirrored")

@@ -28,7 +28,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from configs import mobilenet_aug
+from facekp.configs import mobilenet_aug
 from facekp.core import dataset_info
 from facekp.core import schema as schema_lib
 from facekp.data import shards as dataset_lib

@@ -109,7 +109,7 @@ class _StepTimer:
 
 
 def _config(backbone, precision, xla, strategy):
-  from configs import mobilenet_aug  # pylint: disable=g-import-not-at-top
+  from facekp.configs import mobilenet_aug  # pylint: disable=g-import-not-at-top
   config = mobilenet_aug.get_config()
   config.update(backbone=backbone, weights="none", image_size=IMAGE_SIZE,
                 batch_size=FLAGS.batch_size, precision=precision, jit_compile=xla,

@@ -7,7 +7,7 @@ own on the same protocol. BatchNorm statistics are estimated once on training im
 frozen (with 11 steps an epoch, batch statistics make the trained network and the one
 evaluated two different functions). Figures: README, Results (tools.bench_accuracy).
 """
-from configs import default
+from facekp.configs import default
 
 
 def get_config():

@@ -10,7 +10,7 @@ the faces there are not; MAE loss; a cosine schedule over a fixed 60 epochs (no 
 stopping: the best validation checkpoint is kept). Figures: README, Results
 (`python -m tools.bench_accuracy --recipes=configs/few_faces.py`).
 """
-from configs import default
+from facekp.configs import default
 
 
 def get_config():
