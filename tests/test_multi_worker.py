@@ -61,7 +61,7 @@ def free_ports(count):
 
 def flags(data_dir, workdir, **overrides):
   fields = dict(SAME_STEPS, data_dir=data_dir, strategy="auto", **overrides)  # auto: TF_CONFIG
-  return ["--config=configs/tiny.py", f"--workdir={workdir}"] + [
+  return ["--config=tiny", f"--workdir={workdir}"] + [
       f"--config.{k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in fields.items()]
 
 

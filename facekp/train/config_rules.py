@@ -2,7 +2,7 @@
 file is read.
 
 The fields, their types and their comments are those of facekp.train.default_config; experiment
-configs (configs/*.py) start from it and override a few values.
+configs (facekp/configs/*.py) start from it and override a few values.
 """
 import json
 
@@ -83,13 +83,14 @@ def _type_problem(name, value, wanted):
 
 
 def _field_problems(config):
-  """Unknown fields and wrong types, against configs/default.py."""
+  """Unknown fields and wrong types, against facekp/configs/default.py."""
   wanted, given = _declared_types(default_config()), flatten(config)
   problems = []
   for name in sorted(set(given) - set(wanted)):
     problems.append(f"{name}: no such config field ({PRINT_CONFIG_HINT})")
   for name in sorted(set(wanted) - set(given)):
-    problems.append(f"{name}: missing (configs should start from configs.default.get_config())")
+    problems.append(f"{name}: missing (configs should start from "
+                    "facekp.configs.default.get_config())")
   for name in sorted(set(given) & set(wanted)):
     problems.append(_type_problem(name, given[name], wanted[name]))
   return [p for p in problems if p]
