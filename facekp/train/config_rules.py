@@ -152,7 +152,8 @@ def _range_problems(config):
     problems.append("cache='': choose memory, none or the path of tf.data cache files")
   if not config.data_dir:
     problems.append("config.data_dir is not set: pass --config.data_dir=DIR, a dataset written by "
-                    "`python -m tools.make_tfrecords --images=... --out=DIR`")
+                    "`facekp-make-tfrecords --images=... --out=DIR` (python -m "
+                    "tools.make_tfrecords in a checkout)")
   return problems
 
 
@@ -178,7 +179,7 @@ def check_dataset(config):
   """After validate(): refuses a dataset this config cannot train on (it reads its metadata)."""
   if not tf.io.gfile.isdir(config.data_dir):
     raise FileNotFoundError(f"config.data_dir={config.data_dir}: no such directory (write one "
-                            "with python -m tools.make_tfrecords --images=... --out=DIR)")
+                            "with facekp-make-tfrecords --images=... --out=DIR)")
   problem = dataset_problem(config, input_pipeline.num_examples(config.data_dir, "train"))
   if problem:
     raise ConfigError(problem)
