@@ -111,6 +111,9 @@ def test_the_installed_wheel_runs_the_sample_flow_from_an_empty_folder(installed
     assert all(line.startswith(f"facekp {name}: ") for line in lines), result.stderr[-5000:]
     return result
 
+  usage = run_in(user, bin_dir, "facekp-make-tfrecords", "--help").stdout
+  assert "--images: " in usage and "--align: " in usage, usage  # the flags of the command
+
   data, tiny = "runs/sample/data", "runs/sample/tiny"
   made = facekp("make-tfrecords", "--images=sample", "--align=128", f"--out={data}",
                 "--split=0.6,0.2,0.2")

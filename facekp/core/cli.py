@@ -149,9 +149,9 @@ def config_arguments(argv=None):
 
 
 def make_config_importable(argv):
-  """A config file imports its package (`from facekp.configs import default`): put the folder above
-  that package on sys.path, so --config=/any/path/configs/tiny.py works from any directory.
-  Returns a one-line problem when the file cannot be a config, else None."""
+  """A config file may import its own package (`from myconfigs import base`): put the folder
+  above that package on sys.path, so --config=/any/path/myconfigs/mine.py works from any
+  directory. Returns a one-line problem when the file cannot be a config, else None."""
   path = config_module_path(argv)
   if path is None:
     return None
@@ -281,6 +281,11 @@ def run(main, flags_parser=parse_flags, name=None):
   log_format.set_command(name or log_format.command_name(module))
   if not entry.__doc__:  # a console script (facekp-train): --help shows the module's usage
     entry.__doc__ = sys.modules[main.__module__].__doc__
+  # --help lists the flags of the program's file (absl names it sys.argv[0]): a console script's
+  # or a wrapper's (tools/make_tfrecords.py) flags are its module's, and --workdir is defined here.
+  for module in (main.__module__, __name__):
+    for flag in FLAGS.get_flags_for_module(module):
+      FLAGS.register_key_flag_for_module(sys.argv[0], flag)
   if not DEBUG:
     quiet_logs()
     stderr_filter.filter_stderr_for_good()

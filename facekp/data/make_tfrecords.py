@@ -5,11 +5,11 @@ r"""The dataset driver: a folder of face photos -> an annotated TFDS dataset of 
   facekp-make-tfrecords --images=sample --out=data/sample --align=128   # the built-in sample
 
 (in a checkout also `python -m tools.make_tfrecords ...`). `make_tfrecords(images_dir, out_dir,
-...)` is what the command runs. Stages: list images -> [align faces] -> annotate with MediaPipe Face Mesh (face_keypoints.csv)
--> clean (cleaned.csv, cleaning_report.json) -> find copies (facekp.data.dedup: same bytes, same
-pixels, near-identical faces; duplicates.json) -> split by a hash of the photo name, every group
-of copies in one split -> shards and TFDS metadata. Running it again reuses the finished
-annotation (also after a crash or kill).
+...)` is what the command runs. Stages: list images -> [align faces] -> annotate with MediaPipe
+Face Mesh (face_keypoints.csv) -> clean (cleaned.csv, cleaning_report.json) -> find copies
+(facekp.data.dedup: same bytes, same pixels, near-identical faces; duplicates.json) -> split by a
+hash of the photo name, every group of copies in one split -> shards and TFDS metadata. Running
+it again reuses the finished annotation (also after a crash or kill).
 """
 import contextlib
 import json
