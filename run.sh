@@ -25,7 +25,7 @@ else
       --split=0.6,0.2,0.2
 fi
 if up_to_date "$out/tiny/model.keras" "$out/data/dataset_info.json" facekp/configs/tiny.py \
-    facekp/configs/default.py; then
+    facekp/configs/default.py facekp/train/default_config.py; then
   echo "[2/3] training: $out/tiny/model.keras is up to date"
 else
   echo "[2/3] training facekp/configs/tiny.py (evaluation runs at the end of training)"
