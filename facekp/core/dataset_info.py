@@ -54,7 +54,7 @@ def load_schema(data_dir):
   if not tf.io.gfile.exists(path):
     raise FileNotFoundError(
         f"{data_dir} is not a facekp dataset: {SCHEMA_FILE} is missing "
-        "(create one with `python -m tools.make_tfrecords --images=DIR --out=DIR`)")
+        "(create one with `facekp-make-tfrecords --images=DIR --out=DIR`)")
   return schema_lib.Schema.load(path)
 
 
@@ -63,7 +63,7 @@ def builder(data_dir):
   if not tf.io.gfile.exists(f"{data_dir}/dataset_info.json"):
     raise FileNotFoundError(
         f"{data_dir} is not a facekp dataset: dataset_info.json is missing "
-        "(create one with `python -m tools.make_tfrecords --images=DIR --out=DIR`)")
+        "(create one with `facekp-make-tfrecords --images=DIR --out=DIR`)")
   return tfds.builder_from_directory(data_dir)
 
 

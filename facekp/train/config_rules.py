@@ -2,9 +2,8 @@
 file is read.
 
 The fields, their types and their comments are those of facekp.train.default_config; experiment
-configs (configs/*.py) start from it and override a few values.
+configs (facekp/configs/*.py) start from it and override a few values.
 """
-import json
 
 from ml_collections import config_dict
 import tensorflow as tf
@@ -83,13 +82,14 @@ def _type_problem(name, value, wanted):
 
 
 def _field_problems(config):
-  """Unknown fields and wrong types, against configs/default.py."""
+  """Unknown fields and wrong types, against facekp/configs/default.py."""
   wanted, given = _declared_types(default_config()), flatten(config)
   problems = []
   for name in sorted(set(given) - set(wanted)):
     problems.append(f"{name}: no such config field ({PRINT_CONFIG_HINT})")
   for name in sorted(set(wanted) - set(given)):
-    problems.append(f"{name}: missing (configs should start from configs.default.get_config())")
+    problems.append(f"{name}: missing (configs should start from "
+                    "facekp.configs.default.get_config())")
   for name in sorted(set(given) & set(wanted)):
     problems.append(_type_problem(name, given[name], wanted[name]))
   return [p for p in problems if p]
@@ -151,7 +151,8 @@ def _range_problems(config):
     problems.append("cache='': choose memory, none or the path of tf.data cache files")
   if not config.data_dir:
     problems.append("config.data_dir is not set: pass --config.data_dir=DIR, a dataset written by "
-                    "`python -m tools.make_tfrecords --images=... --out=DIR`")
+                    "`facekp-make-tfrecords --images=... --out=DIR` (python -m "
+                    "tools.make_tfrecords in a checkout)")
   return problems
 
 
@@ -177,7 +178,7 @@ def check_dataset(config):
   """After validate(): refuses a dataset this config cannot train on (it reads its metadata)."""
   if not tf.io.gfile.isdir(config.data_dir):
     raise FileNotFoundError(f"config.data_dir={config.data_dir}: no such directory (write one "
-                            "with python -m tools.make_tfrecords --images=... --out=DIR)")
+                            "with facekp-make-tfrecords --images=... --out=DIR)")
   problem = dataset_problem(config, input_pipeline.num_examples(config.data_dir, "train"))
   if problem:
     raise ConfigError(problem)
@@ -196,8 +197,3 @@ def dataset_problem(config, num_train):
 
 
 # Resuming.
-
-
-def as_dict(config):
-  """The config as config.json stores it."""
-  return json.loads(config.to_json_best_effort())
