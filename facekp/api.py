@@ -235,7 +235,7 @@ def make_dataset(*, images: typing.Union[str, os.PathLike], out: typing.Union[st
 
 def resolve_config(config, *, data_dir=None, overrides=None):
   """(ConfigDict, its file or None) of a config given as a ConfigDict (copied), a config file's
-  path or the name of one of facekp's configs ("tiny", "few_faces": configs/<name>.py), with
+  path or the name of one of facekp's configs ("tiny", "few_faces": facekp/configs/<name>.py), with
   data_dir and overrides ({"field": value}, nested fields dotted: {"augment.flip": 0.5}) set."""
   ml_collections = importlib.import_module("ml_collections")
   cli = _module("facekp.core.cli")
@@ -259,7 +259,7 @@ def _set_field(config, field, value):
     node = node.get(parent) if hasattr(node, "get") else None
   if not hasattr(node, "get") or leaf not in node:
     raise ValueError(f"overrides: {field}: no such config field (python -m facekp.main "
-                     "--config=configs/default.py --print_config lists them)")
+                     "--config=default --print_config lists them)")
   try:
     node[leaf] = value
   except TypeError as e:
@@ -313,7 +313,8 @@ def run_training(config, *, workdir: str, restart: bool = False,
 
 
 def describe_config(config, config_file):
-  """ "configs/tiny.py with data_dir='data/x'": the config file and the fields set apart from it."""
+  """ "facekp/configs/tiny.py with data_dir='data/x'": the config file and the fields set apart
+  from it."""
   if config_file is None:
     return "a config built in code"
   cli = _module("facekp.core.cli")

@@ -1,5 +1,8 @@
-"""Trains a keypoint model: python -m facekp.main --config=configs/X.py --workdir=DIR
+"""Trains a keypoint model: facekp-train (python -m facekp.main) --config=NAME_OR_PATH --workdir=DIR
     [--config.data_dir=DATASET] [--config.FIELD=VALUE ...]
+
+--config names a packaged config (tiny, few_faces, ...: facekp/configs) or the path of a config
+file (one of your own: `from facekp.configs import default`, then change a few fields).
 
 The stages, in order (facekp.api.run_training, which facekp.train_model runs too): check the
 config (and that a rerun resumes with the config it started with), train (facekp.train.loop),
@@ -23,10 +26,11 @@ from facekp.train import config_docs
 FLAGS = flags.FLAGS
 
 cli.define_workdir("Directory for checkpoints, logs and the trained model.", required=False)
-config_flags.DEFINE_config_file("config", None, "Training config file (configs/*.py); "
+config_flags.DEFINE_config_file("config", None, "Training config: a packaged one by name (tiny, "
+                                "few_faces, ...: facekp/configs) or a config file's path; "
                                 "--print_config lists its fields.", lock_config=True)
 flags.DEFINE_bool("print_config", False, "Print every config field with its value and its "
-                  "comment from configs/default.py, then exit.")
+                  "comment from facekp/train/default_config.py, then exit.")
 flags.DEFINE_bool("restart", False, "Delete the run already in --workdir (checkpoints, history, "
                   "model, evaluations) and train anew: needed to change its config.")
 flags.mark_flags_as_required(["config"])

@@ -1,19 +1,26 @@
 """The command line: each user mistake is one line and a non-zero exit, --help exits 0, output
-is facekp's own, configs load by path from anywhere, a changed config is refused on resume."""
+is facekp's own and reads `facekp <command>: ...` (absl's prefix with --verbosity=1), configs load
+by name or by path from anywhere, a changed config is refused on resume."""
 import json
+import logging
 import os
+import re
+import shutil
 import subprocess
 import sys
 import textwrap
 
 from facekp.core import cli
+from facekp.core import log_format
+from facekp.core import sample
 from facekp.core import stderr_filter
 from facekp.core import workdir as workdir_lib
 
 import test_train  # pylint: disable=wrong-import-order  (its synthetic dataset)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = os.path.join(ROOT, "configs", "tiny.py")
+TINY = os.path.join(ROOT, "facekp", "configs", "tiny.py")
+GLOG_PREFIX = re.compile(r"^[IWEF]\d{4} \d\d:\d\d:\d\d\.\d+ +\d+ \S+:\d+\] ")
 
 # Runs facekp.main's command line once per argv in ONE process (importing TensorFlow once) and
 # prints {"rc", "out", "err"} per run as JSON lines.
@@ -62,7 +69,8 @@ def test_every_listed_mistake_is_one_line_and_a_non_zero_exit(tmp_path):
       ([tiny], "--workdir is required"),
       ([tiny, f"--workdir={work}", "--bogus"], "Unknown command line flag 'bogus'"),
       ([tiny, f"--workdir={work}", "--config.batch_size=abc"], "--config.batch_size=abc"),
-      (["--config=configs/nope.py", f"--workdir={work}"], "--config=configs/nope.py: no such file"),
+      (["--config=configs/nope.py", f"--workdir={work}"],
+       "--config=configs/nope.py: no such file or packaged config (the packaged ones: default, "),
       ([tiny, f"--workdir={work}", "--config.lr=0.1"],
        "--config.lr: no such config field (--print_config lists every field)"),
       ([tiny, f"--workdir={work}", "--config.loss=hubr", "--config.data_dir=/does/not/exist"],
@@ -81,7 +89,8 @@ def test_every_listed_mistake_is_one_line_and_a_non_zero_exit(tmp_path):
   for (argv, expected), run in zip(cases, runs):
     assert run["rc"] == 1, (argv, run)
     assert expected in run["err"], (argv, run["err"])
-    errors = [line for line in run["err"].splitlines() if line.startswith("error: ")]
+    errors = [line for line in run["err"].splitlines()
+              if line.startswith("facekp train: error: ")]
     assert "Traceback" not in run["err"] and len(errors) == 1 and expected in errors[0], run["err"]
     if "imagenet" not in argv[-1]:  # Keras warns that its weights are for 224 px first
       assert len(run["err"].strip().splitlines()) == 1, run["err"]
@@ -103,8 +112,8 @@ def test_a_command_from_another_directory_prints_one_line_and_nothing_else(tmp_p
   assert result.returncode == 1
   assert result.stdout == ""
   assert result.stderr.splitlines() == [
-      "error: bad config: loss='hubr': choose one of huber, mse, mae (FACEKP_DEBUG=1 or "
-      "--verbosity=1 shows the traceback)"]
+      "facekp train: error: bad config: loss='hubr': choose one of huber, mse, mae "
+      "(FACEKP_DEBUG=1 or --verbosity=1 shows the traceback)"]
 
 
 def test_export_on_a_missing_workdir_is_one_line(tmp_path):
@@ -113,6 +122,7 @@ def test_export_on_a_missing_workdir_is_one_line(tmp_path):
       capture_output=True, text=True, timeout=120)
   assert result.returncode == 1
   assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
+  assert result.stderr.startswith("facekp export: error: ")
   assert f"{tmp_path}/missing" in result.stderr
 
 
@@ -142,3 +152,82 @@ def test_the_noise_filter_keeps_real_errors():
   assert not stderr_filter.passes(noise)
   assert stderr_filter.passes("E1201 10:00:00 train.py:1] disk full: no space left on device")
   assert stderr_filter.passes("Traceback (most recent call last):")
+
+
+def test_a_command_writes_facekp_lines_and_verbosity_brings_back_absls_prefix(tmp_path):
+  """make_tfrecords on two sample photos, as the README runs it: every line reads
+  `facekp make_tfrecords: ...` (a warning `... warning: ...`), none carries absl's glog prefix;
+  run again with --verbosity=1 (it resumes), its lines carry absl's prefix again."""
+  photos = tmp_path / "photos"
+  photos.mkdir()
+  for name in ("astronaut.jpg", "grace_hopper.jpg"):
+    shutil.copy(os.path.join(sample.SAMPLE_DIR, name), photos / name)
+  command = [sys.executable, "-m", "tools.make_tfrecords", f"--images={photos}",
+             f"--out={tmp_path}/out", "--align=128", "--workers=1"]
+  env = {**os.environ, "PYTHONPATH": ROOT}
+  env.pop("FACEKP_DEBUG", None)
+  result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
+  assert result.returncode == 0, result.stderr[-3000:]
+  lines = result.stderr.splitlines()
+  assert lines and all(line.startswith("facekp make_tfrecords: ") for line in lines), lines
+  assert not any(GLOG_PREFIX.match(line) for line in lines)
+  assert any(line.startswith("facekp make_tfrecords: annotated 2/2 images") for line in lines)
+  # Two photos leave a split empty: TFDS cannot hold it, and the line says so as a warning.
+  assert any(line.startswith("facekp make_tfrecords: warning: split ") for line in lines), lines
+
+  verbose = subprocess.run(command + ["--verbosity=1"], cwd=ROOT, capture_output=True, text=True,
+                           timeout=300, env=env)
+  assert verbose.returncode == 0, verbose.stderr[-3000:]
+  glog = [line for line in verbose.stderr.splitlines() if GLOG_PREFIX.match(line)]
+  assert any(re.search(r" annotate\.py:\d+\] 2 images: 2 annotated before", line)
+             for line in glog), verbose.stderr[-3000:]
+  assert "facekp make_tfrecords: " not in verbose.stderr
+
+
+WORKER_RUN = textwrap.dedent("""
+    from facekp.core import cli
+    from absl import logging
+    from facekp.core import workers
+
+    def main(argv):
+      logging.warning("from the run")
+      with workers.Pool(1) as pool:
+        list(pool.map(logging.warning, ["from a worker"]))
+
+    cli.run(main, name="demo")
+""")
+
+
+def test_worker_processes_write_the_lines_of_their_command(tmp_path):
+  result = subprocess.run([sys.executable, "-c", WORKER_RUN], cwd=str(tmp_path),
+                          capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": ROOT})
+  assert result.returncode == 0, result.stderr[-3000:]
+  lines = result.stderr.splitlines()
+  assert len(lines) == 2 and all(line.startswith("facekp demo: warning: ") for line in lines)
+  assert lines[0].endswith(": from the run") and lines[1].endswith(": from a worker"), lines
+
+
+def test_the_line_format():
+  own = logging.LogRecord("absl", logging.INFO, os.path.join(log_format.PACKAGE, "x.py"), 1,
+                          "annotated %d images", (3,), None)
+  other = logging.LogRecord("tensorflow", logging.WARNING, "/site-packages/tensorflow/x.py", 1,
+                            "retracing", (), None)
+  formatter = log_format.CommandFormatter("train")
+  assert formatter.format(own) == "facekp train: annotated 3 images"
+  assert formatter.format(other) == "facekp train: warning: tensorflow: retracing"
+  own.levelno = logging.ERROR
+  assert formatter.format(own) == "facekp train: error: annotated 3 images"
+  assert log_format.command_name("facekp.main") == "train"
+  assert log_format.command_name("facekp.data.make_tfrecords") == "make_tfrecords"
+  assert log_format.command_name("tools.make_tfrecords") == "make_tfrecords"
+
+
+def test_a_packaged_config_by_name():
+  assert cli.config_file("tiny") == cli.config_file("tiny.py") == TINY
+  assert cli.config_file(TINY) == TINY
+  assert cli.config_file("nope") is None and cli.config_file("facekp/configs") is None
+  assert {"default", "tiny", "few_faces"} <= set(cli.packaged_configs())
+  assert cli.resolve_config_name(["--config=few_faces:arg", "--config.batch_size=8", "--x=tiny"]) \
+      == [f"--config={os.path.dirname(TINY)}/few_faces.py:arg", "--config.batch_size=8", "--x=tiny"]
+  assert cli.resolve_config_name(["--config=nope"]) == ["--config=nope"]

@@ -5,6 +5,7 @@ import os
 
 import pytest
 
+from facekp.core import cli
 from facekp.input import augment
 from facekp.models import keypoint_model
 from facekp.train import config_docs
@@ -12,7 +13,7 @@ from facekp.train import config_rules
 from facekp.train import resume_rules
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-NAMES = sorted(os.path.basename(p)[:-3] for p in glob.glob(f"{ROOT}/configs/*.py")
+NAMES = sorted(os.path.basename(p)[:-3] for p in glob.glob(f"{ROOT}/facekp/configs/*.py")
                if not p.endswith("__init__.py"))
 
 
@@ -22,7 +23,7 @@ def test_the_seed_experiments_and_tiny_are_there():
 
 @pytest.mark.parametrize("name", NAMES)
 def test_config_loads_and_builds_its_model(name):
-  config = importlib.import_module(f"configs.{name}").get_config()
+  config = importlib.import_module(f"facekp.configs.{name}").get_config()
   assert set(config.augment) == set(augment.make_config())
   assert config.batch_size > 0 and config.num_epochs > 0 and config.image_size > 0
   config.weights = "none"
@@ -32,7 +33,7 @@ def test_config_loads_and_builds_its_model(name):
 
 
 def test_seed_defaults():
-  config = importlib.import_module("configs.default").get_config()
+  config = importlib.import_module("facekp.configs.default").get_config()
   assert (config.image_size, config.batch_size, config.num_epochs) == (128, 32, 50)
   assert (config.learning_rate, config.loss, config.early_stopping_patience) == (1e-3, "huber", 2)
   assert (config.backbone, config.weights, config.head) == ("mobilenet_v2", "imagenet", "dense")
@@ -45,7 +46,7 @@ from facekp.core import workdir as workdir_lib  # pylint: disable=wrong-import-p
 
 
 def tiny(**overrides):
-  config = importlib.import_module("configs.tiny").get_config()
+  config = importlib.import_module("facekp.configs.tiny").get_config()
   config.data_dir = "/no/such/dataset"  # validation must not look at it
   config.update(overrides)
   return config
@@ -59,7 +60,7 @@ def problems_of(config):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_every_config_file_validates(name):
-  config = importlib.import_module(f"configs.{name}").get_config()
+  config = importlib.import_module(f"facekp.configs.{name}").get_config()
   config.data_dir = "/no/such/dataset"
   config_rules.validate(config)
 
@@ -146,14 +147,14 @@ def test_a_train_split_smaller_than_the_batch_is_refused():
 
 
 def test_resume_allows_only_changes_that_keep_the_model():
-  saved = config_rules.as_dict(tiny())
+  saved = cli.config_as_dict(tiny())
   allowed, refused = resume_rules.resume_differences(
       saved, tiny(num_epochs=10, log_every_steps=5, evaluate_at_end=False))
   assert set(allowed) == {"num_epochs", "log_every_steps", "evaluate_at_end"} and not refused
   allowed, refused = resume_rules.resume_differences(
       saved, tiny(learning_rate=0.1, image_size=96, num_epochs=2))
   assert refused == {"learning_rate": (1e-3, 0.1), "image_size": (64, 96), "num_epochs": (3, 2)}
-  cosine = config_rules.as_dict(tiny(lr_schedule="cosine"))
+  cosine = cli.config_as_dict(tiny(lr_schedule="cosine"))
   assert "num_epochs" in resume_rules.resume_differences(
       cosine, tiny(lr_schedule="cosine", num_epochs=10))[1]  # the schedule would change
 

@@ -120,8 +120,8 @@ def test_a_second_export_replaces_the_first_whole(tmp_path):
   assert {"model_float16.tflite", "model_dynamic_range.tflite"} <= set(first["files"])
   second = export.export_workdir(str(workdir), variants=("float32",), repeats=1, tta_flip=True)
   assert sorted(p.name for p in out.iterdir()) == sorted(second["files"]) == [
-      "export_report.json", "keypoints.json", "model_float32.tflite", "saved_model",
-      "schema.json"]
+      "README.md", "export_report.json", "keypoints.json", "model_card.json",
+      "model_float32.tflite", "saved_model", "schema.json"]
   assert set(second["models"]) == {"keras", "saved_model", "tflite_float32"}
   assert second["models"]["tflite_float32"]["path"] == f"{out}/model_float32.tflite"
   assert json.loads((out / "export_report.json").read_text()) == second

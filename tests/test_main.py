@@ -12,7 +12,7 @@ def run_main(*args):
 
 
 def test_unknown_config_fields_name_the_closest_ones(tmp_path):
-  result = run_main("--config=configs/tiny.py", f"--workdir={tmp_path}",
+  result = run_main("--config=tiny", f"--workdir={tmp_path}",
                     "--config.learnig_rate=0.1", "--config.augment.flp=0.5",
                     "--config.data_dir=x")
   assert result.returncode == 1
@@ -22,7 +22,7 @@ def test_unknown_config_fields_name_the_closest_ones(tmp_path):
 
 
 def test_missing_data_dir_says_how_to_make_one(tmp_path):
-  result = run_main("--config=configs/tiny.py", f"--workdir={tmp_path}")
+  result = run_main("--config=tiny", f"--workdir={tmp_path}")
   assert result.returncode == 1
   assert "config.data_dir is not set" in result.stderr
   assert "tools.make_tfrecords" in result.stderr

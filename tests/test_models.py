@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from configs import default
+from facekp.configs import default
 from facekp.models import keypoint_model
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -138,7 +138,7 @@ def test_imagenet_weights_offline_say_what_to_do(tmp_path):
   env = dict(os.environ, KERAS_HOME=str(tmp_path), https_proxy="http://127.0.0.1:9",
              HTTPS_PROXY="http://127.0.0.1:9", http_proxy="http://127.0.0.1:9")
   code = textwrap.dedent("""
-      from configs import default
+      from facekp.configs import default
       from facekp.models import keypoint_model
       config = default.get_config()
       config.image_size = 96

@@ -62,7 +62,7 @@ def free_ports(count):
 
 def flags(data_dir, workdir, **overrides):
   fields = dict(SAME_STEPS, data_dir=data_dir, strategy="auto", **overrides)  # auto: TF_CONFIG
-  return ["--config=configs/tiny.py", f"--workdir={workdir}"] + [
+  return ["--config=tiny", f"--workdir={workdir}"] + [
       f"--config.{k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in fields.items()]
 
 
@@ -120,7 +120,7 @@ def test_two_workers_train_like_two_mirrored_replicas(data_dir, tmp_path, proces
 import tensorflow as tf
 cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-from configs import tiny
+from facekp.configs import tiny
 from facekp.train import loop
 config = tiny.get_config()
 config.update({SAME_STEPS!r}, data_dir={data_dir!r}, strategy="mirrored")

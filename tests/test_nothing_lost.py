@@ -22,7 +22,7 @@ from facekp.serve import predict
 from facekp.train import loop
 from conftest import SAMPLE_DIR, encode, user_csv
 
-from configs import tiny
+from facekp.configs import tiny
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCHEMA = schema_lib.Schema(schema_lib.DEFAULT_MESH_INDICES, (1, 263, 291, 33, 61))
@@ -267,7 +267,7 @@ def build_dataset(tmp_path, out, split):
 
 
 def run_main(*args):
-  return subprocess.run([sys.executable, "-m", "facekp.main", "--config=configs/tiny.py", *args],
+  return subprocess.run([sys.executable, "-m", "facekp.main", "--config=tiny", *args],
                         cwd=ROOT, capture_output=True, text=True, timeout=300)
 
 

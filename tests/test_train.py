@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from configs import tiny
+from facekp.configs import tiny
 from facekp.core import dataset_info
 from facekp.core import files
 from facekp.core import schema as schema_lib
@@ -346,7 +346,7 @@ def test_mirrored_over_two_cpus_matches_one_device_and_refuses_xla(data_dir, tmp
       import json, tensorflow as tf
       cpu = tf.config.list_physical_devices("CPU")[0]
       tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-      from configs import tiny
+      from facekp.configs import tiny
       from facekp.train import loop
       losses = {{}}
       for strategy in ("one_device", "mirrored"):
@@ -373,7 +373,7 @@ def test_mirrored_over_two_cpus_matches_one_device_and_refuses_xla(data_dir, tmp
 
 def test_a_run_killed_mid_epoch_resumes_and_ends_at_the_same_epoch(data_dir, tmp_path):
   workdir = str(tmp_path / "run")
-  command = [sys.executable, "-m", "facekp.main", "--config=configs/tiny.py",
+  command = [sys.executable, "-m", "facekp.main", "--config=tiny",
              f"--workdir={workdir}", f"--config.data_dir={data_dir}", "--config.image_size=32",
              "--config.feature_stride=8",
              "--config.evaluate_at_end=false", "--config.num_epochs=4",

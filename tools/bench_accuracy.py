@@ -1,6 +1,6 @@
 r"""Accuracy on faces new to each predictor: k-fold cross-validation by source photo, one run.
 
-  python -m tools.bench_accuracy [--folds=5] [--recipes=configs/few_faces.py,...] [--json=PATH]
+  python -m tools.bench_accuracy [--folds=5] [--recipes=few_faces,...] [--json=PATH]
   python -m tools.bench_accuracy --quick      # a smoke test: 2 folds, few faces, 1 epoch
 
 Data: every face facekp's own datasets hold, as `tools.make_tfrecords` writes them (cached under
@@ -39,6 +39,7 @@ from absl import logging
 import cv2
 import numpy as np
 
+from facekp.core import cli
 from facekp.core import dataset_info
 from facekp.core import files
 from facekp.core import keypoint_csv
@@ -320,7 +321,8 @@ def learned_offset(dlib_px, eyes, labels_px, train):
 
 
 def load_config(path, overrides):
-  spec = importlib.util.spec_from_file_location("_bench_recipe", path)
+  """A recipe by its file's path or a packaged config's name (few_faces), with overrides."""
+  spec = importlib.util.spec_from_file_location("_bench_recipe", cli.config_file(path) or path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   config = module.get_config()
@@ -506,8 +508,8 @@ def _quick_overrides():
 
 FLAGS = flags.FLAGS
 flags.DEFINE_integer("folds", 5, "Folds of the cross-validation (by source photo).")
-flags.DEFINE_list("recipes", [], "facekp config files to train on every fold, e.g. "
-                  "configs/few_faces.py,configs/few_faces_robust.py.")
+flags.DEFINE_list("recipes", [], "facekp configs (packaged ones by name, others by path) to "
+                  "train on every fold, e.g. few_faces,few_faces_robust,path/to/mine.py.")
 flags.DEFINE_string("cache", "data/bench_accuracy", "Folder for the datasets and runs it builds "
                     "(reused by the next run).")
 flags.DEFINE_string("shared", SHARED_DATA, "Folder holding aligned128/ and raw/.")

@@ -28,7 +28,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from configs import mobilenet_aug
+from facekp.configs import mobilenet_aug
 from facekp.core import dataset_info
 from facekp.core import schema as schema_lib
 from facekp.data import shards as dataset_lib
@@ -229,8 +229,8 @@ def _run(workdir):
   augment_fn = lambda images, points, step: augment.augment_batch(
       images, points, seed_config, tf.stack([0, step]), perm)
   warm_augmented_seconds = _drain(iterator, steps, augment_fn)
-  print("[bench] accelerator-side augmentation (configs/mobilenet_aug.py) timed on this CPU:",
-        flush=True)
+  print("[bench] accelerator-side augmentation (facekp/configs/mobilenet_aug.py) timed on this "
+        "CPU:", flush=True)
   costs = _augment_cost(perm)
 
   images = steps * FLAGS.batch_size

@@ -5,7 +5,7 @@
 The seed's way: a keras.utils.PyDataset (Keras 3's Sequence) that loads each batch of PNGs with
 OpenCV into float32 arrays, fed to model.fit, float32, one device. facekp's way: tf.data from
 TFRecords (decoded once, cached uint8) into KeypointTrainer, whose train step augments on the
-device (configs/mobilenet_aug.py's augmentation), for MobileNetV2 and EfficientNetV2B0 at
+device (facekp/configs/mobilenet_aug.py's augmentation), for MobileNetV2 and EfficientNetV2B0 at
 128x128, batch 32, float32 and mixed precision (bfloat16 on CPU, float16 on GPU), with and
 without XLA, on one and two replicas (two logical devices split from the first CPU or GPU).
 Prints images/s per setting and the ratio to the seed's way for the same backbone; --json writes
@@ -110,7 +110,7 @@ class _StepTimer:
 
 
 def _config(backbone, precision, xla, strategy):
-  from configs import mobilenet_aug  # pylint: disable=g-import-not-at-top
+  from facekp.configs import mobilenet_aug  # pylint: disable=g-import-not-at-top
   config = mobilenet_aug.get_config()
   config.update(backbone=backbone, weights="none", image_size=IMAGE_SIZE,
                 batch_size=FLAGS.batch_size, precision=precision, jit_compile=xla,

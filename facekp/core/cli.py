@@ -1,4 +1,5 @@
-"""What every facekp command shares: quiet start-up, one-line user errors, configs from anywhere.
+"""What every facekp command shares: quiet start-up, lines a person reads, one-line user errors,
+configs by name or from anywhere.
 
 Import it first in an entry point, before anything that imports TensorFlow or MediaPipe:
 
@@ -10,11 +11,13 @@ Import it first in an entry point, before anything that imports TensorFlow or Me
   if __name__ == "__main__":
     run()
 
-By default a command shows facekp's own lines; `--verbosity=1` (or FACEKP_DEBUG=1) shows
-TensorFlow's and MediaPipe's start-up and INFO lines too, and the traceback of every error.
-A user error (a bad flag, config value, path or input, a full disk) ends with one line saying what
-is wrong and what to do, and exit status 1; anything else is a bug and keeps its traceback. Ctrl-C
-(exit status 130) and SIGTERM (143) stop a command with one line saying how to continue.
+By default a command shows facekp's own lines, each as `facekp <command>: message` (warnings
+`facekp <command>: warning: ...`; facekp.core.log_format); `--verbosity=1` (or FACEKP_DEBUG=1)
+shows absl's full prefix (time, file, thread), TensorFlow's and MediaPipe's start-up and INFO
+lines too, and the traceback of every error. A user error (a bad flag, config value, path or
+input, a full disk) ends with one line, `facekp <command>: error: ...`, saying what is wrong and
+what to do, and exit status 1; anything else is a bug and keeps its traceback. Ctrl-C (exit
+status 130) and SIGTERM (143) stop a command with one line saying how to continue.
 """
 import importlib.util
 import json
@@ -24,6 +27,7 @@ import shlex
 import signal
 import sys
 
+from facekp.core import log_format
 from facekp.core import stderr_filter
 from facekp.core import utf8_mode
 
@@ -51,20 +55,14 @@ from absl import app
 from absl import flags
 from absl import logging
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-_OWN_CODE = tuple(os.path.join(ROOT, folder) + os.sep for folder in ("facekp", "tools", "configs"))
-
-
-class _OwnLinesOnly:
-  """An absl log filter: INFO lines from facekp's own code, warnings and errors from any."""
-
-  def filter(self, record):
-    return record.levelno >= 30 or record.pathname.startswith(_OWN_CODE)
+# The configs that ship with facekp, which --config=NAME names (facekp/configs/NAME.py).
+CONFIGS_DIR = os.path.join(log_format.PACKAGE, "configs")
 
 
 def quiet_logs():
-  """INFO lines of facekp's own code only; TensorFlow's and TFDS's warnings and errors."""
-  logging.get_absl_handler().addFilter(_OwnLinesOnly())
+  """Lines a person reads (`facekp <command>: ...`), INFO lines of facekp's own code only;
+  TensorFlow's and TFDS's warnings and errors."""
+  log_format.use()
   for name in ("tensorflow", "tensorflow_datasets"):
     logging.logging.getLogger(name).setLevel(logging.logging.WARNING)
   try:
@@ -119,12 +117,12 @@ def _terminate(signum, frame):
   raise Terminated(f"signal {signum}")
 
 
-def _config_file_problem(message):
+def _config_file_problem(message, argv):
   """The one line of a config file that failed to load: config_flags' message holds the whole
   traceback; keep the file's own line and the exception."""
   if "Traceback (most recent call last)" not in message:
     return None
-  path = config_module_path(sys.argv[1:]) or "the config file"
+  path = config_module_path(argv) or "the config file"
   lines = [line.strip() for line in message.splitlines() if line.strip()]
   frames = re.findall(r'File "([^"]+)", line (\d+)', message)
   own = [line for file, line in frames if os.path.abspath(file) == os.path.abspath(path)]
@@ -139,8 +137,9 @@ def one_line(error):
 
 
 def fail(message, status=1):
-  """Ends the program with `message` as one line on stderr."""
-  sys.stderr.write(message.rstrip() + "\n")
+  """Ends the program with `message` as one line on stderr, after the command's prefix:
+  fail("error: ...") writes `facekp <command>: error: ...`."""
+  sys.stderr.write(log_format.line(message.rstrip()) + "\n")
   sys.stderr.flush()
   sys.exit(status)
 
@@ -154,6 +153,34 @@ def config_module_path(argv):
   return None
 
 
+def packaged_configs():
+  """The names of the configs that ship with facekp (tiny, few_faces, ...), sorted."""
+  return sorted(name[:-3] for name in os.listdir(CONFIGS_DIR)
+                if name.endswith(".py") and name != "__init__.py")
+
+
+def config_file(name_or_path):
+  """The file that --config=NAME_OR_PATH means: the path as given when that file exists, else
+  the packaged config of that name (tiny or tiny.py: facekp/configs/tiny.py); None if neither."""
+  if os.path.isfile(name_or_path):
+    return name_or_path
+  match = re.fullmatch(r"(\w+?)(\.py)?", name_or_path)
+  if match and os.path.isfile(os.path.join(CONFIGS_DIR, match.group(1) + ".py")):
+    return os.path.join(CONFIGS_DIR, match.group(1) + ".py")
+  return None
+
+
+def resolve_config_name(argv):
+  """argv with a --config=NAME[:ARG] of a packaged config given as its file, which is what
+  ml_collections' config flag loads; a path, or a name that names nothing, stays as it is."""
+  resolved = []
+  for arg in argv:
+    match = re.match(r"^(--?config=)([^:]*)(.*)$", arg)
+    path = match and config_file(match.group(2))
+    resolved.append(f"{match.group(1)}{path}{match.group(3)}" if path else arg)
+  return resolved
+
+
 def config_arguments(argv=None):
   """--config=... and the --config.FIELD overrides of the command line, as one string."""
   argv = sys.argv[1:] if argv is None else argv
@@ -161,15 +188,16 @@ def config_arguments(argv=None):
 
 
 def make_config_importable(argv):
-  """A config file imports its package (`from configs import default`): put the folder above
-  that package on sys.path, so --config=/any/path/configs/tiny.py works from any directory.
-  Returns a one-line problem when the file cannot be a config, else None."""
+  """A config file may import its own package (`from myconfigs import base`): put the folder
+  above that package on sys.path, so --config=/any/path/myconfigs/mine.py works from any
+  directory. Returns a one-line problem when the file cannot be a config, else None."""
   path = config_module_path(argv)
   if path is None:
     return None
   if not os.path.isfile(path):
-    return (f"--config={path}: no such file (configs are Python files such as configs/tiny.py; "
-            "give its path, absolute or from the current directory)")
+    return (f"--config={path}: no such file or packaged config (the packaged ones: "
+            f"{', '.join(packaged_configs())}; or the path of a config file, absolute or from the "
+            "current directory)")
   folder = os.path.dirname(os.path.abspath(path))
   if os.path.isfile(os.path.join(folder, "__init__.py")):
     parent = os.path.dirname(folder)
@@ -189,26 +217,13 @@ def load_config_file(path):
   return module.get_config()
 
 
-CONFIGS_DIR = os.path.join(ROOT, "configs")  # facekp's configs, in a checkout or installed
-
-
-def config_names():
-  """The names of facekp's own configs ("tiny", "few_faces", ...)."""
-  return sorted(name[:-3] for name in os.listdir(CONFIGS_DIR)
-                if name.endswith(".py") and not name.startswith("_"))
-
-
 def find_config_file(name_or_path):
-  """The file of a config given by path, or by the name of one of facekp's configs ("tiny" is
-  configs/tiny.py) so that code needs no checkout to find them."""
-  path = os.fspath(name_or_path)
-  if os.path.isfile(path):
-    return path
-  named = os.path.join(CONFIGS_DIR, f"{path}.py")
-  if re.fullmatch(r"\w+", path) and os.path.isfile(named):
-    return named
-  raise FileNotFoundError(f"config {path!r}: no such file, nor one of facekp's configs "
-                          f"({', '.join(config_names())})")
+  """config_file(name_or_path), or FileNotFoundError naming facekp's configs."""
+  path = config_file(os.fspath(name_or_path))
+  if path is None:
+    raise FileNotFoundError(f"config {os.fspath(name_or_path)!r}: no such file, nor one of "
+                            f"facekp's configs ({', '.join(packaged_configs())})")
+  return path
 
 
 def config_differences(config, base):
@@ -233,7 +248,7 @@ def closest_config(config):
   """(file, differences) of facekp's config from which `config` (a config.json dict) differs in
   the fewest fields: the likeliest start of a run whose config file was not recorded."""
   candidates = []
-  for name in config_names():
+  for name in packaged_configs():
     path = os.path.join(CONFIGS_DIR, f"{name}.py")
     candidates.append((path, config_differences(config, config_as_dict(load_config_file(path)))))
   return min(candidates, key=lambda candidate: len(candidate[1]))
@@ -299,6 +314,7 @@ def _override_type_problem(name, value, config):
 def parse_flags(argv):
   """absl's parsing with each mistake as one line: unknown flags, missing ones, config files
   that do not exist, unknown config fields and values of the wrong type."""
+  argv = resolve_config_name(argv)
   problem = make_config_importable(argv[1:])
   if problem:
     fail(f"error: {problem}")
@@ -311,7 +327,7 @@ def parse_flags(argv):
   except flags.Error as e:
     missing = re.findall(r"Flag --(\w+) must have a value other than None", str(e))
     what = (", ".join(f"--{m}" for m in missing) + (" is" if len(missing) == 1 else " are")
-            + " required") if missing else _config_file_problem(str(e)) or one_line(e)
+            + " required") if missing else _config_file_problem(str(e), argv[1:]) or one_line(e)
     fail(f"error: {what}; --help lists the flags")
   except Exception as e:  # pylint: disable=broad-except  (config_flags: bad --config.X values)
     if DEBUG:
@@ -329,8 +345,10 @@ def command(main, define_flags):
   return entry
 
 
-def run(main, flags_parser=parse_flags):
-  """app.run(main) with every user error as one line on stderr and exit status 1."""
+def run(main, flags_parser=parse_flags, name=None):
+  """app.run(main) with facekp's lines (`facekp <name>: ...`) and every user error as one line on
+  stderr and exit status 1. `name`: the command's, by default from the module that was started
+  (python -m facekp.eval.evaluate, or the console script's module: facekp.main -> train)."""
   def guarded(argv):
     try:
       if len(argv) > 1:
@@ -351,8 +369,18 @@ def run(main, flags_parser=parse_flags):
       logging.flush()
       fail(f"error: {message}")
   entry = sys.modules["__main__"]
+  started = getattr(entry, "__spec__", None)  # python -m MODULE; None for a console script
+  module = started.name if started else main.__module__
+  if module == "__main__":  # python path/to/script.py
+    module = os.path.splitext(os.path.basename(sys.argv[0]))[0]
+  log_format.set_command(name or log_format.command_name(module))
   if not entry.__doc__:  # a console script (facekp-train): --help shows the module's usage
     entry.__doc__ = sys.modules[main.__module__].__doc__
+  # --help lists the flags of the program's file (absl names it sys.argv[0]): a console script's
+  # or a wrapper's (tools/make_tfrecords.py) flags are its module's, and --workdir is defined here.
+  for module in (main.__module__, __name__):
+    for flag in FLAGS.get_flags_for_module(module):
+      FLAGS.register_key_flag_for_module(sys.argv[0], flag)
   if not DEBUG:
     quiet_logs()
     stderr_filter.filter_stderr_for_good()

@@ -26,7 +26,7 @@ SCHEMA_FILE = "schema.json"
 FILENAME_TEMPLATE = "{DATASET}-{SPLIT}.{FILEFORMAT}-{SHARD_X_OF_Y}"
 DATASET_NAME = "facekp"
 _SPLIT_ORDER = ("train", "validation", "test")  # as make_tfrecords --split gives them
-REWRITE = "write the dataset again (python -m tools.make_tfrecords --images=DIR --out=DIR)"
+REWRITE = "write the dataset again (facekp-make-tfrecords --images=DIR --out=DIR)"
 
 
 def features(num_keypoints):
@@ -70,7 +70,7 @@ def load_schema(data_dir):
   if not tf.io.gfile.exists(path):
     raise FileNotFoundError(
         f"{data_dir} is not a facekp dataset: {SCHEMA_FILE} is missing "
-        "(create one with `python -m tools.make_tfrecords --images=DIR --out=DIR`)")
+        "(create one with `facekp-make-tfrecords --images=DIR --out=DIR`)")
   return schema_lib.Schema.load(path, REWRITE)
 
 
@@ -81,7 +81,7 @@ def builder(data_dir):
   if not tf.io.gfile.exists(f"{data_dir}/dataset_info.json"):
     raise FileNotFoundError(
         f"{data_dir} is not a facekp dataset: dataset_info.json is missing "
-        "(create one with `python -m tools.make_tfrecords --images=DIR --out=DIR`)")
+        "(create one with `facekp-make-tfrecords --images=DIR --out=DIR`)")
   for name in ("dataset_info.json", "features.json"):
     if tf.io.gfile.exists(f"{data_dir}/{name}"):
       files.read_json(f"{data_dir}/{name}", "TFDS metadata file", expect=dict, remedy=REWRITE)

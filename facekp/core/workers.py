@@ -4,7 +4,8 @@ Workers come from a fork server that imports only the modules named in `preload`
 process that already runs TensorFlow threads is unsafe, and spawning re-imports TensorFlow per
 worker. A worker whose parent run dies (SIGKILL, SIGTERM) exits within a second: it asks the
 kernel for SIGKILL when the fork server goes (PR_SET_PDEATHSIG), and a watchdog thread polls
-the run's process, so no worker, fork server or resource tracker outlives the run.
+the run's process, so no worker, fork server or resource tracker outlives the run. A worker's
+log lines read as those of its run (`facekp make_tfrecords: warning: ...`).
 """
 import concurrent.futures
 import ctypes
@@ -13,6 +14,8 @@ import os
 import signal
 import threading
 import time
+
+from facekp.core import log_format
 
 _PR_SET_PDEATHSIG = 1
 _WATCH_SECONDS = 0.5
@@ -44,8 +47,11 @@ def report_pid():
   return os.getpid()
 
 
-def die_with(run_pid):
-  """Makes this (worker) process end when process `run_pid` ends (a pool initializer)."""
+def die_with(run_pid, log_settings=None):
+  """Makes this (worker) process end when process `run_pid` ends (a pool initializer), and,
+  given log_format.worker_settings() of that process, writes its log lines as that one does."""
+  if log_settings is not None:
+    log_format.set_up_worker(log_settings)
   try:
     ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
   except (OSError, AttributeError):  # not Linux: the watchdog alone
@@ -69,7 +75,8 @@ class Pool:
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload([__name__, *preload])
     self._executor = concurrent.futures.ProcessPoolExecutor(
-        self.workers, mp_context=context, initializer=die_with, initargs=(os.getpid(),))
+        self.workers, mp_context=context, initializer=die_with,
+        initargs=(os.getpid(), log_format.worker_settings()))
 
   def start(self):
     """Starts every worker now (else on demand), for timing the steady state. Returns the

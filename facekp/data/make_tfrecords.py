@@ -1,17 +1,24 @@
-"""The dataset driver: a folder of face photos -> an annotated TFDS dataset of TFRecord shards.
+r"""The dataset driver: a folder of face photos -> an annotated TFDS dataset of TFRecord shards.
 
-`make_tfrecords(images_dir, out_dir, ...)` is what `python -m tools.make_tfrecords` runs. Stages: list images -> [align faces] -> annotate with MediaPipe Face Mesh (face_keypoints.csv)
--> clean (cleaned.csv, cleaning_report.json) -> find copies (facekp.data.dedup: same bytes, same
-pixels, near-identical faces; duplicates.json) -> split by a hash of the photo name, every group
-of copies in one split -> shards and TFDS metadata. Running it again reuses the finished
-annotation (also after a crash or kill) of every image whose content is unchanged (its sha256 is
-compared on every run; facekp.data.annotate).
+  facekp-make-tfrecords --images=PATH/TO/ffhq128 --out=data/ffhq128_kp
+  facekp-make-tfrecords --images=PATH/TO/photos --out=data/photos_kp --align=128
+  facekp-make-tfrecords --images=sample --out=data/sample --align=128   # the built-in sample
+
+(in a checkout also `python -m tools.make_tfrecords ...`). `make_tfrecords(images_dir, out_dir,
+...)` is what the command runs. Stages: list images -> [align faces] -> annotate with MediaPipe
+Face Mesh (face_keypoints.csv) -> clean (cleaned.csv, cleaning_report.json) -> find copies
+(facekp.data.dedup: same bytes, same pixels, near-identical faces; duplicates.json) -> split by a
+hash of the photo name, every group of copies in one split -> shards and TFDS metadata. Running
+it again reuses the finished annotation (also after a crash or kill) of every image whose content
+is unchanged (its sha256 is compared on every run; facekp.data.annotate).
 """
 import contextlib
 import json
 import os
 import time
 
+from facekp.core import cli  # first: quiets the C++ start-up lines of TensorFlow and MediaPipe
+from absl import flags  # pylint: disable=wrong-import-order
 from absl import logging
 import tensorflow as tf
 
@@ -20,6 +27,7 @@ from facekp.core import dataset_info
 from facekp.core import files
 from facekp.core import keypoint_csv
 from facekp.core import keypoints
+from facekp.core import sample
 from facekp.core import schema as schema_lib
 from facekp.data import annotate
 from facekp.data import cleaning
@@ -209,3 +217,82 @@ def run_on_beam(images_dir, out_dir, *, csv, **kwargs):
   result = beam_runner.make_tfrecords(images_dir, out_dir, **kwargs)
   logging.info("done: %s", json.dumps(result))
   return result
+
+
+def define_flags():
+  """Command-line flags, defined only when run as a program (tests and benchmarks import this)."""
+  flags.DEFINE_string(
+      "images", None, "Folder of images, searched recursively (PNG, JPEG, WebP, BMP, GIF, TIFF, "
+      "PNM by extension). Image names are paths relative to it, with '/'. `sample`: the photos "
+      "that ship with facekp (facekp/sample), unless the current directory has a folder of that "
+      "name.", required=True)
+  flags.DEFINE_string(
+      "out", None, "Output folder: face_keypoints.csv, cleaned.csv, cleaning_report.json, "
+      "schema.json, the TFRecord shards and TFDS metadata (and aligned/ with --align).",
+      required=True)
+  flags.DEFINE_integer(
+      "align", 0, "32 to 4096: treat --images as raw photos: crop every face found FFHQ-style to "
+      "ALIGN x ALIGN pixels (lossless PNG under OUT/aligned/<name>_f<k>.png) and annotate the "
+      "crops. 0: annotate the images as they are (e.g. FFHQ-128).")
+  flags.DEFINE_string(
+      "landmarks", ",".join(map(str, schema_lib.DEFAULT_MESH_INDICES)),
+      "Face Mesh indices of the keypoints, in slot order. Every index's mirror partner must be "
+      "among them (partners are derived by running Face Mesh on mirrored sample faces).")
+  flags.DEFINE_integer(
+      "workers", 0, "Annotation worker processes, one FaceMesh each, up to 256 (0: one per CPU "
+      "core).")
+  flags.DEFINE_string(
+      "split", "0.8,0.1,0.1", "Fractions of photos for train, validation and test (summing to "
+      "1). Assigned by a hash of the photo name: stable when images are added or removed, and "
+      "all faces of one photo, and all copies of an image (facekp.data.dedup), land in the same "
+      "split.")
+  flags.DEFINE_integer(
+      "num_shards", 0, "TFRecord shards of the train split; validation and test get shards of "
+      "the same number of examples, up to 99999. 0: about one shard per 64 MiB of images.")
+  flags.DEFINE_integer(
+      "max_faces", 10, "With --align: at most this many faces per photo (1 to 100).")
+  flags.DEFINE_string(
+      "csv", None, "Skip annotation: build the dataset from this existing CSV (image_name and "
+      "point_1_x ... point_K_y in pixels; width, height, status optional), names relative to "
+      "--images.")
+  flags.DEFINE_integer(
+      "chunk_size", 0, "Images per worker task (up to 100000); the journal commits once per "
+      "chunk. 0: 64, or fewer so that every worker gets four tasks.")
+  flags.DEFINE_enum(
+      "csv_units", "pixels", ["pixels", "normalised"], "Units of the --csv points: pixels of "
+      "the image, or normalised to [0, 1] by its width and height (converted to pixels). A "
+      "CSV whose points all lie in [0, 1] is refused as pixels.")
+  flags.DEFINE_enum(
+      "runner", "local", ["local", "beam"], "local: worker processes on this machine "
+      "(resumable through a journal). beam: an Apache Beam pipeline (pip install "
+      "'facekp[beam]'), on the runner named in --beam_pipeline_options (default: Beam's "
+      "FnApiRunner on this machine).")
+  flags.DEFINE_string(
+      "beam_pipeline_options", "", "With --runner=beam: Beam pipeline options as KEY=VALUE,... "
+      "e.g. direct_num_workers=2,direct_running_mode=multi_processing, or "
+      "runner=DataflowRunner,project=P,region=R,temp_location=gs://B/tmp,...")
+
+
+def images_folder(images):
+  """--images: the folder as given, or for `sample` (and no such folder here) facekp's own."""
+  if images == "sample" and not os.path.isdir(images):
+    logging.info("--images=sample: the photos that ship with facekp, %s", sample.SAMPLE_DIR)
+    return sample.SAMPLE_DIR
+  return images
+
+
+def main(argv):
+  f = flags.FLAGS
+  make_tfrecords(
+      images_folder(f.images), f.out, align=f.align,
+      landmarks=schema_lib.parse_mesh_indices(f.landmarks), workers=f.workers, split=f.split,
+      num_shards=f.num_shards, max_faces=f.max_faces, csv=f.csv, chunk_size=f.chunk_size,
+      csv_units=f.csv_units, runner=f.runner, beam_options=f.beam_pipeline_options)
+
+
+# the facekp-make-tfrecords command (python -m facekp.data.make_tfrecords; tools.make_tfrecords)
+run = cli.command(main, define_flags)
+
+
+if __name__ == "__main__":
+  run()

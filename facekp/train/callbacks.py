@@ -12,6 +12,7 @@ import tensorflow as tf
 
 from facekp.core import drawing
 from facekp.core import keypoints as keypoints_lib
+from facekp.core import log_format
 from facekp.models import keypoint_model
 
 
@@ -112,7 +113,7 @@ class Progress(keras.callbacks.Callback):
             f"{(done - self.offset) * self.global_batch / seconds:.1f} images/s, "
             f"epoch {_clock(epoch_left)} left, run at most {_clock(run_left)}")
     if self.interactive and not self.log_every_steps:
-      self.stream.write("\r" + line[:150].ljust(150))
+      self.stream.write("\r" + log_format.line(line)[:150].ljust(150))  # facekp train: ...
       self.stream.flush()
     else:
       logging.info("%s", line)

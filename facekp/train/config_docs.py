@@ -2,6 +2,7 @@
 facekp/train/default_config.py, where every field is declared."""
 import re
 
+from facekp.core import cli
 from facekp.train import config_rules
 from facekp.train import default_config
 
@@ -38,7 +39,7 @@ def listing(config):
   """Every field of `config` with its value and its comment from the default config."""
   comments = field_comments()
   lines = []
-  for name, value in config_rules.flatten(config_rules.as_dict(config)).items():
+  for name, value in config_rules.flatten(cli.config_as_dict(config)).items():
     comment = comments.get(name, "")
     lines.append(f"{name} = {value!r}" + (f"  # {comment}" if comment else ""))
   return "\n".join(lines)

@@ -2,10 +2,9 @@
 file is read.
 
 The fields, their types and their comments are those of facekp.train.default_config; experiment
-configs (configs/*.py) start from it and override a few values.
+configs (facekp/configs/*.py) start from it and override a few values.
 """
 import inspect
-import json
 import math
 
 from ml_collections import config_dict
@@ -86,7 +85,7 @@ def _type_problem(name, value, wanted):
 
 
 def _field_problems(config):
-  """Unknown fields and wrong types, against configs/default.py."""
+  """Unknown fields and wrong types, against facekp/configs/default.py."""
   wanted, given = _declared_types(default_config()), flatten(config)
   problems = []
   for name in sorted(set(given) - set(wanted)):
@@ -95,7 +94,7 @@ def _field_problems(config):
   if missing:
     problems.append(f"{', '.join(missing[:5])}{', ...' if len(missing) > 5 else ''}: "
                     f"{len(missing)} field(s) missing (configs should start from "
-                    "configs.default.get_config())")
+                    "facekp.configs.default.get_config())")
   for name in sorted(set(given) & set(wanted)):
     problems.append(_type_problem(name, given[name], wanted[name]))
   return [p for p in problems if p]
@@ -186,7 +185,8 @@ def _range_problems(config):
     problems.append("cache='': choose memory, none or the path of tf.data cache files")
   if not config.data_dir:
     problems.append("config.data_dir is not set: pass --config.data_dir=DIR, a dataset written by "
-                    "`python -m tools.make_tfrecords --images=... --out=DIR`")
+                    "`facekp-make-tfrecords --images=... --out=DIR` (python -m "
+                    "tools.make_tfrecords in a checkout)")
   return problems
 
 
@@ -216,7 +216,7 @@ def check_dataset(config):
   a weights file that is not there and a cache path that leads through a file."""
   if not tf.io.gfile.isdir(config.data_dir):
     raise FileNotFoundError(f"config.data_dir={config.data_dir}: no such directory (write one "
-                            "with python -m tools.make_tfrecords --images=... --out=DIR)")
+                            "with facekp-make-tfrecords --images=... --out=DIR)")
   if config.weights not in WEIGHTS + ("",):
     checks.input_file("config.weights", config.weights, "weights file (or imagenet, none)")
   if config.cache not in CACHE_MODES:
@@ -239,8 +239,3 @@ def dataset_problem(config, num_train):
 
 
 # Resuming.
-
-
-def as_dict(config):
-  """The config as config.json stores it."""
-  return json.loads(config.to_json_best_effort())

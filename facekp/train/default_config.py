@@ -1,7 +1,7 @@
 """Base config: the seed's recipe (MobileNetV2 on ImageNet weights, 128x128, batch 32, Adam 1e-3,
 Huber loss, early stopping with patience 2). Experiment files import it and override a few fields.
 
-Run: python -m facekp.main --config=configs/default.py --workdir=runs/x --config.data_dir=DIR
+Run: python -m facekp.main --config=default --workdir=runs/x --config.data_dir=DIR
 """
 import ml_collections
 from ml_collections import config_dict

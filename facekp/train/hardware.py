@@ -18,6 +18,7 @@ import threading
 from absl import logging
 import tensorflow as tf
 
+from facekp.core import log_format
 from facekp.core import stderr_filter
 from facekp.train import config_rules
 from facekp.train import keras_internals
@@ -76,11 +77,11 @@ os.kill(pid, signal.SIGKILL)
 
 def _watchdog(timeout_s):
   """A process that stops this one, with a message naming TF_CONFIG, unless killed first."""
-  message = (
-      f"FATAL the workers named in TF_CONFIG did not all join within {timeout_s:.0f} s "
+  message = log_format.line(
+      f"error: the workers named in TF_CONFIG did not all join within {timeout_s:.0f} s "
       f"(TF_CONFIG={os.environ.get('TF_CONFIG', '')}). Start every worker of the cluster with "
       "the same cluster and its own task index, check that their addresses are reachable, or "
-      "raise --config.multi_worker_timeout_s.\n")
+      "raise --config.multi_worker_timeout_s.") + "\n"
   return subprocess.Popen([sys.executable, "-c", _WATCHDOG, str(os.getpid()), str(timeout_s),
                            message], stdin=subprocess.DEVNULL, stderr=stderr_filter.unfiltered_stderr())
 

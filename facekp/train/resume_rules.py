@@ -6,6 +6,7 @@ from absl import logging
 import tensorflow as tf
 
 from facekp.core import checks
+from facekp.core import cli
 from facekp.core import dataset_info
 from facekp.core import files
 from facekp.core import workdir as workdir_lib
@@ -37,7 +38,7 @@ def _same(name, old, new):
 def resume_differences(saved, config):
   """(allowed, refused): {field: (old, new)} of the fields where `config` differs from the saved
   config.json dict, split into changes a resumed run accepts and changes that make a new model."""
-  old, new = config_rules.flatten(saved), config_rules.flatten(config_rules.as_dict(config))
+  old, new = config_rules.flatten(saved), config_rules.flatten(cli.config_as_dict(config))
   changed = {name: (old.get(name), new.get(name)) for name in sorted(set(old) | set(new))
              if not _same(name, old.get(name), new.get(name))}
   allowed = {name: change for name, change in changed.items() if _resumable(name, change, new)}

@@ -1,5 +1,5 @@
 """MobileNetV2 on ImageNet weights with keypoint-true augmentation on the device."""
-from configs import default
+from facekp.configs import default
 
 
 def get_config():

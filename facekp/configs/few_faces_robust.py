@@ -1,13 +1,13 @@
 """Few faces without pretrained weights on a keras.applications backbone: MobileNetV2 cut at
 stride 8 with the soft-argmax head and a small affine augmentation.
 
-The recipe configs/few_faces.py replaced (its heatmaps follow faces that are moved, at a
+The recipe facekp/configs/few_faces.py replaced (its heatmaps follow faces that are moved, at a
 coarser stride than the U-Net's); kept to compare a keras.applications backbone with facekp's
 own on the same protocol. BatchNorm statistics are estimated once on training images and
 frozen (with 11 steps an epoch, batch statistics make the trained network and the one
 evaluated two different functions). Figures: README, Results (tools.bench_accuracy).
 """
-from configs import default
+from facekp.configs import default
 
 
 def get_config():

@@ -1,5 +1,5 @@
 """The seed's first experiment: MobileNetV2 on ImageNet weights, no augmentation."""
-from configs import default
+from facekp.configs import default
 
 
 def get_config():

@@ -3,7 +3,7 @@
 Small image and batch, a slim MobileNetV2 without ImageNet weights, float32 (bfloat16 is slower
 than float32 on most CPUs), so a handful of faces trains and evaluates in well under a minute.
 """
-from configs import default
+from facekp.configs import default
 
 
 def get_config():

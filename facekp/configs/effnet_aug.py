@@ -1,6 +1,6 @@
 """EfficientNetV2B0 on ImageNet weights with the same augmentation as mobilenet_aug."""
-from configs import default
-from configs import mobilenet_aug
+from facekp.configs import default
+from facekp.configs import mobilenet_aug
 
 
 def get_config():

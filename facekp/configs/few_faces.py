@@ -8,9 +8,9 @@ prior around the training mean face. Strong augmentation on every step (flip, th
 zoom and shift of evaluate's perturbed protocol, photometric jitter, occlusion) stands in for
 the faces there are not; MAE loss; a cosine schedule over a fixed 60 epochs (no early
 stopping: the best validation checkpoint is kept). Figures: README, Results
-(`python -m tools.bench_accuracy --recipes=configs/few_faces.py`).
+(`python -m tools.bench_accuracy --recipes=few_faces`).
 """
-from configs import default
+from facekp.configs import default
 
 
 def get_config():

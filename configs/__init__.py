@@ -1,1 +1,0 @@
-"""Experiment configs: small Python files that import default.py and override a few fields."""
