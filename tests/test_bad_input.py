@@ -267,12 +267,12 @@ def make_tfrecords_cases(p):
 
 def main_cases(p):
   root, data = p["root"], f"--config.data_dir={p['data']}"
-  tiny = f"--config={ROOT}/configs/tiny.py"
+  tiny = "--config=tiny"
   work = iter(range(1000))
   new = lambda: f"--workdir={root}/runs/{next(work)}"
   config = lambda name, line: write(
       f"{root}/configs/{name}.py",
-      f"from configs import default\n\ndef get_config():\n  config = default.get_config()\n"
+      f"from facekp.configs import default\n\ndef get_config():\n  config = default.get_config()\n"
       f"  {line}\n  return config\n")
   dataset = lambda name: f"--config.data_dir={p[name]}"
   return [
@@ -445,7 +445,7 @@ def terminated_training(p):
   """Training sent SIGTERM once it has started writing its workdir: (rc, stderr)."""
   work = os.path.join(p["root"], "terminated")
   run = subprocess.Popen(
-      [sys.executable, "-m", "facekp.main", f"--config={ROOT}/configs/tiny.py",
+      [sys.executable, "-m", "facekp.main", "--config=tiny",
        f"--workdir={work}", f"--config.data_dir={p['data']}", "--config.image_size=32",
        "--config.feature_stride=8", "--config.num_epochs=50", "--config.evaluate_at_end=False"],
       cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=ENV)

@@ -86,6 +86,7 @@ def test_tta_flip_bakes_a_mirror_symmetric_average_into_every_export(tmp_path):
   workdir.mkdir()
   tiny_trained_model().save(workdir / "model.keras")
   (workdir / "config.json").write_text(json.dumps({"data_dir": str(data_dir), "image_size": SIZE}))
+  (tmp_path / "none").mkdir()  # a folder without schema.json
   with pytest.raises(ValueError, match="--tta_flip needs the flip permutation"):
     export.export_workdir(str(workdir), data_dir=str(tmp_path / "none"), tta_flip=True)
   report = export.export_workdir(str(workdir), variants=("float32",), repeats=1, tta_flip=True)
