@@ -39,7 +39,7 @@ ERROR_LINE = re.compile(r"^(?:facekp \S+: )?error: ")
 # A bad case is refused before any real work: well within this.
 QUICK_S = 30
 
-# Runs `python -m MODULE` once per argv of argv (a JSON list) in this one process, as `python
+# Runs `python -m MODULE` once per argv of CASES (a JSON list) in this one process, as `python
 # -m` would (runpy, __name__ == "__main__"); before each case it writes a marker line to stderr,
 # after it one JSON line to stdout: {"rc", "seconds"}. Flags the module defined, and modules
 # loaded from files outside the repository and the environment (config files), are forgotten
