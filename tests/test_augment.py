@@ -305,3 +305,29 @@ def test_rotation_matches_opencv_with_border_reflect(astronaut):
   assert np.abs(out - reflected)[outside].mean() < 1.0  # OpenCV's weights are 1/32 steps
   assert np.abs(out - replicated)[outside].mean() > 10.0
   assert np.abs(out - reflected).max() < 8.0
+
+
+@pytest.mark.parametrize("jit", [False, True])
+def test_a_batch_augmented_in_chunks_equals_the_batch_at_once(astronaut, jit):
+  """A batch larger than augment.CHUNK (and not a multiple of it) is changed chunk by chunk; every
+  example comes out as the same parameters applied to the whole batch at once give it."""
+  rng = np.random.default_rng(3)
+  photo = _small_astronaut(astronaut, 64)
+  batch = augment.CHUNK + 9
+  images = np.stack([np.roll(photo, (int(dy), int(dx)), axis=(0, 1))
+                     for dy, dx in rng.integers(-8, 8, (batch, 2))])
+  keypoints = tf.constant(rng.uniform(0.3, 0.7, (batch, 5, 2)), tf.float32)
+  config = augment.make_config(flip=0.5, brightness=0.2, contrast=0.2, rotation=15.0, scale=0.1,
+                               translate=0.05, occlusion=0.5, occlusion_size=0.3)
+  seed = tf.constant([5, 1], tf.int64)
+  chunked = tf.function(lambda: augment.augment_batch(images, keypoints, config, seed, PERM),
+                        jit_compile=jit)()
+
+  def at_once():
+    params, moved = augment.draw_parameters(tf.shape(images), keypoints, config, seed, PERM)
+    return augment.augment_pixels(tf.constant(images), params, config), moved
+
+  whole, moved = tf.function(at_once, jit_compile=jit)()  # the same compiler for both
+  np.testing.assert_allclose(chunked[0].numpy(), whole.numpy(), atol=1e-5)
+  np.testing.assert_allclose(chunked[1].numpy(), moved.numpy(), atol=1e-6)
+  assert np.abs(whole.numpy() - images).max() > 10  # it did augment

@@ -82,6 +82,10 @@ def _uniform(seed, batch, low, high):
 def augment_batch(images, keypoints, aug_config, seed, flip_permutation):
   """Augments a batch: (images float32 [B,S,S,3] in 0..255, keypoints float32 [B,K,2] normalised).
 
+  Each example's parameters are drawn for the whole batch at once; the pixels are then changed
+  CHUNK images at a time, so that a chunk's intermediate images stay in the processor's cache
+  and the cost per image does not grow with the batch. The result is the same either way.
+
   Args:
     images: [B,H,W,3], uint8 or float in 0..255.
     keypoints: [B,K,2] normalised (x, y).
@@ -95,28 +99,70 @@ def augment_batch(images, keypoints, aug_config, seed, flip_permutation):
     raise ValueError(f"flip_permutation {tuple(flip_permutation)} does not match "
                      f"{keypoints.shape[1]} keypoints")
   keypoints = tf.cast(keypoints, tf.float32)
+  params, keypoints = draw_parameters(tf.shape(images), keypoints, aug_config, seed,
+                                      flip_permutation)
+  return in_chunks(lambda chunk, p: augment_pixels(chunk, p, aug_config), images, params), keypoints
+
+
+def draw_parameters(image_shape, keypoints, cfg, seed, flip_permutation):
+  """({name: [B, ...] tensor} of every example's augmentation, the keypoints [B,K,2] moved)."""
+  batch, height, width = image_shape[0], image_shape[1], image_shape[2]
   seeds = _split(seed, 4)
-  images, keypoints = _geometry(images, keypoints, aug_config, seeds[0], flip_permutation)
+  params, keypoints = _draw_geometry(batch, width, height, keypoints, cfg, seeds[0],
+                                     flip_permutation)
+  if cfg.brightness:
+    params["brightness"] = _uniform(seeds[1], batch, -cfg.brightness, cfg.brightness) * 255.0
+  if cfg.contrast:
+    params["contrast"] = _uniform(seeds[2], batch, 1.0 - cfg.contrast, 1.0 + cfg.contrast)
+  if cfg.occlusion:
+    params.update(_draw_occlusion(batch, width, height, cfg, seeds[3]))
+  return params, keypoints
+
+
+def augment_pixels(images, params, cfg):
+  """The images [B,H,W,3] with the augmentation of draw_parameters applied: float32 0..255."""
+  if "matrix" in params:
+    images = warp(images, params["matrix"], params["offset"])
+  elif "flip" in params:
+    width = tf.shape(images)[2]
+    columns = tf.where(params["flip"][:, None], tf.range(width - 1, -1, -1), tf.range(width))
+    images = tf.gather(images, columns, axis=2, batch_dims=1)
   images = tf.cast(images, tf.float32)
-  batch = tf.shape(images)[0]
-  if aug_config.brightness:
-    delta = _uniform(seeds[1], batch, -aug_config.brightness, aug_config.brightness) * 255.0
-    images = images + delta[:, None, None, None]
-  if aug_config.contrast:
-    factor = _uniform(seeds[2], batch, 1.0 - aug_config.contrast, 1.0 + aug_config.contrast)
+  if cfg.brightness:
+    images = images + params["brightness"][:, None, None, None]
+  if cfg.contrast:
     mean = tf.reduce_mean(images, axis=[1, 2], keepdims=True)
-    images = (images - mean) * factor[:, None, None, None] + mean
+    images = (images - mean) * params["contrast"][:, None, None, None] + mean
   images = tf.clip_by_value(images, 0.0, 255.0)
-  if aug_config.occlusion:
-    images = _occlude(images, aug_config, seeds[3])
-  return images, keypoints
+  if cfg.occlusion:
+    images = _occlude(images, params)
+  return images
 
 
-def _geometry(images, keypoints, cfg, seed, flip_permutation):
-  """Flip, rotation, zoom and translation as one warp of images and keypoints."""
-  if not (cfg.flip or cfg.rotation or cfg.scale or cfg.translate):
-    return images, keypoints
+CHUNK = 32  # images whose intermediates fit a CPU's cache together (128 x 128 x 3 float32 each)
+
+
+def in_chunks(fn, images, params):
+  """fn(images, params) of a whole batch, computed CHUNK examples at a time (a batch of at most
+  CHUNK in one call): fn must treat every example on its own."""
+  if images.shape[0] is not None and images.shape[0] <= CHUNK:
+    return fn(images, params)
   batch = tf.shape(images)[0]
+  chunks = (batch + CHUNK - 1) // CHUNK
+  padding = chunks * CHUNK - batch
+  pad = lambda x: tf.concat([x, tf.repeat(x[:1], padding, axis=0)], axis=0)  # batch >= 1
+  split = lambda x: tf.reshape(pad(x), tf.concat([[chunks, CHUNK], tf.shape(x)[1:]], axis=0))
+  out = tf.map_fn(lambda args: fn(*args), (split(images), {k: split(v) for k, v in
+                                                               params.items()}),
+                  fn_output_signature=tf.float32, parallel_iterations=1)
+  return tf.reshape(out, tf.concat([[chunks * CHUNK], tf.shape(out)[2:]], axis=0))[:batch]
+
+
+def _draw_geometry(batch, width, height, keypoints, cfg, seed, flip_permutation):
+  """Flip, rotation, zoom and translation as one warp: its parameters ("flip" alone, or "matrix"
+  and "offset") and the keypoints moved by it."""
+  if not (cfg.flip or cfg.rotation or cfg.scale or cfg.translate):
+    return {}, keypoints
   seeds = _split(seed, 5)
   if cfg.flip:
     flip = _uniform(seeds[0], batch, 0.0, 1.0) < cfg.flip
@@ -125,11 +171,8 @@ def _geometry(images, keypoints, cfg, seed, flip_permutation):
   else:
     flip = tf.zeros([batch], tf.bool)
   if not (cfg.rotation or cfg.scale or cfg.translate):
-    width = tf.shape(images)[2]
-    columns = tf.where(flip[:, None], tf.range(width - 1, -1, -1), tf.range(width))  # [B, W]
-    return tf.gather(images, columns, axis=2, batch_dims=1), keypoints
+    return {"flip": flip}, keypoints
 
-  width, height = tf.shape(images)[2], tf.shape(images)[1]
   size = tf.cast(tf.stack([width, height]), tf.float32)
   angle = _uniform(seeds[1], batch, -cfg.rotation, cfg.rotation) * (math.pi / 180.0)
   zoom = _uniform(seeds[2], batch, -cfg.scale, cfg.scale)
@@ -141,7 +184,8 @@ def _geometry(images, keypoints, cfg, seed, flip_permutation):
   shrink = _largest_shrink_in_frame(points, size, angle, zoom, shift)
   angle, zoom, shift = angle * shrink, zoom * shrink, shift * shrink[:, None]
   points = _transform_points(*_affine(size, no_flip, angle, zoom, shift), points)
-  return (warp(images, *_affine(size, flip, angle, zoom, shift)),
+  matrix, offset = _affine(size, flip, angle, zoom, shift)
+  return ({"matrix": matrix, "offset": offset},
           keypoints_lib.to_normalised(points, width, height))
 
 
@@ -211,21 +255,25 @@ def _lerp(a, b, t):
   return a + (b - a) * t
 
 
-def _occlude(images, cfg, seed):
+def _draw_occlusion(batch, width, height, cfg, seed):
   """Per example, with probability cfg.occlusion, one rectangle of a random grey level."""
-  shape = tf.shape(images)
-  batch = shape[0]
-  h, w = tf.cast(shape[1], tf.float32), tf.cast(shape[2], tf.float32)
+  h, w = tf.cast(height, tf.float32), tf.cast(width, tf.float32)
   seeds = _split(seed, 6)
-  apply = _uniform(seeds[0], batch, 0.0, 1.0) < cfg.occlusion
-  half_h = _uniform(seeds[1], batch, 0.5, 1.0) * cfg.occlusion_size * h / 2.0
-  half_w = _uniform(seeds[2], batch, 0.5, 1.0) * cfg.occlusion_size * w / 2.0
-  cy = _uniform(seeds[3], batch, 0.0, 1.0) * h
-  cx = _uniform(seeds[4], batch, 0.0, 1.0) * w
-  grey = _uniform(seeds[5], batch, 0.0, 255.0)
-  ys = tf.range(h)[None, :] + 0.5  # pixel centres
-  xs = tf.range(w)[None, :] + 0.5
-  rows = tf.abs(ys - cy[:, None]) < half_h[:, None]  # [B, H]
-  cols = tf.abs(xs - cx[:, None]) < half_w[:, None]  # [B, W]
-  mask = rows[:, :, None] & cols[:, None, :] & apply[:, None, None]
-  return tf.where(mask[..., None], grey[:, None, None, None], images)
+  return {
+      "occlude": _uniform(seeds[0], batch, 0.0, 1.0) < cfg.occlusion,
+      "half_h": _uniform(seeds[1], batch, 0.5, 1.0) * cfg.occlusion_size * h / 2.0,
+      "half_w": _uniform(seeds[2], batch, 0.5, 1.0) * cfg.occlusion_size * w / 2.0,
+      "cy": _uniform(seeds[3], batch, 0.0, 1.0) * h,
+      "cx": _uniform(seeds[4], batch, 0.0, 1.0) * w,
+      "grey": _uniform(seeds[5], batch, 0.0, 255.0)}
+
+
+def _occlude(images, params):
+  """The rectangles of _draw_occlusion painted in."""
+  shape = tf.shape(images)
+  ys = tf.range(tf.cast(shape[1], tf.float32))[None, :] + 0.5  # pixel centres
+  xs = tf.range(tf.cast(shape[2], tf.float32))[None, :] + 0.5
+  rows = tf.abs(ys - params["cy"][:, None]) < params["half_h"][:, None]  # [B, H]
+  cols = tf.abs(xs - params["cx"][:, None]) < params["half_w"][:, None]  # [B, W]
+  mask = rows[:, :, None] & cols[:, None, :] & params["occlude"][:, None, None]
+  return tf.where(mask[..., None], params["grey"][:, None, None, None], images)
