@@ -286,7 +286,7 @@ def test_a_run_is_not_resumed_on_a_dataset_rewritten_with_other_splits(tmp_path)
            "--config.feature_stride=8", "--config.evaluate_at_end=false", "--config.num_epochs=1"]
   refused = run_main(*flags)
   assert refused.returncode == 1, refused.stderr
-  (line,) = [l for l in refused.stderr.splitlines() if l.startswith("error:")]
+  (line,) = [l for l in refused.stderr.splitlines() if "error:" in l]
   assert f"another version of the dataset {data}" in line
   assert (f"its splits were train {first['train']}, validation {first['validation']}, test "
           f"{first['test']} examples and are train {second['train']}") in line

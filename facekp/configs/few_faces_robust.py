@@ -5,7 +5,7 @@ The recipe facekp/configs/few_faces.py replaced (its heatmaps follow faces that 
 coarser stride than the U-Net's); kept to compare a keras.applications backbone with facekp's
 own on the same protocol. BatchNorm statistics are estimated once on training images and
 frozen (with 11 steps an epoch, batch statistics make the trained network and the one
-evaluated two different functions). Figures: README, Results (tools.bench_accuracy).
+evaluated two different functions). Figures: docs/results.md (tools.bench_accuracy).
 """
 from facekp.configs import default
 

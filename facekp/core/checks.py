@@ -62,11 +62,17 @@ def output_folder(flag, path):
   return path
 
 
-def input_folder(flag, path, what="folder"):
-  """An existing folder to read."""
+def input_path(flag, path, what="file or folder"):
+  """An existing file or folder to read."""
   path = _nonempty(flag, path, f"a {what}")
   if not tf.io.gfile.exists(path):
     raise FileNotFoundError(f"--{flag}={path}: no such {what}")
+  return path
+
+
+def input_folder(flag, path, what="folder"):
+  """An existing folder to read."""
+  path = input_path(flag, path, what)
   if not tf.io.gfile.isdir(path):
     raise NotADirectoryError(f"--{flag}={path} is a file, not a {what}")
   return path
@@ -74,17 +80,7 @@ def input_folder(flag, path, what="folder"):
 
 def input_file(flag, path, what="file"):
   """An existing file (not a folder) to read."""
-  path = _nonempty(flag, path, f"a {what}")
-  if not tf.io.gfile.exists(path):
-    raise FileNotFoundError(f"--{flag}={path}: no such {what}")
+  path = input_path(flag, path, what)
   if tf.io.gfile.isdir(path):
     raise IsADirectoryError(f"--{flag}={path} is a folder, not a {what}")
-  return path
-
-
-def input_path(flag, path, what="file or folder"):
-  """An existing file or folder to read."""
-  path = _nonempty(flag, path, f"a {what}")
-  if not tf.io.gfile.exists(path):
-    raise FileNotFoundError(f"--{flag}={path}: no such {what}")
   return path

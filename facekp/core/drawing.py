@@ -1,8 +1,8 @@
-"""Pictures of keypoints on faces: face grids (evaluation, TensorBoard) and photo overlays (predict).
+"""Pictures of keypoints on faces: face grids (evaluation, TensorBoard), photo overlays (predict).
 
-Points are drawn in facekp's continuous convention (facekp.core.keypoints): every image is shown with
-extent (0, W, H, 0), so pixel i covers [i, i + 1) on the axes and a point at x = i + 0.5 lands on
-pixel i's centre (matplotlib's default extent puts pixel centres at integers, half a pixel off).
+Points are drawn in facekp's continuous convention (facekp.core.keypoints): every image is shown
+with extent (0, W, H, 0), so pixel i covers [i, i + 1) on the axes and a point at x = i + 0.5 lands
+on pixel i's centre (matplotlib's default extent puts pixel centres at integers, half a pixel off).
 
 Every function draws on its own matplotlib figure (Agg backend, no display needed) and writes a
 PNG through facekp.core.files (whole or absent). Figure sizes are fixed in inches at DPI, so a

@@ -1,14 +1,14 @@
 """MediaPipe Face Mesh annotation of a folder: resumable face_keypoints.csv.
 
-`annotate_folder` labels every image of a folder (or, with `align_size`, every face of every
-photo, cropped FFHQ-style first; facekp.data.faces) in worker processes (facekp.core.workers) holding one
+`annotate_folder` labels every image of a folder (or, with `align_size`, every face of every photo,
+cropped FFHQ-style first; facekp.data.faces) in worker processes (facekp.core.workers) holding one
 FaceMesh each, and writes face_keypoints.csv. Finished work goes to a journal (facekp.core.journal)
-as it arrives, so a run killed at any moment (SIGKILL included) continues where it stopped and
-ends with the same CSV an uninterrupted run writes; a file whose content changed since it was
-labelled (its sha256, compared on every run) is labelled again. Every listed image gets its rows,
-each naming its photo; with alignment, photos whose crop names would meet (a.jpg, a.png) keep
-their extension in their crops' names (facekp.data.faces.crop_stems), and a crop whose name the
-file system cannot hold is a row with status "name_too_long".
+as it arrives, so a run killed at any moment (SIGKILL included) continues where it stopped and ends
+with the same CSV an uninterrupted run writes; a file whose content changed since it was labelled
+(its sha256, compared on every run) is labelled again. Every listed image gets its rows, each naming
+its photo; with alignment, photos whose crop names would meet (a.jpg, a.png) keep their extension in
+their crops' names (facekp.data.faces.crop_stems), and a crop whose name the file system cannot hold
+is a row with status "name_too_long".
 """
 import dataclasses
 import errno

@@ -1,4 +1,4 @@
-"""The MediaPipe internals behind Face Mesh's direct path, in one place (checked: mediapipe 0.10.21).
+"""The MediaPipe internals behind Face Mesh's direct path, in one place (checked: 0.10.21).
 
 SolutionBase.process builds a NamedTuple class and parses every output message on every call;
 on still images facekp needs only the landmark messages' bytes, so it feeds the graph itself as

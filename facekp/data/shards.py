@@ -136,7 +136,8 @@ def write_split_shard(out_path, rows, images_dir, num_keypoints, digests=None):
   or None) as for make_example; returns write_shard's (examples, bytes)."""
   digests = digests or [None] * len(rows)
   return write_shard(out_path, (make_example(images_dir, row, digest)
-                                for row, digest in zip(rows, digests)), dataset_info.features(num_keypoints))
+                                for row, digest in zip(rows, digests)),
+                      dataset_info.features(num_keypoints))
 
 
 def _split_infos(shard_splits, written):

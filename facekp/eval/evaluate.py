@@ -297,7 +297,8 @@ def main(argv):
   evaluate_workdir(f.workdir, f.data_dir, f.split, tta_flip=f.tta_flip, pictures=f.pictures)
 
 
-run = cli.command(main, define_flags)  # the facekp-evaluate command (python -m facekp.eval.evaluate)
+# The facekp-evaluate command (python -m facekp.eval.evaluate).
+run = cli.command(main, define_flags)
 
 
 if __name__ == "__main__":

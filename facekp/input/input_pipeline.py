@@ -2,9 +2,9 @@
 
 The dataset is found through its TFDS metadata (facekp.data.shards.builder): the split's shard files
 and their example counts come from dataset_info.json, the parser from the stored feature spec.
-Images are decoded here (TFDS's own decoding is skipped), in parallel, once: decoded uint8
-images are cached in memory or in cache files, and stay uint8 until they reach the device.
-Random augmentation is not done here but in the train step (facekp.input.augment): a random op before
+Images are decoded here (TFDS's own decoding is skipped), in parallel, once: decoded uint8 images
+are cached in memory or in cache files, and stay uint8 until they reach the device. Random
+augmentation is not done here but in the train step (facekp.input.augment): a random op before
 cache() would be frozen after the first epoch.
 """
 import hashlib

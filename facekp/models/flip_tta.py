@@ -16,7 +16,7 @@ class MirrorImages(keras.layers.Layer):
 
 @keras.saving.register_keras_serializable(package="facekp")
 class MirrorKeypoints(keras.layers.Layer):
-  """Normalised keypoints [B, K, 2] of a mirrored image mapped back (facekp.core.keypoints.mirror)."""
+  """Normalised keypoints [B, K, 2] of a mirrored image mapped back (keypoints.mirror)."""
 
   def __init__(self, flip_permutation, **kwargs):
     super().__init__(**kwargs)

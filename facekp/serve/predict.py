@@ -8,12 +8,12 @@
 
 Each photo is read with facekp.core.images.load_rgb and its faces found, ordered (largest first),
 named and cropped by facekp.data.faces, the routine make_tfrecords uses: the FFHQ-style crop of
-facekp.data.align that `make_tfrecords --align` writes, at the model's input size. The model predicts
-on each crop, and the inverse of the crop's matrix takes the points back into the photo's
+facekp.data.align that `make_tfrecords --align` writes, at the model's input size. The model
+predicts on each crop, and the inverse of the crop's matrix takes the points back into the photo's
 pixels. Before the first photo, the keypoint record of the model's training data (the export's
 model_card.json, export_report.json or schema.json, or the workdir's dataset) is checked: its
-coordinate convention, its crop and (an export's) input size. facekp.load (facekp.api) reads
-photos through the same functions.
+coordinate convention, its crop and (an export's) input size. facekp.load (facekp.api) reads photos
+through the same functions.
 Written into --out:
   predictions.csv  the columns of face_keypoints.csv: image_name, width, height,
                    point_1_x ... point_K_y (pixels of the photo), status, photo (the photo's
@@ -412,8 +412,8 @@ def define_flags():
 
 
 def main(argv):
-  f = flags.FLAGS
-  predict_images(f.model, f.images, f.out, max_faces=f.max_faces, overlays=f.overlays)
+  predict_images(flags.FLAGS.model, flags.FLAGS.images, flags.FLAGS.out,
+                 max_faces=flags.FLAGS.max_faces, overlays=flags.FLAGS.overlays)
 
 
 run = cli.command(main, define_flags)  # the facekp-predict command (python -m facekp.serve.predict)

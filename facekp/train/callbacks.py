@@ -1,5 +1,6 @@
-"""The callbacks of a training run that are not about its state on disk (facekp.train.checkpointing):
-progress lines, a stop at the first non-finite loss, the frozen backbone, TensorBoard pictures.
+"""The callbacks of a training run that are not about its state on disk (that is
+facekp.train.checkpointing's): progress lines, a stop at the first non-finite loss, the frozen
+backbone, TensorBoard pictures.
 """
 import math
 import sys

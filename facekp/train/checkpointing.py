@@ -184,7 +184,8 @@ class BestCheckpoint(keras.callbacks.Callback):
 
 def write_history(path, rows):
   """Rewrites history.csv with `rows` (atomically; columns: epoch, then the metrics)."""
-  fields = [workdir_lib.HISTORY_EPOCH] + sorted({k for row in rows for k in row} - {workdir_lib.HISTORY_EPOCH})
+  epoch = workdir_lib.HISTORY_EPOCH
+  fields = [epoch] + sorted({k for row in rows for k in row} - {epoch})
   out = io.StringIO()
   writer = csv.DictWriter(out, fieldnames=fields, restval="")
   writer.writeheader()

@@ -17,7 +17,7 @@ def get_config():
   config.shuffle_buffer = 10_000
 
   # Model (facekp.models.keypoint_model).
-  config.backbone = "mobilenet_v2"  # any keras.applications name (e.g. efficientnet_v2_b0) or "unet"
+  config.backbone = "mobilenet_v2"  # a keras.applications name (efficientnet_v2_b0...) or "unet"
   config.backbone_kwargs = ml_collections.ConfigDict()  # e.g. {"alpha": 0.35} for MobileNets
   config.weights = "imagenet"  # "imagenet", "none", or a no-top weights file
   config.feature_stride = 32  # 16 or 8 cut the backbone at its last layer at that stride

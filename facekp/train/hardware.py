@@ -82,8 +82,9 @@ def _watchdog(timeout_s):
       f"(TF_CONFIG={os.environ.get('TF_CONFIG', '')}). Start every worker of the cluster with "
       "the same cluster and its own task index, check that their addresses are reachable, or "
       "raise --config.multi_worker_timeout_s.") + "\n"
-  return subprocess.Popen([sys.executable, "-c", _WATCHDOG, str(os.getpid()), str(timeout_s),
-                           message], stdin=subprocess.DEVNULL, stderr=stderr_filter.unfiltered_stderr())
+  return subprocess.Popen(
+      [sys.executable, "-c", _WATCHDOG, str(os.getpid()), str(timeout_s), message],
+      stdin=subprocess.DEVNULL, stderr=stderr_filter.unfiltered_stderr())
 
 
 def _multi_worker_strategy(timeout_s):
@@ -131,7 +132,8 @@ def create_strategy(name, tpu="", multi_worker_timeout_s=300):
     if gpus:
       return tf.distribute.MirroredStrategy(gpus)
     cpus = [d.name for d in tf.config.list_logical_devices("CPU")]
-    return tf.distribute.MirroredStrategy(cpus, cross_device_ops=tf.distribute.ReductionToOneDevice())
+    return tf.distribute.MirroredStrategy(
+        cpus, cross_device_ops=tf.distribute.ReductionToOneDevice())
   raise ValueError(f"strategy={name!r}: choose one of {config_rules.STRATEGIES}")
 
 

@@ -78,12 +78,13 @@ def mae_px_metric(image_size):
 
 
 def learning_rate(config, num_replicas):
-  """The base learning rate, scaled linearly with the global batch when config.lr_scaling says so."""
+  """The base learning rate, scaled linearly with the global batch if config.lr_scaling says so."""
   lr = config.learning_rate
   if config.lr_scaling == "linear":
     lr *= config.batch_size / config.lr_base_batch_size
   logging.info("learning rate %.3g (%s scaling; global batch %d = %d replicas x %d)", lr,
-               config.lr_scaling, config.batch_size, num_replicas, config.batch_size // num_replicas)
+               config.lr_scaling, config.batch_size, num_replicas,
+               config.batch_size // num_replicas)
   return lr
 
 

@@ -68,7 +68,8 @@ def _train(config, workdir, writer, strategy):
   workdir_lib.write_train_mean(out, mean, config.data_dir,
                                input_pipeline.num_examples(config.data_dir, "train"))
   initial_mean = mean if config.init_output_at_mean else None
-  net, trainer = keypoint_trainer.build_trainer(config, strategy, schema, steps_per_epoch, initial_mean)
+  net, trainer = keypoint_trainer.build_trainer(config, strategy, schema, steps_per_epoch,
+                                                initial_mean)
 
   point = checkpointing.ResumePoint.restore(trainer, workdir)
   if hardware.is_multi_worker(strategy):
@@ -126,7 +127,7 @@ class Fit:
                                     write_graph=False),
         backup,
     ]
-    if self.writer.chief:  # progress lines go before the callbacks that read its keypoint_trainer.learning_rate
+    if self.writer.chief:  # progress lines go before the callbacks that read its learning_rate
       callbacks.insert(0, callbacks_lib.Progress(config.num_epochs, self.steps_per_epoch,
                                                  config.batch_size, config.log_every_steps,
                                                  first_batch=point.state.batch))
