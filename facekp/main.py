@@ -45,7 +45,7 @@ def main(argv):
     raise app.UsageError("--workdir is required: the directory for this run's checkpoints, "
                          "logs and model (a new one starts a new run)")
   api.run_training(config, workdir=FLAGS.workdir, restart=FLAGS.restart,
-                   config_file=cli.config_module_path(sys.argv[1:]))
+                   config_file=cli.config_file(cli.config_module_path(sys.argv[1:])))
 
 
 def run():

@@ -406,6 +406,8 @@ def test_a_run_killed_mid_epoch_resumes_and_ends_at_the_same_epoch(data_dir, tmp
   # Resumed at the step: 4 epochs of 6 steps, none done twice.
   with open(metadata) as f:
     assert json.load(f)["step"] == 24
+  # --config=tiny is recorded as the packaged file it names (the model card's training command).
+  assert workdir_lib.read_config_source(workdir)["config_file"] == tiny.__file__
 
   model = keras.models.load_model(f"{workdir}/model.keras")
   val = input_pipeline.load_arrays(data_dir, "validation", image_size=32)
