@@ -164,7 +164,8 @@ def _drain(iterator, steps, augment_fn=None):
 
 
 def _augment_cost(flip_permutation):
-  """ms per batch of augment.augment_batch with the training config, on this CPU."""
+  """ms per batch of augment.augment_batch with the training config, on this CPU, as the train
+  step runs it: in chunks in graph mode, the whole batch at once under XLA."""
   config = augment.make_config(**mobilenet_aug.AUGMENT)
   costs = {}
   for batch in (32, 256):
@@ -172,8 +173,9 @@ def _augment_cost(flip_permutation):
         0, 256, (batch, FLAGS.image_size, FLAGS.image_size, 3), np.uint8))
     keypoints = tf.constant(np.tile(_PLACEHOLDER, (batch, 1, 1)))
     for mode, jit in (("graph", False), ("xla", True)):
-      run = tf.function(lambda s: augment.augment_batch(images, keypoints, config, s,
-                                                        flip_permutation), jit_compile=jit)
+      chunk_size = 0 if jit else augment.CHUNK
+      run = tf.function(lambda s: augment.augment_batch(  # pylint: disable=cell-var-from-loop
+          images, keypoints, config, s, flip_permutation, chunk_size), jit_compile=jit)
       run(tf.constant([0, 0]))[0].numpy()
       repeats = 20 if batch == 32 else 4
       start = time.perf_counter()
@@ -249,6 +251,9 @@ def _run(workdir):
   results["warm_cpu_flip_brightness_vs_sequence"] = (
       results["warm_cpu_flip_brightness_images_per_s"] / sequence)
   results["augment_ms_per_batch"] = costs
+  for mode in ("graph", "xla"):  # per-image cost at batch 256 against batch 32's
+    results[f"augment_per_image_256_vs_32_{mode}"] = round(
+        costs[f"256_{mode}"] / 256 / (costs[f"32_{mode}"] / 32), 3)
   print()
   print(f"(a) seed-style PyDataset          {sequence:10,.0f} images/s")
   print(f"(b) tf.data cold (first epoch)    {results['cold_images_per_s']:10,.0f} images/s"

@@ -78,13 +78,18 @@ def _uniform(seed, batch, low, high):
   return low + (high - low) * unit
 
 
+CHUNK = 32  # images whose intermediates fit a CPU's cache together (128 x 128 x 3 float32 each)
+
+
 @tf.autograph.experimental.do_not_convert  # only Python branches on the config
-def augment_batch(images, keypoints, aug_config, seed, flip_permutation):
+def augment_batch(images, keypoints, aug_config, seed, flip_permutation, chunk_size=CHUNK):
   """Augments a batch: (images float32 [B,S,S,3] in 0..255, keypoints float32 [B,K,2] normalised).
 
   Each example's parameters are drawn for the whole batch at once; the pixels are then changed
-  CHUNK images at a time, so that a chunk's intermediate images stay in the processor's cache
-  and the cost per image does not grow with the batch. The result is the same either way.
+  `chunk_size` images at a time, so that a chunk's intermediate images stay in the processor's
+  cache and the cost per image does not grow with the batch. The result is the same either way.
+  Under XLA (jit_compile) pass chunk_size=0, the whole batch at once: XLA fuses the operations
+  (no large intermediates), and a loop over chunks only takes its parallelism away.
 
   Args:
     images: [B,H,W,3], uint8 or float in 0..255.
@@ -93,6 +98,7 @@ def augment_batch(images, keypoints, aug_config, seed, flip_permutation):
     seed: int32/int64 tensor [2]; give every step (and every replica) its own, for example
       tf.stack([config.seed, step]).
     flip_permutation: the schema's flip permutation (facekp.core.schema.Schema.flip_permutation).
+    chunk_size: images whose pixels are changed together; 0: the whole batch.
   """
   check_config(aug_config)
   if len(flip_permutation) != keypoints.shape[1]:
@@ -101,7 +107,10 @@ def augment_batch(images, keypoints, aug_config, seed, flip_permutation):
   keypoints = tf.cast(keypoints, tf.float32)
   params, keypoints = draw_parameters(tf.shape(images), keypoints, aug_config, seed,
                                       flip_permutation)
-  return in_chunks(lambda chunk, p: augment_pixels(chunk, p, aug_config), images, params), keypoints
+  pixels = lambda chunk, chunk_params: augment_pixels(chunk, chunk_params, aug_config)
+  if not chunk_size:
+    return pixels(images, params), keypoints
+  return in_chunks(pixels, images, params, chunk_size), keypoints
 
 
 def draw_parameters(image_shape, keypoints, cfg, seed, flip_permutation):
@@ -139,23 +148,20 @@ def augment_pixels(images, params, cfg):
   return images
 
 
-CHUNK = 32  # images whose intermediates fit a CPU's cache together (128 x 128 x 3 float32 each)
-
-
-def in_chunks(fn, images, params):
-  """fn(images, params) of a whole batch, computed CHUNK examples at a time (a batch of at most
-  CHUNK in one call): fn must treat every example on its own."""
-  if images.shape[0] is not None and images.shape[0] <= CHUNK:
+def in_chunks(fn, images, params, chunk_size):
+  """fn(images, params) of a whole batch, computed chunk_size examples at a time (a batch of at
+  most chunk_size in one call): fn must treat every example on its own."""
+  if images.shape[0] is not None and images.shape[0] <= chunk_size:
     return fn(images, params)
   batch = tf.shape(images)[0]
-  chunks = (batch + CHUNK - 1) // CHUNK
-  padding = chunks * CHUNK - batch
+  chunks = (batch + chunk_size - 1) // chunk_size
+  padding = chunks * chunk_size - batch
   pad = lambda x: tf.concat([x, tf.repeat(x[:1], padding, axis=0)], axis=0)  # batch >= 1
-  split = lambda x: tf.reshape(pad(x), tf.concat([[chunks, CHUNK], tf.shape(x)[1:]], axis=0))
+  split = lambda x: tf.reshape(pad(x), tf.concat([[chunks, chunk_size], tf.shape(x)[1:]], axis=0))
   out = tf.map_fn(lambda args: fn(*args), (split(images), {k: split(v) for k, v in
                                                                params.items()}),
                   fn_output_signature=tf.float32, parallel_iterations=1)
-  return tf.reshape(out, tf.concat([[chunks * CHUNK], tf.shape(out)[2:]], axis=0))[:batch]
+  return tf.reshape(out, tf.concat([[chunks * chunk_size], tf.shape(out)[2:]], axis=0))[:batch]
 
 
 def _draw_geometry(batch, width, height, keypoints, cfg, seed, flip_permutation):

@@ -59,7 +59,8 @@ class KeypointTrainer(keras.Model):
               + tf.cast(context.replica_id_in_sync_group, tf.int64))
       seed = tf.stack([tf.constant(self.seed, tf.int64), step])
       images, keypoints = augment.augment_batch(
-          images, keypoints, self.augment_config, seed, self.flip_permutation)
+          images, keypoints, self.augment_config, seed, self.flip_permutation,
+          chunk_size=0 if self.jit_compile else augment.CHUNK)
     return self._reducible(super().train_step((images, keypoints)))
 
   def test_step(self, data):
