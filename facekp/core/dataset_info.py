@@ -104,15 +104,8 @@ def fingerprint(data_dir):
   splits = builder(data_dir).info.splits
   names = sorted(splits.keys(), key=lambda n: (_SPLIT_ORDER.index(n) if n in _SPLIT_ORDER else 3,
                                                n))
-  shards = [f"{name}/{path.name}/{_file_sha256(str(path))}"
+  shards = [f"{name}/{path.name}/{files.file_sha256(str(path))}"
             for name in names for path in splits[name].filepaths]
   return {"splits": {name: int(splits[name].num_examples) for name in names},
           "shards_sha256": hashlib.sha256("\n".join(shards).encode("utf-8")).hexdigest()}
 
-
-def _file_sha256(path):
-  digest = hashlib.sha256()
-  with tf.io.gfile.GFile(path, "rb") as f:
-    for block in iter(lambda: f.read(1 << 22), b""):
-      digest.update(block)
-  return digest.hexdigest()

@@ -52,6 +52,16 @@ def _extension(name):
   return found
 
 
+def file_sha256(path):
+  """The sha256 (hex) of a file's content, read in blocks (local or tf.io.gfile paths)."""
+  digest = hashlib.sha256()
+  opened = open(path, "rb") if _is_local(path) else tf.io.gfile.GFile(path, "rb")
+  with opened as f:
+    for block in iter(lambda: f.read(1 << 22), b""):
+      digest.update(block)
+  return digest.hexdigest()
+
+
 def is_temporary(name):
   return posixpath.basename(name).startswith(_TEMPORARY_PREFIX)
 

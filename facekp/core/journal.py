@@ -62,7 +62,7 @@ def unchanged(path, stamp):
   if stamp is None:
     return False
   try:
-    return _size(path) == stamp.size and _sha256(path) == stamp.sha256
+    return _size(path) == stamp.size and files.file_sha256(path) == stamp.sha256
   except (OSError, tf.errors.OpError):
     return False
 
@@ -74,14 +74,6 @@ def _size(path):
     return tf.io.gfile.stat(path).length
   status = os.stat(path)
   return status.st_size if stat.S_ISREG(status.st_mode) else -1
-
-
-def _sha256(path):
-  if "://" in path:
-    with tf.io.gfile.GFile(path, "rb") as f:
-      return hashlib.sha256(f.read()).hexdigest()
-  with open(path, "rb") as f:
-    return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 class SettingsChanged(ValueError):
