@@ -8,9 +8,7 @@ import os
 
 import tensorflow as tf
 
-
-def _is_local(path):
-  return "://" not in str(path)
+from facekp.core import files
 
 
 def integer(flag, value, lower, upper=None):
@@ -47,7 +45,7 @@ def output_folder(flag, path):
   """A folder a command writes into: absent (it is created) or a folder, never a file or a path
   that leads through one."""
   path = _nonempty(flag, path, "the folder to write into")
-  if not _is_local(path):
+  if not files.is_local(path):
     if tf.io.gfile.exists(path) and not tf.io.gfile.isdir(path):
       raise NotADirectoryError(f"--{flag}={path} is a file, not a folder: give a folder")
     return path

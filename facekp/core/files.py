@@ -22,7 +22,8 @@ import tensorflow as tf
 LOCK_FILE = ".facekp.lock"
 
 
-def _is_local(path):
+def is_local(path):
+  """Whether a path is on this machine's file system (not gs://, s3://...)."""
   return "://" not in str(path)
 
 
@@ -55,7 +56,7 @@ def _extension(name):
 def file_sha256(path):
   """The sha256 (hex) of a file's content, read in blocks (local or tf.io.gfile paths)."""
   digest = hashlib.sha256()
-  opened = open(path, "rb") if _is_local(path) else tf.io.gfile.GFile(path, "rb")
+  opened = open(path, "rb") if is_local(path) else tf.io.gfile.GFile(path, "rb")
   with opened as f:
     for block in iter(lambda: f.read(1 << 22), b""):
       digest.update(block)
@@ -83,7 +84,7 @@ def _fsync_folder(folder):
 
 def commit(tmp, path):
   """Moves a finished temporary file over `path` (flushed to disk first when local)."""
-  if _is_local(path):
+  if is_local(path):
     _fsync_file(tmp)
     os.replace(tmp, path)
     _fsync_folder(os.path.dirname(path))
@@ -213,7 +214,7 @@ def folder_lock(folder, what="folder"):
   so a killed run never leaves a stale lock. A second run on the same folder fails at once with
   a message naming the holder. Folders in object storage are not locked.
   """
-  if not _is_local(folder):
+  if not is_local(folder):
     yield
     return
   os.makedirs(folder, exist_ok=True)
