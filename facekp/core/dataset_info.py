@@ -25,7 +25,7 @@ DUPLICATES_JSON = "duplicates.json"
 SCHEMA_FILE = "schema.json"
 FILENAME_TEMPLATE = "{DATASET}-{SPLIT}.{FILEFORMAT}-{SHARD_X_OF_Y}"
 DATASET_NAME = "facekp"
-_SPLIT_ORDER = ("train", "validation", "test")  # as make_tfrecords --split gives them
+SPLIT_ORDER = ("train", "validation", "test")  # as make_tfrecords --split gives them
 REWRITE = "write the dataset again (facekp-make-tfrecords --images=DIR --out=DIR)"
 
 
@@ -96,14 +96,18 @@ def builder(data_dir):
         ) from None
 
 
+def split_order(name):
+  """A sort key: train, validation, test, then any other split by name."""
+  return (SPLIT_ORDER.index(name) if name in SPLIT_ORDER else len(SPLIT_ORDER), name)
+
+
 def fingerprint(data_dir):
   """What a training run records of its dataset, to know it again when resuming: the number of
   examples of each split and a sha256 over every shard's split, name and content (a dataset
   rewritten with other splits, other images or other labels has another; the same dataset
   written again has the same)."""
   splits = builder(data_dir).info.splits
-  names = sorted(splits.keys(), key=lambda n: (_SPLIT_ORDER.index(n) if n in _SPLIT_ORDER else 3,
-                                               n))
+  names = sorted(splits.keys(), key=split_order)
   shards = [f"{name}/{path.name}/{files.file_sha256(str(path))}"
             for name in names for path in splits[name].filepaths]
   return {"splits": {name: int(splits[name].num_examples) for name in names},

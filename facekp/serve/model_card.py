@@ -34,14 +34,12 @@ from facekp.core import workdir as workdir_lib
 CARD_FILE = "model_card.json"
 README_FILE = "README.md"
 NOT_EVALUATED = "not evaluated"
-CLEANING_REPORT = "cleaning_report.json"
 # The summary of each predictor in "accuracy" (the keys of facekp.eval.evaluate's metrics.json).
 ACCURACY_KEYS = ("num_faces", "mae_px", "nme", "failure_rate_0.10", "auc_0.10")
 PREDICTORS = ("model", "model_flip_tta", "mean_shape", "teacher_floor")
 PROTOCOLS = ("aligned", "perturbed")
 TEST_EVALUATION = "test"  # facekp.eval.evaluate's folder for the test split of the own dataset
 ALIGNED_CROP_PREFIX = keypoints_lib.crop_method(1)[:-1]  # facekp's align, at any size
-SPLIT_ORDER = ("train", "validation", "test")
 
 
 def landmarks(schema):
@@ -61,8 +59,8 @@ def training_data(data_dir):
   summary["faces"] = {name: int(split.num_examples) for name, split in splits.items()}
   if tf.io.gfile.exists(f"{data_dir}/{dataset_info.SCHEMA_FILE}"):
     summary["crop"] = (dataset_info.read_metadata(data_dir) or {}).get("crop")
-  if tf.io.gfile.exists(f"{data_dir}/{CLEANING_REPORT}"):
-    report = files.read_json(f"{data_dir}/{CLEANING_REPORT}", "cleaning report", expect=dict)
+  if tf.io.gfile.exists(f"{data_dir}/{dataset_info.CLEANING_REPORT}"):
+    report = files.read_json(f"{data_dir}/{dataset_info.CLEANING_REPORT}", "cleaning report", expect=dict)
     summary["cleaning"] = {key: report.get(key) for key in ("rows", "kept", "dropped")}
   return summary
 
@@ -202,7 +200,7 @@ def _data_lines(data):
   if data["faces"] is None:
     return [f"Dataset `{data['data_dir']}`: not found at export time, so its size is unknown."]
   faces = ", ".join(f"{split} {data['faces'][split]}"
-                    for split in sorted(data["faces"], key=_split_order))
+                    for split in sorted(data["faces"], key=dataset_info.split_order))
   lines = [f"Dataset `{data['data_dir']}`: {faces} faces; crop `{data['crop']}`."]
   if data["cleaning"]:
     cleaning = data["cleaning"]
@@ -218,10 +216,6 @@ def _crop_words(crop):
             "apply to photos")
   return (f"`{crop}` (not facekp's alignment: facekp.load and facekp.serve.predict feed it "
           "FFHQ-style crops, which may differ from what it learnt on)")
-
-
-def _split_order(name):
-  return (SPLIT_ORDER.index(name) if name in SPLIT_ORDER else len(SPLIT_ORDER), name)
 
 
 def markdown(card):
