@@ -11,6 +11,7 @@ Every function takes NumPy arrays or TensorFlow tensors of shape [..., K, 2] (x,
 the same kind. Datasets and exports record `metadata(...)`, so a reader can check that what it
 feeds a model is what the model was trained on.
 """
+import re
 import numpy as np
 import tensorflow as tf
 
@@ -21,6 +22,11 @@ CROP_AS_STORED = "as_stored"
 def crop_method(align_size):
   """How a dataset's images were cropped: facekp's FFHQ-style align at S px, or as stored."""
   return f"facekp_align_{int(align_size)}" if align_size else CROP_AS_STORED
+
+
+def is_aligned_crop(crop):
+  """Whether a crop method is facekp's FFHQ-style align, at any size (what predict feeds)."""
+  return re.fullmatch(r"facekp_align_\d+", str(crop)) is not None
 
 
 def metadata(crop, input_size=None):

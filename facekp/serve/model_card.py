@@ -39,7 +39,6 @@ ACCURACY_KEYS = ("num_faces", "mae_px", "nme", "failure_rate_0.10", "auc_0.10")
 PREDICTORS = ("model", "model_flip_tta", "mean_shape", "teacher_floor")
 PROTOCOLS = ("aligned", "perturbed")
 TEST_EVALUATION = "test"  # facekp.eval.evaluate's folder for the test split of the own dataset
-ALIGNED_CROP_PREFIX = keypoints_lib.crop_method(1)[:-1]  # facekp's align, at any size
 
 
 def landmarks(schema):
@@ -211,7 +210,7 @@ def _data_lines(data):
 
 
 def _crop_words(crop):
-  if crop.startswith(ALIGNED_CROP_PREFIX):
+  if keypoints_lib.is_aligned_crop(crop):
     return (f"`{crop}`, facekp's FFHQ-style alignment, which facekp.load and facekp.serve.predict "
             "apply to photos")
   return (f"`{crop}` (not facekp's alignment: facekp.load and facekp.serve.predict feed it "

@@ -40,7 +40,6 @@ import collections
 import contextlib
 import errno
 import os
-import re
 import typing
 
 from facekp.core import cli  # first: quiets the C++ start-up lines of TensorFlow and MediaPipe
@@ -71,7 +70,6 @@ JOURNAL = "predictions.journal"
 EXPORT_REPORT = "export_report.json"
 # Files of an export that hold {"schema": ..., "keypoints": ...}, the model card first.
 EXPORT_RECORDS = (model_card.CARD_FILE, EXPORT_REPORT)
-_ALIGNED_CROP = keypoints_lib.crop_method(1)[:-1] + r"\d+"  # facekp's align, at any size
 MAX_FACES = 100  # --max_faces
 
 
@@ -156,7 +154,7 @@ def check_training_record(record, where, *, image_size=None):
     raise ValueError(f"{where}: records an input size of {recorded_size} px, but the model takes "
                      f"{image_size} px: this record belongs to another model (export it again)")
   crop = str(record.get("crop", ""))
-  if not re.fullmatch(_ALIGNED_CROP, crop):
+  if not keypoints_lib.is_aligned_crop(crop):
     logging.warning("%s: the model was trained on images cropped %r, but predict feeds it "
                     "facekp's FFHQ-style crops (%s): its points may be off; train on a dataset "
                     "made with make_tfrecords --align for photos", where, crop,
