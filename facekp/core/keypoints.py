@@ -12,6 +12,7 @@ the same kind. Datasets and exports record `metadata(...)`, so a reader can chec
 feeds a model is what the model was trained on.
 """
 import re
+
 import numpy as np
 import tensorflow as tf
 
