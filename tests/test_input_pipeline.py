@@ -123,11 +123,10 @@ def decode_calls(monkeypatch):
   calls = []
   decode = input_pipeline.decode
 
-  def counting_decode(example, image_size):
-    image, keypoints, name = decode(example, image_size)
-    image = tf.numpy_function(lambda im: (calls.append(1), im)[1], [image], tf.uint8,
-                              stateful=True)
-    return tf.ensure_shape(image, [image_size, image_size, 3]), keypoints, name
+  def counting_decode(encoded, image_size):
+    image = tf.numpy_function(lambda im: (calls.append(1), im)[1],
+                              [decode(encoded, image_size)], tf.uint8, stateful=True)
+    return tf.ensure_shape(image, [image_size, image_size, 3])
 
   monkeypatch.setattr(input_pipeline, "decode", counting_decode)
   return calls
@@ -260,3 +259,8 @@ def test_a_corrupt_shard_is_named(copied_dir, damage):
   expected = "holds 6 records, dataset_info.json says 7" if damage == "drop_record" else "corrupt"
   with pytest.raises(ValueError, match=f"{re.escape(shard)}: {expected}"):
     input_pipeline.load_arrays(copied_dir, "train")
+  with pytest.raises(ValueError, match=f"{re.escape(shard)}: {expected}"):  # as training reads
+    with input_pipeline.naming_damaged_records(copied_dir, ("train", "validation")):
+      ds = input_pipeline.create_split(copied_dir, "train", batch_size=2, train=True, repeat=2)
+      for _ in ds:
+        pass

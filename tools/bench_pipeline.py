@@ -6,8 +6,8 @@ Feeds the same real face crops (../shared/data/aligned128, repeated to --epoch_s
 in one run, on this machine's cores:
   (a) the seed's design: a keras.utils.PyDataset that reads PNGs with OpenCV and flips and
       brightens them in NumPy, batch by batch;
-  (b) facekp.input.input_pipeline.create_split(train=True) from a cold start (shard check, PNG decode,
-      cache fill): the first epoch;
+  (b) facekp.input.input_pipeline.create_split(train=True) from a cold start (the shards' record
+      framing checked, records parsed, PNGs decoded, cache filled): the first epoch;
   (c) the same pipeline from its warm in-memory cache: every later epoch.
 (b) and (c) deliver uint8 batches ready for the device: augmentation runs there, in the train step
 (facekp.input.augment), so its cost on this CPU is printed apart, per batch, and (d) is the warm

@@ -7,14 +7,21 @@ are cached in memory or in cache files, and stay uint8 until they reach the devi
 augmentation is not done here but in the train step (facekp.input.augment): a random op before
 cache() would be frozen after the first epoch.
 """
+import contextlib
 import hashlib
+import re
 
 import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from facekp.core import dataset_info
+
 AUTOTUNE = tf.data.AUTOTUNE
+_REWRITE = "rewrite the dataset with tools/make_tfrecords"
+_IMAGE_DECODE_ERROR = re.compile(r"Invalid (PNG|JPEG) data|decode|Unknown image file format", re.I)
+# Records parsed per tf.io.parse_example call: one call per record costs more than the parsing.
+_PARSE_BATCH = 256
 
 
 def _split_info(data_dir, split):
@@ -61,8 +68,8 @@ def _check_shards_exist(shards):
 def _check_shards_readable(shards):
   """Reads every record once (checking its CRC) and compares the count with the metadata's.
 
-  tf.data's own error for a damaged record does not say which file holds it; this costs about
-  a sixth of the decoding that follows, and only when the cache is not already filled.
+  tf.data's own error for a damaged record does not say which file holds it: this names it. It
+  costs a full read, so pipelines run it only once reading has failed (naming_damaged_records).
   """
   for path, expected in shards:
     try:
@@ -70,10 +77,37 @@ def _check_shards_readable(shards):
           np.int64(0), lambda n, records: n + tf.size(records, out_type=tf.int64)))
     except tf.errors.OpError as e:
       raise ValueError(f"{path}: corrupt TFRecord shard ({e.message.splitlines()[0]}); "
-                       "rewrite the dataset with tools/make_tfrecords") from None
-    if count != expected:
-      raise ValueError(f"{path}: holds {count} records, dataset_info.json says {expected}; "
-                       "rewrite the dataset with tools/make_tfrecords")
+                       f"{_REWRITE}") from None
+    _check_count(path, count, expected)
+
+
+def _check_count(path, count, expected):
+  if count != expected:
+    raise ValueError(f"{path}: holds {count} records, dataset_info.json says {expected}; "
+                     f"{_REWRITE}")
+
+
+def _check_shard_framing(shards):
+  """Walks each shard's record headers (8-byte length, 4-byte CRC, the data, its 4-byte CRC)
+  without reading the data: the record count must be the metadata's and the last record must end
+  where the file ends. A shard cut short or missing records is named before any reading; a byte
+  damaged inside a record is caught by its CRC when tf.data reads it (naming_damaged_records).
+  """
+  for path, expected in shards:
+    size = tf.io.gfile.stat(path).length
+    count, offset = 0, 0
+    with tf.io.gfile.GFile(path, "rb") as f:
+      while offset < size:
+        f.seek(offset)
+        header = f.read(12)
+        if len(header) < 12:
+          break
+        offset += 16 + int.from_bytes(header[:8], "little")
+        count += 1
+    if offset != size:
+      raise ValueError(f"{path}: corrupt TFRecord shard (its last record runs past the file's "
+                       f"end at byte {size}: cut short?); {_REWRITE}")
+    _check_count(path, count, expected)
 
 
 def _cache_file(cache_dir, split, image_size, shards, num_splits, index):
@@ -90,16 +124,22 @@ def _cache_file(cache_dir, split, image_size, shards, num_splits, index):
           f"{fingerprint.hexdigest()[:16]}")
 
 
-def decode(example, image_size):
-  """Encoded example -> (uint8 [S,S,3] image, normalised keypoints, name); resized if needed."""
-  image = tf.io.decode_image(example["image"], channels=3, expand_animations=False)
+def decode(encoded, image_size):
+  """Encoded image bytes (PNG or JPEG) -> uint8 [S,S,3]; resized if stored at another size (the
+  normalised keypoints are unchanged by that)."""
+  image = tf.io.decode_image(encoded, channels=3, expand_animations=False)
   image = tf.cond(
       tf.reduce_all(tf.shape(image)[:2] == image_size),
       lambda: image,
       lambda: tf.cast(tf.clip_by_value(tf.round(tf.image.resize(
           image, [image_size, image_size], antialias=True)), 0, 255), tf.uint8))
-  image = tf.ensure_shape(image, [image_size, image_size, 3])
-  return image, example["keypoints"], example["image_name"]
+  return tf.ensure_shape(image, [image_size, image_size, 3])
+
+
+def _parse_spec(features, names):
+  """tf.io.parse_example's spec for these features, from the dataset's stored feature spec."""
+  info = features.get_serialized_info()
+  return {name: tf.io.FixedLenFeature(info[name].shape, info[name].dtype) for name in names}
 
 
 def _decoded_examples(data_dir, split, image_size, cache, input_context, with_names=False):
@@ -112,24 +152,40 @@ def _decoded_examples(data_dir, split, image_size, cache, input_context, with_na
   if isinstance(cache, str):
     cache_file = _cache_file(cache, split, image_size, shards, num_splits, index)
   if cache_file is None or not tf.io.gfile.exists(cache_file + ".index"):
-    _check_shards_readable(shards)
+    _check_shard_framing(shards)
 
-  features = builder.info.features
-  decoders = {"image": tfds.decode.SkipDecoding()}
+  names = ("image", "keypoints") + (("image_name",) if with_names else ())
+  spec = _parse_spec(builder.info.features, names)
   ds = tf.data.TFRecordDataset([path for path, _ in shards])
   if num_splits > 1:
     ds = ds.shard(num_splits, index)
-
-  def parse_and_decode(record):
-    decoded = decode(features.deserialize_example(record, decoders=decoders), image_size)
-    return decoded if with_names else decoded[:2]
-
-  ds = ds.map(parse_and_decode, num_parallel_calls=AUTOTUNE)
+  ds = ds.batch(_PARSE_BATCH).map(lambda records: tuple(
+      tf.io.parse_example(records, spec)[name] for name in names), num_parallel_calls=AUTOTUNE)
+  ds = ds.unbatch().map(lambda image, *rest: (decode(image, image_size), *rest),
+                        num_parallel_calls=AUTOTUNE)
   if cache_file is not None:
     ds = ds.cache(cache_file)
   elif cache:
     ds = ds.cache()
   return ds
+
+
+@contextlib.contextmanager
+def naming_damaged_records(data_dir, splits):
+  """Reading inside the block that fails on a damaged shard or an image that does not decode
+  raises a ValueError naming the shard (and the example), where tf.data names neither."""
+  try:
+    yield
+  except tf.errors.DataLossError:
+    for split in splits:
+      _check_shards_readable(_pipeline_shards(_split_info(data_dir, split)[1], None)[0])
+    raise
+  except tf.errors.InvalidArgumentError as e:
+    where = (_undecodable_image(data_dir, splits) if _IMAGE_DECODE_ERROR.search(e.message)
+             else None)
+    if where is None:
+      raise
+    raise ValueError(f"corrupt image in {where}; {_REWRITE}") from None
 
 
 def _num_passes(repeat, train):
@@ -193,28 +249,20 @@ def distributed_dataset(strategy, data_dir, split, *, global_batch_size, train,
   return strategy.distribute_datasets_from_function(dataset_fn)
 
 
-def undecodable_image(data_dir, splits):
-  """Where the first stored image that does not decode lies, 'shard, record i (name): why', or
-  None. tf.data's own error for it names neither the shard nor the example."""
+def _undecodable_image(data_dir, splits):
+  """Where the first stored image of these splits that does not decode lies, 'shard, record i
+  (name): why', or None."""
   for split in splits:
-    where = _undecodable_example(data_dir, split)
-    if where:
-      return where
-  return None
-
-
-def _undecodable_example(data_dir, split):
-  """Where the first record of `split` whose image does not decode lies, or None."""
-  builder, split_info = _split_info(data_dir, split)
-  decoders = {"image": tfds.decode.SkipDecoding()}
-  for path in split_info.filepaths:
-    for i, record in enumerate(tf.data.TFRecordDataset(str(path))):
-      example = builder.info.features.deserialize_example(record, decoders=decoders)
-      try:
-        tf.io.decode_image(example["image"], channels=3, expand_animations=False)
-      except tf.errors.InvalidArgumentError as e:
-        name = example["image_name"].numpy().decode("utf-8", "replace")
-        return f"{path}, record {i} ({name}): {e.message.splitlines()[0]}"
+    builder, split_info = _split_info(data_dir, split)
+    decoders = {"image": tfds.decode.SkipDecoding()}
+    for path in split_info.filepaths:
+      for i, record in enumerate(tf.data.TFRecordDataset(str(path))):
+        example = builder.info.features.deserialize_example(record, decoders=decoders)
+        try:
+          tf.io.decode_image(example["image"], channels=3, expand_animations=False)
+        except tf.errors.InvalidArgumentError as e:
+          name = example["image_name"].numpy().decode("utf-8", "replace")
+          return f"{path}, record {i} ({name}): {e.message.splitlines()[0]}"
   return None
 
 
@@ -224,15 +272,11 @@ def load_arrays(data_dir, split, image_size=128):
   ds = _decoded_examples(data_dir, split, image_size, cache=False, input_context=None,
                          with_names=True)
   images, keypoints, names = [], [], []
-  try:
+  with naming_damaged_records(data_dir, (split,)):
     for image, points, name in ds.batch(1024).prefetch(AUTOTUNE).as_numpy_iterator():
       images.append(image)
       keypoints.append(points)
       names.extend(n.decode("utf-8") for n in name)
-  except tf.errors.InvalidArgumentError:  # a record whose CRC holds but whose image is corrupt
-    where = _undecodable_example(data_dir, split) or f"the {split} split of {data_dir}"
-    raise ValueError(f"corrupt image in {where}; rewrite the dataset with tools/make_tfrecords"
-                     ) from None
   num_keypoints = ds.element_spec[1].shape[0]
   return {
       "images": (np.concatenate(images) if images
@@ -245,16 +289,18 @@ def load_arrays(data_dir, split, image_size=128):
 
 def train_mean_keypoints(data_dir):
   """Mean normalised keypoints [K, 2] of the training split, read without decoding images."""
-  shards, _, _ = _pipeline_shards(_split_info(data_dir, "train")[1], None)
+  builder, split_info = _split_info(data_dir, "train")
+  shards = _pipeline_shards(split_info, None)[0]
   _check_shards_exist(shards)
-  _check_shards_readable(shards)  # a damaged shard is named, not a bare DataLossError
-  ds = dataset_info.builder(data_dir).as_dataset(
-      split="train", decoders={"image": tfds.decode.SkipDecoding()})
-  ds = ds.map(lambda ex: ex["keypoints"]).batch(4096)
+  _check_shard_framing(shards)
+  spec = _parse_spec(builder.info.features, ("keypoints",))
+  ds = tf.data.TFRecordDataset([path for path, _ in shards]).batch(4096).map(
+      lambda records: tf.io.parse_example(records, spec)["keypoints"])
   total, count = 0.0, 0
-  for batch in ds.as_numpy_iterator():
-    total = total + batch.astype(np.float64).sum(axis=0)
-    count += len(batch)
+  with naming_damaged_records(data_dir, ("train",)):
+    for batch in ds.as_numpy_iterator():
+      total = total + batch.astype(np.float64).sum(axis=0)
+      count += len(batch)
   if not count:
     raise ValueError(f"the train split of {data_dir} is empty: no mean shape")
   return (total / count).astype(np.float32)

@@ -22,7 +22,6 @@ the workdir, the others a temporary folder. Training input is split between work
 (input_pipeline), validation is read whole by every worker so that its metrics are exact.
 """
 import contextlib
-import re
 import warnings
 
 from absl import logging
@@ -40,8 +39,6 @@ from facekp.train import config_rules
 from facekp.train import hardware
 from facekp.train import keypoint_trainer
 from facekp.train import resume_rules
-
-_IMAGE_DECODE_ERROR = re.compile(r"Invalid (PNG|JPEG) data|decode|Unknown image file format", re.I)
 
 
 def train_and_evaluate(config, workdir):
@@ -142,7 +139,8 @@ class Fit:
   def __call__(self, point, epochs):
     """Fits from `point` to the end of epoch `epochs` (or an earlier stop); the new point."""
     callbacks, backup = self.callbacks(point)
-    with _quiet_end_of_data(), _naming_corrupt_images(self.config.data_dir):
+    with _quiet_end_of_data(), input_pipeline.naming_damaged_records(
+        self.config.data_dir, ("train", "validation")):
       self.trainer.fit(_train_dataset(self.config, self.strategy, point.state),
                        initial_epoch=point.state.epoch, epochs=epochs,
                        steps_per_epoch=self.steps_per_epoch - point.state.batch,
@@ -235,18 +233,3 @@ def _quiet_end_of_data():
   with warnings.catch_warnings():
     warnings.filterwarnings("ignore", message="Your input ran out of data")
     yield
-
-
-@contextlib.contextmanager
-def _naming_corrupt_images(data_dir):
-  """A stored image that does not decode (its record's CRC holds) stops training with the shard
-  and the example named, where tf.data says only "Invalid PNG data"."""
-  try:
-    yield
-  except tf.errors.InvalidArgumentError as e:
-    where = (input_pipeline.undecodable_image(data_dir, ("train", "validation"))
-             if _IMAGE_DECODE_ERROR.search(e.message) else None)
-    if where is None:
-      raise
-    raise ValueError(f"corrupt image in {where}; rewrite the dataset with tools/make_tfrecords "
-                     "(the last good checkpoints are kept)") from None
