@@ -1,8 +1,18 @@
-"""bench_accuracy's protocol: folds that keep copies together, and its figures and table."""
+"""bench_accuracy's protocol: folds that keep copies together, its figures and table, and the
+whole-photo protocol on the sample, end to end."""
+import json
+import os
+import subprocess
+import sys
+import types
+
 import numpy as np
 
+from facekp.core import keypoint_csv
 from facekp.core import schema as schema_lib
 from tools import bench_accuracy
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 SCHEMA = schema_lib.Schema(schema_lib.DEFAULT_MESH_INDICES, (1, 263, 291, 33, 61))
 FACE = np.array([[0.5, 0.6], [0.33, 0.45], [0.38, 0.75], [0.67, 0.45], [0.62, 0.75]])
@@ -77,3 +87,70 @@ def test_fold_scores_and_the_table_read_against_both_yardsticks():
   table = bench_accuracy.format_table(summary)
   assert table.splitlines()[0].split()[:3] == ["predictor", "MAE", "px"]
   assert "halfway" in table and f"{100 * expected:.0f}% ± 0%" in table
+
+
+def test_each_face_finds_its_photo_by_its_row_or_the_crops_index(tmp_path):
+  raw, crops = tmp_path / "raw", tmp_path / "aligned128"
+  (raw / "pkg").mkdir(parents=True)
+  crops.mkdir()
+  for name in ("a.jpg", "b.jpg"):
+    (raw / "pkg" / name).write_bytes(b"")
+  (crops / "index.csv").write_text("crop,photo,face,quad_px\nc_f0.png,pkg/b.jpg,0,90.0\n"
+                                   "gone_f0.png,pkg/gone.jpg,0,90.0\n")
+  row = lambda name, photo: keypoint_csv.KeypointRow(name, 128, 128, (0.0,) * 10, "ok", photo)
+  faces = types.SimpleNamespace(
+      names=["raw/pkg/a_f0.png", "raw/pkg/a_f1.png", "aligned128/c_f0.png",
+             "aligned128/gone_f0.png", "aligned128/other.png"],
+      rows=[row("pkg/a_f0.png", "pkg/a.jpg"), row("pkg/a_f1.png", "pkg/a.jpg"),
+            row("c_f0.png", "c_f0.png"), row("gone_f0.png", "gone_f0.png"),
+            row("other.png", None)])
+  sources = [("aligned128", str(crops), 0), ("raw", str(raw), 128)]
+  assert bench_accuracy.face_photos(faces, sources, str(raw)) == [
+      f"{raw}/pkg/a.jpg", f"{raw}/pkg/a.jpg", f"{raw}/pkg/b.jpg", None, None]
+
+
+def test_the_table_puts_the_photo_rows_under_their_own_header():
+  figures = {"nme": (0.03, 0.0, 2), "mae_px": (0.8, 0.1, 2)}
+  photo = {"faces_found": (0.9, 0.05, 2), "nme": (0.033, 0.001, 2), "nme_ratio": (1.1, 0.1, 2)}
+  table = bench_accuracy.format_table({"model.py": figures, "photos: model.py": photo})
+  aligned, photos = table.split("\n\n")
+  assert "photos:" not in aligned and "faces found" not in aligned
+  header, row = photos.splitlines()[1:]
+  assert header.split()[:3] == ["predictor", "faces", "found"] and "photo/crop NME" in header
+  assert row.split()[:6] == ["photos:", "model.py", "90.0%", "±", "5.0%", "3.30%"]
+  assert "1.10 ± 0.10" in row
+
+
+TINY_128 = '''from facekp.configs import tiny
+
+
+def get_config():
+  config = tiny.get_config()
+  config.image_size = 128  # the bench feeds its 128 px faces to the model as they are
+  return config
+'''
+
+
+def test_quick_run_scores_the_sample_photos_end_to_end(tmp_path):
+  """--quick on facekp/sample (--shared absent), one fold: the photo protocol runs facekp.load's
+  predict on the test fold's photos and scores it, beside dlib when installed."""
+  recipe = tmp_path / "tiny128.py"
+  recipe.write_text(TINY_128)
+  out = tmp_path / "bench.json"
+  result = subprocess.run(
+      [sys.executable, "-m", "tools.bench_accuracy", "--quick", "--only_folds=1",
+       f"--shared={tmp_path}/absent", f"--recipes={recipe}", f"--cache={tmp_path}/cache",
+       f"--json={out}"], cwd=ROOT, capture_output=True, text=True, timeout=900,
+      env=dict(os.environ, PYTHONPATH=ROOT))
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "whole photos" in result.stdout and "photos: tiny128.py" in result.stdout
+  report = json.loads(out.read_text())
+  assert report["notes"]["photos_per_fold"][0] > 0
+  rows = ["photos: tiny128.py"] + (
+      [] if bench_accuracy.dlib_available() else [f"photos: {bench_accuracy.DLIB_OFFSET}"])
+  for name in rows:
+    fold = report["per_fold"][0][name]
+    assert fold["num_faces"] > 0 and fold["num_found"] > 0, fold
+    assert 0 < fold["nme"] < 0.5 and np.isfinite(fold["mae_px"]), fold  # a mean face at worst
+    assert 0.5 < fold["nme_ratio"] < 3 and np.isfinite(fold["common_nme"]), fold
+    assert report["summary"][name]["faces_found"][0] > 0

@@ -24,8 +24,23 @@ choices (ridge alpha, early stopping). Predictors, each scored on the test fold:
 Figures: MAE px, NME (inter-ocular), FR>10 %, AUC@10 %, the share of the mean-shape -> teacher
 floor gap closed (by NME), and the NME under evaluate's perturbed protocol (the same faces
 rotated, zoomed and shifted); each as mean ± standard deviation over the folds.
+
+Whole photos (--photos, on by default; facekp.eval.photos): the aligned-crop figures score crops
+cut like the training data, users give whole photos. So each fold also takes its test photos
+(the raw photos whose faces are in the test fold: a face read through --align names its photo,
+an aligned128 crop names it in aligned128/index.csv; no face of such a photo was trained on) and
+scores, on each, facekp's prediction end to end (facekp.load(workdir).predict: detection, crop,
+model, points in the photo's pixels) of every --recipes model, and dlib (its own detector on the
+photo, the 68 points' five slots + the fold's learned offset), against the teacher, Face Mesh on
+each face's own region. A predicted face is matched to the teacher face nearest its box's centre
+(one to one, within half a face size); the teacher faces none matches are misses. Figures: faces
+found (share of the teacher's faces), NME (by the teacher's inter-ocular distance), MAE px (the
+photo's pixels), FR>10 %, NME on the faces every photo predictor found, photo NME / aligned-crop
+NME of the same predictor on the same fold (issue 22's goal: <= 1.2), extra faces (predicted faces
+matched to none); mean ± standard deviation over the folds.
 """
 import collections
+import contextlib
 import csv
 import hashlib
 import importlib.util
@@ -39,6 +54,7 @@ from absl import logging
 import cv2
 import numpy as np
 
+import facekp
 from facekp.core import cli
 from facekp.core import dataset_info
 from facekp.core import files
@@ -50,6 +66,7 @@ from facekp.data import shards
 from facekp.data import splits as splits_lib
 from facekp.eval import evaluate
 from facekp.eval import metrics as metrics_lib
+from facekp.eval import photos as photos_lib
 from facekp.eval import yardsticks
 from facekp.input import input_pipeline
 from facekp.models import keypoint_model
@@ -70,6 +87,15 @@ FIGURES = (("mae_px", "MAE px", 1.0, "{:.2f}"), ("nme", "NME", 100.0, "{:.2f}%")
                                                                "{:.3f}"),
            ("gap_closed", "gap closed", 100.0, "{:.0f}%"),
            ("perturbed_nme", "perturbed NME", 100.0, "{:.2f}%"))
+# The photo protocol's rows ("photos: <predictor>") and their figures.
+PHOTO_ROW = "photos: "
+PHOTO_FIGURES = (("faces_found", "faces found", 100.0, "{:.1f}%"),
+                 ("nme", "NME", 100.0, "{:.2f}%"), ("mae_px", "MAE px", 1.0, "{:.2f}"),
+                 ("failure_rate_0.10", "FR>10%", 100.0, "{:.1f}%"),
+                 ("common_nme", "NME all found", 100.0, "{:.2f}%"),
+                 ("nme_ratio", "photo/crop NME", 1.0, "{:.2f}"),
+                 ("extra_faces", "extra faces", 1.0, "{:.1f}"))
+DLIB_OFFSET = "dlib 68 + learned offset"
 
 
 # --- Data ----------------------------------------------------------------------------------------
@@ -413,7 +439,7 @@ def summarise(per_fold):
   summary = {}
   for name in dict.fromkeys(n for fold in per_fold for n in fold):
     summary[name] = {}
-    for key, *_ in FIGURES:
+    for key in dict.fromkeys(key for key, *_ in FIGURES + PHOTO_FIGURES):
       values = [fold[name][key] for fold in per_fold
                 if fold.get(name) and fold[name].get(key) is not None]
       if values:
@@ -424,12 +450,22 @@ def summarise(per_fold):
 
 
 def format_table(summary):
+  """The aligned-crop table, then the photo protocol's rows under their own header."""
+  photo_rows = {n: f for n, f in summary.items() if n.startswith(PHOTO_ROW)}
+  table = _table({n: f for n, f in summary.items() if n not in photo_rows}, FIGURES)
+  if photo_rows:
+    table += ("\n\nwhole photos, against the teacher on each face (facekp.eval.photos):\n"
+              + _table(photo_rows, PHOTO_FIGURES))
+  return table
+
+
+def _table(summary, columns):
   width = max(len(n) for n in summary) + 2
-  header = f"{'predictor':<{width}}" + "".join(f"{label:>20}" for _, label, *_ in FIGURES)
+  header = f"{'predictor':<{width}}" + "".join(f"{label:>20}" for _, label, *_ in columns)
   lines = [header]
   for name, figures in summary.items():
     cells = []
-    for key, _, factor, fmt in FIGURES:
+    for key, _, factor, fmt in columns:
       if key in figures:
         mean, std, _ = figures[key]
         cells.append(f"{fmt.format(factor * mean)} ± {fmt.format(factor * std)}")
@@ -439,11 +475,99 @@ def format_table(summary):
   return "\n".join(lines)
 
 
+# --- Whole photos --------------------------------------------------------------------------------
+
+
+def face_photos(faces, sources, raw_dir):
+  """The photo each face came from, [N] paths (None where unknown or absent): a face of a source
+  read through --align names its photo in its keypoint row; a crop of an aligned source names it
+  in its folder's index.csv, relative to raw_dir (../shared/data/raw for aligned128)."""
+  by_source = {name: (images_dir, align) for name, images_dir, align in sources}
+  indexes, paths = {}, []
+  for name, row in zip(faces.names, faces.rows):
+    source, image_name = name.split("/", 1)
+    images_dir, align = by_source[source]
+    if align:
+      photo = f"{images_dir}/{row.photo}" if row.photo else None
+    else:
+      if source not in indexes:
+        indexes[source] = crop_index(images_dir)
+      photo = indexes[source].get(image_name)
+      photo = f"{raw_dir}/{photo}" if photo else None
+    paths.append(photo if photo and os.path.isfile(photo) else None)
+  return paths
+
+
+def crop_index(images_dir):
+  """{crop name: its photo's name} of a folder's index.csv ({} without one)."""
+  if not os.path.exists(f"{images_dir}/{INDEX_FILE}"):
+    return {}
+  with open(f"{images_dir}/{INDEX_FILE}", newline="") as f:
+    return {row["crop"]: row["photo"] for row in csv.DictReader(f)}
+
+
+PhotoFace = collections.namedtuple("PhotoFace", "box points")
+
+
+class DlibPhotos:
+  """dlib as the photo protocol's predictor (facekp.eval.photos): its HOG face detector on the
+  whole photo (upsampled once, as on the crops), the 68-point shape predictor on each face, the
+  five slots (DLIB_SLOTS, +0.5 px) moved by `offset` (learned_offset, in dlib's eye frame) when
+  given; faces largest first (by their box)."""
+
+  def __init__(self, offset=None):
+    import dlib  # pylint: disable=import-outside-toplevel
+    self.detector = dlib.get_frontal_face_detector()
+    self.shape_predictor = dlib.shape_predictor(DLIB_MODEL)
+    self.offset = offset
+
+  def predict(self, image, max_faces=1):
+    image = np.ascontiguousarray(image)
+    boxes = sorted(self.detector(image, 1), key=lambda r: r.area(), reverse=True)[:max_faces]
+    faces = []
+    for box in boxes:
+      shape = self.shape_predictor(image, box)
+      xy = np.array([[p.x + 0.5, p.y + 0.5] for p in shape.parts()], np.float64)
+      points, eyes = xy[list(DLIB_SLOTS)][None], xy[list(DLIB_EYES)][None]
+      if self.offset is not None:
+        points = from_face_frame(to_face_frame(points, eyes) + self.offset, eyes)
+      faces.append(PhotoFace((box.left(), box.top(), box.right() + 1, box.bottom() + 1),
+                             points[0]))
+    return faces
+
+
+def photo_fold_scores(paths, workdirs, dlib_offset, schema, aligned):
+  """{"photos: <predictor>": figures} of the photo protocol on one fold's test photos: each
+  trained recipe through facekp.load (workdirs: {label: workdir}) and, given the fold's learned
+  offset, dlib. Each also gets its NME on the faces every one of them found (common_nme) and its
+  photo NME over its aligned-crop NME on the fold (nme_ratio; aligned: fold_scores' figures)."""
+  if not paths or not (workdirs or dlib_offset is not None):
+    return {}
+  with contextlib.ExitStack() as stack:
+    predictors = {label: stack.enter_context(facekp.load(workdir))
+                  for label, workdir in workdirs.items()}
+    if dlib_offset is not None:
+      predictors[DLIB_OFFSET] = DlibPhotos(dlib_offset)
+    result = photos_lib.photo_faces(paths, predictors, schema.mesh_indices)
+  everyone = np.logical_and.reduce([photos_lib.found_faces(result, n) for n in predictors])
+  out = {}
+  for name in predictors:
+    figures = photos_lib.photo_metrics(result, name, schema.eye_slots)
+    figures["common_nme"] = photos_lib.photo_metrics(result, name, schema.eye_slots,
+                                                     everyone).get("nme")
+    if figures.get("nme") is not None and (aligned.get(name) or {}).get("nme"):
+      figures["nme_ratio"] = figures["nme"] / aligned[name]["nme"]
+    figures["photos"] = len(paths) - result.skipped
+    out[PHOTO_ROW + name] = figures
+  return out
+
+
 # --- The run -------------------------------------------------------------------------------------
 
 
-def run(faces, num_folds, recipes, cache, quick=False, only_folds=0):
-  """Every predictor on every fold; returns (per-fold figures, summary, notes)."""
+def run(faces, num_folds, recipes, cache, quick=False, only_folds=0, photos=None):
+  """Every predictor on every fold; returns (per-fold figures, summary, notes). photos: [N] the
+  photo of each face (face_photos) for the photo protocol, None to skip it."""
   schema, size = faces.schema, faces.images.shape[1]
   folds = assign_folds(faces.groups, num_folds)
   notes = {"folds_run": only_folds or num_folds, "faces": int(len(faces.names)), "photo_groups": int(len(set(faces.groups.tolist()))),
@@ -470,6 +594,7 @@ def run(faces, num_folds, recipes, cache, quick=False, only_folds=0):
     hog_predict, alpha = hog_ridge(hog, faces.keypoints, train, validation)
     predictions["HOG + ridge"] = (hog_predict(hog[test]), hog_predict(hog_perturbed[test]))
     notes.setdefault("ridge_alpha", []).append(alpha)
+    offset, workdirs = None, {}  # the photo protocol's: dlib's learned offset, the recipes' runs
     if not dlib_problem:
       labels_px = faces.keypoints * size
       offset = learned_offset(dlib_aligned[0], dlib_aligned[1], labels_px, both)
@@ -481,15 +606,19 @@ def run(faces, num_folds, recipes, cache, quick=False, only_folds=0):
       data_dir = write_fold_dataset(faces, train, validation, test,
                                     f"{cache}/folds/{split_tag}")
       for path, config in configs:
-        model = train_recipe(config, data_dir,
-                             f"{cache}/runs/{recipe_tag(path, config)}/{split_tag}")
         label = posixpath.basename(path)
+        workdirs[label] = f"{cache}/runs/{recipe_tag(path, config)}/{split_tag}"
+        model = train_recipe(config, data_dir, workdirs[label])
         predictions[label] = (evaluate.predict(model, faces.images[test]),
                               evaluate.predict(model, perturbed_images[test]))
         predictions[f"{label} + flip TTA"] = (
             evaluate.predict_flip_tta(model, faces.images[test], schema.flip_permutation),
             evaluate.predict_flip_tta(model, perturbed_images[test], schema.flip_permutation))
     per_fold.append(fold_scores(predictions, faces, perturbed_keypoints, floor, test))
+    if photos is not None:
+      fold_photos = sorted({photos[i] for i in test if photos[i]})
+      per_fold[-1].update(photo_fold_scores(fold_photos, workdirs, offset, schema, per_fold[-1]))
+      notes.setdefault("photos_per_fold", []).append(len(fold_photos))
     logging.info("fold %d of %d done (%d test faces)", fold + 1, num_folds, len(test))
   return per_fold, summarise(per_fold), notes
 
@@ -517,6 +646,9 @@ flags.DEFINE_list("sources", [], "Restrict to these sources (aligned128, raw; de
 flags.DEFINE_integer("only_folds", 0, "Run only the first N folds (screening); 0: all.")
 flags.DEFINE_bool("quick", False, "Smoke test: 2 folds, the first faces only, 1 epoch.")
 flags.DEFINE_string("json", None, "Write every figure (per fold and summary) to this file.")
+flags.DEFINE_bool("photos", True, "Also score the photo protocol: the test fold's raw photos "
+                  "end to end (facekp.load(...).predict, and dlib) against the teacher on each "
+                  "face (facekp.eval.photos).")
 
 
 def main(argv):
@@ -535,8 +667,9 @@ def main(argv):
   if len(set(faces.groups.tolist())) < num_folds:
     raise app.UsageError(f"{len(set(faces.groups.tolist()))} photo groups cannot fill "
                          f"{num_folds} folds: lower --folds")
+  photos = face_photos(faces, sources, f"{FLAGS.shared}/raw") if FLAGS.photos else None
   per_fold, summary, notes = run(faces, num_folds, FLAGS.recipes, FLAGS.cache, FLAGS.quick,
-                                 FLAGS.only_folds)
+                                 FLAGS.only_folds, photos)
   notes["seconds"] = round(time.time() - start, 1)
   print(f"data: {notes['data']}")
   print(f"{notes['faces']} faces from {notes['photo_groups']} photo groups, {num_folds} folds "
@@ -545,6 +678,10 @@ def main(argv):
   print(format_table(summary))
   if "dlib" in notes:
     print(f"dlib left out: {notes['dlib']}")
+  if "photos_per_fold" in notes:
+    print(f"whole photos: {notes['photos_per_fold']} test photos per fold"
+          + ("" if FLAGS.recipes or "dlib" not in notes else "; no --recipes and no dlib: "
+             "no photo predictor to score"))
   if FLAGS.json:
     files.write_json(FLAGS.json, {"notes": notes, "summary": summary, "per_fold": per_fold})
 
