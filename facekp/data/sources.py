@@ -80,8 +80,8 @@ def as_lists(images, align):
     aligns *= len(folders)
   if len(aligns) != len(folders):
     raise ValueError(f"--align={','.join(map(str, aligns))}: {len(aligns)} values for "
-                     f"{len(folders)} --images folders: give one value for all of them, or one "
-                     "per folder in the order of --images")
+                     f"{len(folders)} --images folder{'s' if len(folders) > 1 else ''}: give one "
+                     "value for all of them, or one per folder in the order of --images")
   return folders, aligns
 
 
@@ -93,8 +93,8 @@ def _path_parts(folder):
 
 def source_names(folders):
   """A name per folder: its own name, or for folders that share it, that name joined to those of
-  the folders above it ("a_raw", "b_raw") until the names differ. Numbered ("raw_2") where even
-  whole paths joined so meet ("a_b/c" and "a/b_c")."""
+  the folders above it ("a/raw", "b/raw": "a_raw", "b_raw") until the names differ; numbered
+  ("raw_2") where even their whole paths, so joined, meet."""
   paths = [_path_parts(folder) for folder in folders]
   depth = [1] * len(paths)
   while True:
