@@ -67,12 +67,10 @@ def as_lists(images, align):
   """([folder], [align of each]) of make_tfrecords' arguments: `images` one folder (a str or
   path) or a sequence of them, `align` one value for all or a sequence of one per folder."""
   if images is None or isinstance(images, (str, os.PathLike)):
-    folders = [images if images is None else os.fspath(images)]  # None: checked as empty
-  else:
-    images = list(images)
-    folders = [os.fspath(folder) for folder in images if folder is not None and str(folder)]
-    if len(folders) != len(images):
-      raise ValueError(f"--images={images}: a folder in the list is empty: give each by its path")
+    images = [images]
+  folders = [folder if folder is None else os.fspath(folder) for folder in images]
+  if len(folders) > 1 and not all(folders):  # one folder: checked as any --images is
+    raise ValueError(f"--images={folders}: a folder in the list is empty: give each by its path")
   aligns = list(align) if isinstance(align, (list, tuple)) else [align]
   if not folders:
     raise ValueError("--images names no folder: give one, or several separated by commas")
