@@ -149,7 +149,7 @@ def check_arguments(sources, out_dir, *, landmarks, workers, split, num_shards, 
                      "give one of them (to reuse crops, pass --images=OUT/aligned --csv=...)")
   if sources_lib.is_pooled(sources) and (csv or runner != "local"):
     raise ValueError(f"--images names {len(sources)} folders: pooling them needs annotation on "
-                     f"the local runner (--csv names images of one folder; --runner=beam reads "
+                     "the local runner (--csv names images of one folder; --runner=beam reads "
                      "one folder)")
   items = [item.strip() for item in (beam_options or "").split(",") if item.strip()]
   if items and runner != "beam":
