@@ -6,7 +6,7 @@
     for face in model.predict("photo.jpg"):         #   or .tflite; faces largest first
       print(face.box, face.landmarks)               # in the photo's pixels
 
-  facekp.make_dataset(images="photos/", out="data/mine", align=128)
+  facekp.make_dataset(images="photos/", out="data/mine", align=128)  # images=[A, B], align=[0, 128]
   facekp.train_model("few_faces", workdir="runs/mine", data_dir="data/mine")
   facekp.evaluate_model(workdir="runs/mine")
   facekp.export_model(workdir="runs/mine")
@@ -207,8 +207,10 @@ def sample_photo(name: str = "astronaut.jpg") -> str:
 # --- The stages ---------------------------------------------------------------------------------
 
 
-def make_dataset(*, images: typing.Union[str, os.PathLike], out: typing.Union[str, os.PathLike],
-                 align: int = 0, landmarks: typing.Union[str, typing.Sequence[int], None] = None,
+def make_dataset(*, images: typing.Union[str, os.PathLike, typing.Sequence[typing.Union[
+                     str, os.PathLike]]], out: typing.Union[str, os.PathLike],
+                 align: typing.Union[int, typing.Sequence[int], str] = 0,
+                 landmarks: typing.Union[str, typing.Sequence[int], None] = None,
                  workers: int = 0, split: str = "0.8,0.1,0.1", num_shards: int = 0,
                  max_faces: int = 10, csv: typing.Optional[str] = None, csv_units: str = "pixels",
                  chunk_size: int = 0, runner: str = "local",
@@ -217,6 +219,9 @@ def make_dataset(*, images: typing.Union[str, os.PathLike], out: typing.Union[st
   (facekp.data.make_tfrecords; the command line is python -m tools.make_tfrecords, whose flags
   these arguments are). align=S crops every face of raw photos FFHQ-style to S px; landmarks:
   Face Mesh indices in slot order (a sequence or "1,33,..."; default the five of the schema).
+  images=[folder, ...] pools several folders into one dataset (facekp.data.sources: images named
+  "<folder's name>/<name>", copies across folders in one split), with align one value for all
+  or one per folder ([0, 128] or "0,128"); a str or path is one folder, commas and all.
 
   Returns the summary: rows, kept, dropped, duplicate_groups, faces per split ("splits") and the
   seconds of each stage.
@@ -226,9 +231,11 @@ def make_dataset(*, images: typing.Union[str, os.PathLike], out: typing.Union[st
     landmarks = schema.DEFAULT_MESH_INDICES
   elif isinstance(landmarks, str):
     landmarks = schema.parse_mesh_indices(landmarks)
+  if isinstance(align, str):
+    align = _module("facekp.data.sources").parse_align(align)
   driver = _module("facekp.data.make_tfrecords")
   return driver.make_tfrecords(
-      os.fspath(images), os.fspath(out), align=align, landmarks=tuple(landmarks),
+      images, os.fspath(out), align=align, landmarks=tuple(landmarks),
       workers=workers, split=split, num_shards=num_shards, max_faces=max_faces, csv=csv,
       chunk_size=chunk_size, csv_units=csv_units, runner=runner, beam_options=beam_options)
 

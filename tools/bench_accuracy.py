@@ -3,9 +3,10 @@ r"""Accuracy on faces new to each predictor: k-fold cross-validation by source p
   python -m tools.bench_accuracy [--folds=5] [--recipes=few_faces,...] [--json=PATH]
   python -m tools.bench_accuracy --quick      # a smoke test: 2 folds, few faces, 1 epoch
 
-Data: every face facekp's own datasets hold, as `tools.make_tfrecords` writes them (cached under
---cache): ../shared/data/aligned128 as it is and ../shared/data/raw through --align=128. When
-../shared is absent, facekp/sample through --align=128 (said so in the output).
+Data: every face of the one facekp dataset `tools.make_tfrecords` pools from the sources (cached
+under --cache; `--images=../shared/data/aligned128,../shared/data/raw --align=0,128`): aligned128
+as it is and raw through --align=128. When ../shared is absent, facekp/sample through --align=128
+(said so in the output).
 
 Folds keep together every face of one photo (splits_lib.group_key; a crop of aligned128 joins its
 photo in raw through aligned128/index.csv) and every group of copies that make_tfrecords lists in
@@ -61,8 +62,10 @@ from facekp.core import files
 from facekp.core import keypoint_csv
 from facekp.core import keypoints as keypoints_lib
 from facekp.core import sample
+from facekp.data import annotate
 from facekp.data import make_tfrecords
 from facekp.data import shards
+from facekp.data import sources as sources_lib
 from facekp.data import splits as splits_lib
 from facekp.eval import evaluate
 from facekp.eval import metrics as metrics_lib
@@ -129,11 +132,21 @@ def default_sources(shared=SHARED_DATA, only=()):
           f"{shared} is absent: facekp/sample (9 photos) through --align=128 instead")
 
 
-def build_source(name, images_dir, align, cache):
-  """The facekp dataset make_tfrecords writes for this folder (reusing its annotation)."""
-  out = f"{cache}/{name}"
-  make_tfrecords.make_tfrecords(images_dir, out, align=align)
-  return out
+def build_source(sources, cache):
+  """The one facekp dataset make_tfrecords pools from the sources (--images=A,B --align=0,128;
+  its annotation reused by the next run). Returns (its folder, {source name: (its images' prefix
+  in the dataset, the folder their names are paths under)}): facekp.data.sources names a pooled
+  source's images '<prefix>/<image name>', the prefix its folder's name, under OUT/aligned; a
+  dataset of one folder names them as they are (prefix ""), in the folder or OUT/aligned."""
+  folders = [images_dir for _, images_dir, _ in sources]
+  out = f"{cache}/{'+'.join(name for name, _, _ in sources)}"
+  make_tfrecords.make_tfrecords(folders, out, align=[align for _, _, align in sources])
+  aligned = f"{out}/{annotate.ALIGNED_DIR}"
+  if len(sources) == 1:
+    name, images_dir, align = sources[0]
+    return out, {name: ("", aligned if align else images_dir)}
+  return out, {name: (prefix, f"{aligned}/{prefix}")
+               for (name, _, _), prefix in zip(sources, sources_lib.source_names(folders))}
 
 
 def photo_keys(names, images_dir):
@@ -187,38 +200,49 @@ def merge_groups(keys, linked_names, names):
 
 
 def load_faces(sources, cache, description):
-  """Builds (or reuses) each source's facekp dataset and gathers all of its splits."""
-  images, points, names, keys, rows, roots, linked = [], [], [], [], [], {}, []
-  duplicate_note = []
-  schema = None
-  for name, images_dir, align in sources:
-    data_dir = build_source(name, images_dir, align, cache)
-    schema = dataset_info.load_schema(data_dir)
-    by_name = {r.image_name: r for r in keypoint_csv.read_keypoints_csv(
-        f"{data_dir}/{dataset_info.CLEANED_CSV}", schema)}
-    roots[name] = f"{data_dir}/aligned" if align else images_dir
-    for split in splits_lib.SPLITS:
-      if not input_pipeline.num_examples(data_dir, split):
-        continue
-      arrays = input_pipeline.load_arrays(data_dir, split)
-      images.append(arrays["images"])
-      points.append(arrays["keypoints"])
-      split_names = list(arrays["image_names"])
-      names += [f"{name}/{n}" for n in split_names]
-      keys += photo_keys(split_names, images_dir)
-      rows += [by_name[n]._replace(image_name=f"{name}/{n}") for n in split_names]
-    groups = duplicate_groups(data_dir)
-    if groups is None:
-      duplicate_note.append(f"{name}: no {DUPLICATES_FILE} (copies under other names may "
-                            "straddle folds)")
-    else:
-      linked += [[f"{name}/{n}" for n in group] for group in groups]
-      duplicate_note.append(f"{name}: {len(groups)} groups of copies from {DUPLICATES_FILE}")
+  """Builds (or reuses) the sources' pooled facekp dataset and gathers all of its splits."""
+  data_dir, located = build_source(sources, cache)
+  schema = dataset_info.load_schema(data_dir)
+  by_name = {r.image_name: r for r in keypoint_csv.read_keypoints_csv(
+      f"{data_dir}/{dataset_info.CLEANED_CSV}", schema)}
+  source_of_prefix = {prefix: name for name, (prefix, _) in located.items()}
+
+  def source_and_name(dataset_name):
+    """(source, image name in it) of an image name of the dataset."""
+    if "" in source_of_prefix:
+      return source_of_prefix[""], dataset_name
+    prefix, name = dataset_name.split("/", 1)
+    return source_of_prefix[prefix], name
+
+  images, points, dataset_names = [], [], []
+  for split in splits_lib.SPLITS:
+    if not input_pipeline.num_examples(data_dir, split):
+      continue
+    arrays = input_pipeline.load_arrays(data_dir, split)
+    images.append(arrays["images"])
+    points.append(arrays["keypoints"])
+    dataset_names += list(arrays["image_names"])
+  parts = [source_and_name(n) for n in dataset_names]
+  names = [f"{source}/{name}" for source, name in parts]
+  rows = [by_name[n]._replace(image_name=name) for n, name in zip(dataset_names, names)]
+  keys = [None] * len(names)
+  for source, images_dir, _ in sources:
+    at = [i for i, (of, _) in enumerate(parts) if of == source]
+    for i, key in zip(at, photo_keys([parts[i][1] for i in at], images_dir)):
+      keys[i] = key
+  groups = duplicate_groups(data_dir)
+  if groups is None:
+    linked = []
+    note = f"no {DUPLICATES_FILE} (copies under other names may straddle folds)"
+  else:
+    linked = [["/".join(source_and_name(n)) for n in group] for group in groups]
+    note = f"{len(groups)} groups of copies from {DUPLICATES_FILE}"
   names = np.array(names)
   images = np.concatenate(images)
   linked += identical_pixels(images, names)
   groups = merge_groups(keys, linked, list(names))
-  description += "; " + "; ".join(duplicate_note)
+  description += f"; one dataset of {', '.join(s[0] for s in sources)}: {note}"
+  roots = {name: root for name, (_, root) in located.items()}
   return Faces(images, np.concatenate(points), names, groups, rows, roots,
                schema, description)
 

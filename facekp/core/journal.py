@@ -80,6 +80,20 @@ class SettingsChanged(ValueError):
   """The journal was written with other settings."""
 
 
+def recorded_fingerprint(path):
+  """The settings a journal was written with (its first line), or None when there is no journal:
+  a check of settings before any work, without reading the whole journal."""
+  if not os.path.exists(path):
+    return None
+  with open(path, encoding="utf-8", newline="") as f:
+    header = f.readline()
+  try:
+    return json.loads(header[len(_JOURNAL_MAGIC):])
+  except ValueError:
+    raise ValueError(f"{path} is damaged (its first line is not a facekp journal's); delete it "
+                     "to start the job over") from None
+
+
 class Journal:
   """The journal file of one output folder (see the module docstring)."""
 

@@ -8,7 +8,8 @@ with the same CSV an uninterrupted run writes; a file whose content changed sinc
 (its sha256, compared on every run) is labelled again. Every listed image gets its rows, each naming
 its photo; with alignment, photos whose crop names would meet (a.jpg, a.png) keep their extension in
 their crops' names (facekp.data.faces.crop_stems), and a crop whose name the file system cannot hold
-is a row with status "name_too_long".
+is a row with status "name_too_long". `annotate_sources` does the same for several folders pooled
+into one dataset (facekp.data.sources): a journal per folder, one CSV of every row.
 """
 import dataclasses
 import errno
@@ -30,6 +31,7 @@ from facekp.data import faces
 from facekp.core.keypoint_csv import KeypointRow, OK, missing_row, write_keypoints_csv
 
 JOURNAL = "face_keypoints.journal"
+JOURNALS_DIR = "journals"  # of a dataset pooled from several folders: one journal per source
 ALIGNED_DIR = "aligned"
 NO_FACE_TRANSPARENT = "no_face_transparent"
 NAME_TOO_LONG = "name_too_long"
@@ -52,14 +54,29 @@ class Settings:
   # With alignment: (photo name, crop stem) of the photos whose crops are not named by
   # faces.crop_stem (with_crop_stems). Names only, so the journal's fingerprint leaves it out.
   renamed: tuple = ()
+  # In a dataset pooled from several folders (facekp.data.sources), this folder's source name:
+  # the names of its rows (and of its crops under aligned/) start with "<source>/", and its
+  # journal is journals/<source>.journal. "" for a dataset of one folder. A name only, so the
+  # fingerprint leaves it out too.
+  source: str = ""
 
   @functools.cached_property
   def _stems(self):
     return dict(self.renamed)
 
+  def dataset_name(self, name):
+    """The name in the dataset of `name`, an image of images_dir (or a crop's name in it)."""
+    return f"{self.source}/{name}" if self.source else name
+
   def crop_stem(self, name):
     """What the faces of photo `name` are named by (facekp.data.faces.face_name)."""
-    return self._stems.get(name) or faces.crop_stem(name)
+    return self.dataset_name(self._stems.get(name) or faces.crop_stem(name))
+
+  @property
+  def journal_path(self):
+    if self.source:
+      return f"{self.out_dir}/{JOURNALS_DIR}/{self.source}.journal"
+    return f"{self.out_dir}/{JOURNAL}"
 
   def fingerprint(self):
     return {"mesh_indices": list(self.mesh_indices), "align_size": self.align_size,
@@ -110,19 +127,20 @@ class Labeller:
 
   def _label_file(self, name):
     path = f"{self.settings.images_dir}/{name}"
+    row_name = self.settings.dataset_name(name)
     stamp = None
     try:
       data = images.read_bytes(path)
       stamp = journal_lib.stamp_of(path, data)
       image_rgb = images.decode_rgb(data, path)
       rows = (self._align_and_label(name, image_rgb) if self.settings.align_size else
-              [self.label(name, image_rgb)])
+              [self.label(row_name, image_rgb)])
     except images.ImageError as e:
-      return stamp, [missing_row(name, len(self.indices), e.reason)]
+      return stamp, [missing_row(row_name, len(self.indices), e.reason)]
     except faces.FACE_ERRORS as e:
       # One odd image must not stop a run over millions; the row and the log say so.
-      logging.warning("%s: %s: %s", name, type(e).__name__, e)
-      return stamp, [missing_row(name, len(self.indices), "error")]
+      logging.warning("%s: %s: %s", row_name, type(e).__name__, e)
+      return stamp, [missing_row(row_name, len(self.indices), "error")]
     if rows[0].status == "no_face" and len(rows) == 1 and images.has_transparency(data):
       rows = [rows[0]._replace(status=NO_FACE_TRANSPARENT)]
     return stamp, rows
@@ -133,7 +151,8 @@ class Labeller:
                                 self.settings.max_faces)
     if not found:
       height, width = photo_rgb.shape[:2]
-      return [missing_row(photo_name, len(self.indices), "no_face", width, height)]
+      return [missing_row(self.settings.dataset_name(photo_name), len(self.indices), "no_face",
+                          width, height)]
     return [self._write_crop(face) for face in found]
 
   def _write_crop(self, face):
@@ -198,8 +217,8 @@ def _up_to_date(settings, name, entry):
   if not journal_lib.unchanged(f"{settings.images_dir}/{name}", entry.stamp):
     return False
   return not settings.align_size or all(
-      row.image_name == name or faces.is_face_of(row.image_name, settings.crop_stem(name))
-      for row in entry.rows)
+      row.image_name == settings.dataset_name(name)
+      or faces.is_face_of(row.image_name, settings.crop_stem(name)) for row in entry.rows)
 
 
 def _remove_crops(settings, stale, kept):
@@ -209,7 +228,7 @@ def _remove_crops(settings, stale, kept):
   named = {row.image_name for entry in kept for row in entry.rows}
   for photo, entry in stale.items():
     for row in entry.rows:
-      if row.image_name != photo and row.image_name not in named:
+      if row.image_name != settings.dataset_name(photo) and row.image_name not in named:
         files.remove_quietly(f"{settings.out_dir}/{ALIGNED_DIR}/{row.image_name}")
 
 
@@ -238,19 +257,43 @@ def annotate_folder(settings, schema, *, names=None, workers=None, chunk_size=0,
   (sorted by image name); with alignment, a photo's rows are its crops, or one row under the
   photo's name if none.
   """
+  rows = label_folder(settings, names=names, workers=workers, chunk_size=chunk_size, pool=pool)
+  write_keypoints_csv(f"{settings.out_dir}/{dataset_info.KEYPOINTS_CSV}", rows, schema)
+  return rows
+
+
+def annotate_sources(all_settings, schema, *, workers=None, chunk_size=0, pool=None):
+  """annotate_folder for several folders pooled into one dataset (facekp.data.sources): each
+  folder's Settings name its source, so each resumes from a journal of its own; the one
+  face_keypoints.csv in their out_dir holds the rows of all, sorted by image name (returned)."""
+  own_pool = pool is None
+  pool = pool or Pool(workers)  # started on first use: not at all when every label is reused
+  try:
+    rows = sorted((row for settings in all_settings for row in label_folder(
+        settings, chunk_size=chunk_size, pool=pool)), key=lambda r: r.image_name)
+  finally:
+    if own_pool:
+      pool.close()
+  write_keypoints_csv(f"{all_settings[0].out_dir}/{dataset_info.KEYPOINTS_CSV}", rows, schema)
+  return rows
+
+
+def label_folder(settings, *, names=None, workers=None, chunk_size=0, pool=None):
+  """annotate_folder's rows, without writing the CSV."""
   if "://" in settings.out_dir:
     raise ValueError(f"annotation needs a local output folder, not {settings.out_dir}: its "
                      "journal is appended to and fsynced (copy the finished folder over after)")
   if names is None:
     names = list_sources(settings.images_dir, exclude=[settings.out_dir])
   settings = with_crop_stems(settings, names)
-  os.makedirs(settings.out_dir, exist_ok=True)
-  journal = journal_lib.Journal(f"{settings.out_dir}/{JOURNAL}", settings.fingerprint())
+  os.makedirs(posixpath.dirname(settings.journal_path), exist_ok=True)
+  journal = journal_lib.Journal(settings.journal_path, settings.fingerprint())
   done = journal.read()
   stale = {name for name in names if name in done and not _up_to_date(settings, name, done[name])}
   todo = [name for name in names if name not in done] + [n for n in names if n in stale]
-  logging.info("%d images: %d annotated before, %d changed or renamed since (labelled again), "
-               "%d to do", len(names), len(names) - len(todo), len(stale), len(todo))
+  logging.info("%s%d images: %d annotated before, %d changed or renamed since (labelled again), "
+               "%d to do", f"{settings.source}: " if settings.source else "", len(names),
+               len(names) - len(todo), len(stale), len(todo))
   if settings.align_size:
     _remove_crops(settings, {n: done[n] for n in stale},
                   [done[n] for n in names if n in done and n not in stale])
@@ -274,6 +317,7 @@ def annotate_folder(settings, schema, *, names=None, workers=None, chunk_size=0,
       journal.close()
       if own_pool:
         pool.close()
-  rows = sorted((row for name in names for row in done[name].rows), key=lambda r: r.image_name)
-  write_keypoints_csv(f"{settings.out_dir}/{dataset_info.KEYPOINTS_CSV}", rows, schema)
-  return rows
+  # The journal files rows under the photo's name in its folder; the CSV names it in the dataset.
+  photo = settings.dataset_name
+  return sorted((row._replace(photo=photo(name)) for name in names for row in done[name].rows),
+                key=lambda r: r.image_name)

@@ -3,10 +3,12 @@ r"""The dataset driver: a folder of face photos -> an annotated TFDS dataset of 
   facekp-make-tfrecords --images=PATH/TO/ffhq128 --out=data/ffhq128_kp
   facekp-make-tfrecords --images=PATH/TO/photos --out=data/photos_kp --align=128
   facekp-make-tfrecords --images=sample --out=data/sample --align=128   # the built-in sample
+  facekp-make-tfrecords --images=PATH/TO/crops,PATH/TO/photos --align=0,128 --out=data/both
 
 (in a checkout also `python -m tools.make_tfrecords ...`). `make_tfrecords(images_dir, out_dir,
-...)` is what the command runs. Stages: list images -> [align faces] -> annotate with MediaPipe
-Face Mesh (face_keypoints.csv) -> clean (cleaned.csv, cleaning_report.json) -> find copies
+...)` is what the command runs; several folders (the last line) are pooled into one dataset, each
+with its own --align (facekp.data.sources). Stages: list images -> [align faces] -> annotate with
+MediaPipe Face Mesh (face_keypoints.csv) -> clean (cleaned.csv, cleaning_report.json) -> find copies
 (facekp.data.dedup: same bytes, same pixels, near-identical faces; duplicates.json) -> split by a
 hash of the photo name, every group of copies in one split -> shards and TFDS metadata. Running
 it again reuses the finished annotation (also after a crash or kill) of every image whose content
@@ -33,6 +35,7 @@ from facekp.data import annotate
 from facekp.data import cleaning
 from facekp.data import mirror
 from facekp.data import shards
+from facekp.data import sources as sources_lib
 from facekp.data import splits
 
 _PARALLEL_WRITE_MIN_ROWS = 5000
@@ -73,15 +76,18 @@ def read_csv(csv, images_dir, schema, units):
   return rows
 
 
-def annotate_or_read(images_dir, out_dir, schema, pool, *, align, max_faces, csv, chunk_size,
+def annotate_or_read(sources, out_dir, schema, pool, *, max_faces, csv, chunk_size,
                      csv_units="pixels"):
-  """(keypoint rows, the folder their image names are relative to)."""
+  """(keypoint rows, the folder their image names are relative to). `sources`: the dataset's
+  folders (facekp.data.sources.Source; --csv: one)."""
+  sources_lib.check_out(sources, out_dir)
   if csv:
-    return read_csv(csv, images_dir, schema, csv_units), images_dir
-  settings = annotate.Settings(images_dir.rstrip("/"), out_dir, schema.mesh_indices, align,
-                               max_faces)
-  rows = annotate.annotate_folder(settings, schema, chunk_size=chunk_size, pool=pool)
-  return rows, f"{out_dir}/{annotate.ALIGNED_DIR}" if align else settings.images_dir
+    return read_csv(csv, sources[0].folder, schema, csv_units), sources[0].folder
+  all_settings = sources_lib.settings(sources, out_dir, schema.mesh_indices, max_faces)
+  if sources_lib.is_pooled(sources):
+    sources_lib.prepare(sources, out_dir, all_settings)
+  rows = annotate.annotate_sources(all_settings, schema, chunk_size=chunk_size, pool=pool)
+  return rows, sources_lib.images_root(sources, out_dir)
 
 
 def clean_and_report(rows, images_root, out_dir, schema, map_fn=map):
@@ -114,14 +120,17 @@ def timed(timings, stage):
   timings[f"{stage}_s"] = round(time.time() - start, 2)
 
 
-def check_arguments(images_dir, out_dir, *, align, landmarks, workers, split, num_shards,
-                    max_faces, csv, chunk_size, csv_units, runner, beam_options):
+def check_arguments(sources, out_dir, *, landmarks, workers, split, num_shards, max_faces, csv,
+                    chunk_size, csv_units, runner, beam_options):
   """Every argument of make_tfrecords, before any work: ValueError (or a file error) naming
-  the flag and what it accepts. Returns the split fractions."""
-  checks.input_folder("images", images_dir, "image folder")
+  the flag and what it accepts. `sources`: sources_lib.make_sources of --images and --align.
+  Returns the split fractions."""
+  for source in sources:
+    checks.input_folder("images", source.folder, "image folder")
   checks.output_folder("out", out_dir)
-  if align != 0:
-    checks.integer("align", align, *ALIGN_SIZES)
+  for source in sources:
+    if source.align != 0:
+      checks.integer("align", source.align, *ALIGN_SIZES)
   schema_lib.check_mesh_indices(landmarks)
   checks.integer("workers", workers, 0, MAX_WORKERS)
   fractions = splits.parse_fractions(split)
@@ -135,9 +144,13 @@ def check_arguments(images_dir, out_dir, *, align, landmarks, workers, split, nu
   elif csv_units != "pixels":
     raise ValueError(f"--csv_units={csv_units} applies to the points of a --csv file: give "
                      "--csv=FILE, or leave --csv_units out")
-  if csv and align:
+  if csv and sources[0].align:
     raise ValueError("--csv builds from existing keypoints and --align annotates new crops: "
                      "give one of them (to reuse crops, pass --images=OUT/aligned --csv=...)")
+  if sources_lib.is_pooled(sources) and (csv or runner != "local"):
+    raise ValueError(f"--images names {len(sources)} folders: pooling them needs annotation on "
+                     "the local runner (--csv names images of one folder; --runner=beam reads "
+                     "one folder)")
   items = [item.strip() for item in (beam_options or "").split(",") if item.strip()]
   if items and runner != "beam":
     raise ValueError("--beam_pipeline_options apply to --runner=beam only")
@@ -152,14 +165,21 @@ def make_tfrecords(images_dir, out_dir, *, align=0, landmarks=schema_lib.DEFAULT
                    workers=0, split="0.8,0.1,0.1", num_shards=0, max_faces=10, csv=None,
                    chunk_size=0, csv_units="pixels", runner="local", beam_options=""):
   """Runs every stage under a lock on out_dir; returns a summary dict (also logged). Every
-  argument is checked first (check_arguments)."""
+  argument is checked first (check_arguments).
+
+  `images_dir`: a folder, or a list of folders pooled into one dataset (facekp.data.sources: image
+  names "<source>/<name>", copies across folders in one split); `align`: one value for every
+  folder, or a list of one per folder.
+  """
+  sources = sources_lib.make_sources(images_dir, align)
   fractions = check_arguments(
-      images_dir, out_dir, align=align, landmarks=landmarks, workers=workers, split=split,
+      sources, out_dir, landmarks=landmarks, workers=workers, split=split,
       num_shards=num_shards, max_faces=max_faces, csv=csv, chunk_size=chunk_size,
       csv_units=csv_units, runner=runner, beam_options=beam_options)
   if runner == "beam":
-    return run_on_beam(images_dir, out_dir, align=align, landmarks=landmarks, fractions=fractions,
-                       num_shards=num_shards, max_faces=max_faces, csv=csv, options=beam_options)
+    return run_on_beam(sources[0].folder, out_dir, align=sources[0].align, landmarks=landmarks,
+                       fractions=fractions, num_shards=num_shards, max_faces=max_faces, csv=csv,
+                       options=beam_options)
   out_dir = out_dir.rstrip("/")
   with files.explain_disk_full(out_dir, "--out"):
     tf.io.gfile.makedirs(out_dir)
@@ -168,22 +188,21 @@ def make_tfrecords(images_dir, out_dir, *, align=0, landmarks=schema_lib.DEFAULT
       if removed:
         logging.info("removed %d temporary file(s) that a killed run left in %s", removed,
                      out_dir)
-      return _make_tfrecords(images_dir, out_dir, align=align, landmarks=landmarks,
-                             workers=workers, fractions=fractions, num_shards=num_shards,
-                             max_faces=max_faces, csv=csv, chunk_size=chunk_size,
-                             csv_units=csv_units)
+      return _make_tfrecords(sources, out_dir, landmarks=landmarks, workers=workers,
+                             fractions=fractions, num_shards=num_shards, max_faces=max_faces,
+                             csv=csv, chunk_size=chunk_size, csv_units=csv_units)
 
 
-def _make_tfrecords(images_dir, out_dir, *, align, landmarks, workers, fractions, num_shards,
-                    max_faces, csv, chunk_size, csv_units):
+def _make_tfrecords(sources, out_dir, *, landmarks, workers, fractions, num_shards, max_faces,
+                    csv, chunk_size, csv_units):
   timings = {}
+  align = sources_lib.common_align(sources)  # what the dataset records of its crops
   with timed(timings, "schema"):
     schema = load_or_make_schema(out_dir, landmarks)
   with annotate.Pool(workers) as pool:
     with timed(timings, "annotate"):
-      rows, images_root = annotate_or_read(images_dir, out_dir, schema, pool, align=align,
-                                           max_faces=max_faces, csv=csv, chunk_size=chunk_size,
-                                           csv_units=csv_units)
+      rows, images_root = annotate_or_read(sources, out_dir, schema, pool, max_faces=max_faces,
+                                           csv=csv, chunk_size=chunk_size, csv_units=csv_units)
     # Starting workers costs seconds; worth it for many images or when they already run.
     parallel = lambda n: pool.map if pool.started or n >= _PARALLEL_WRITE_MIN_ROWS else map
     with timed(timings, "clean"):
@@ -197,6 +216,8 @@ def _make_tfrecords(images_dir, out_dir, *, align, landmarks, workers, fractions
                                      input_size=align or common_size(kept),
                                      digests=digests)
   result = summary(report, counts, timings)
+  if sources_lib.is_pooled(sources):
+    result["sources"] = sources_lib.count_by_source(sources, kept)
   logging.info("done: %s", json.dumps(result))
   return result
 
@@ -225,15 +246,19 @@ def define_flags():
       "images", None, "Folder of images, searched recursively (PNG, JPEG, WebP, BMP, GIF, TIFF, "
       "PNM by extension). Image names are paths relative to it, with '/'. `sample`: the photos "
       "that ship with facekp (facekp/sample), unless the current directory has a folder of that "
-      "name.", required=True)
+      "name. Several folders, separated by commas, are pooled into one dataset: each is a "
+      "source named after its folder, its images named <source>/<name>, and copies found "
+      "across folders land in one split.", required=True)
   flags.DEFINE_string(
       "out", None, "Output folder: face_keypoints.csv, cleaned.csv, cleaning_report.json, "
       "schema.json, the TFRecord shards and TFDS metadata (and aligned/ with --align).",
       required=True)
-  flags.DEFINE_integer(
-      "align", 0, "32 to 4096: treat --images as raw photos: crop every face found FFHQ-style to "
-      "ALIGN x ALIGN pixels (lossless PNG under OUT/aligned/<name>_f<k>.png) and annotate the "
-      "crops. 0: annotate the images as they are (e.g. FFHQ-128).")
+  flags.DEFINE_string(
+      "align", "0", "32 to 4096: treat --images as raw photos: crop every face found FFHQ-style "
+      "to ALIGN x ALIGN pixels (lossless PNG under OUT/aligned/<name>_f<k>.png; pooled folders: "
+      "OUT/aligned/<source>/) and annotate the crops. 0: annotate the images as they are (e.g. "
+      "FFHQ-128). One value for every --images folder, or one per folder separated by commas "
+      "(e.g. 0,128).")
   flags.DEFINE_string(
       "landmarks", ",".join(map(str, schema_lib.DEFAULT_MESH_INDICES)),
       "Face Mesh indices of the keypoints, in slot order. Every index's mirror partner must be "
@@ -274,7 +299,7 @@ def define_flags():
 
 
 def images_folder(images):
-  """--images: the folder as given, or for `sample` (and no such folder here) facekp's own."""
+  """A folder of --images: as given, or for `sample` (and no such folder here) facekp's own."""
   if images == "sample" and not os.path.isdir(images):
     logging.info("--images=sample: the photos that ship with facekp, %s", sample.SAMPLE_DIR)
     return sample.SAMPLE_DIR
@@ -284,7 +309,8 @@ def images_folder(images):
 def main(argv):
   f = flags.FLAGS
   make_tfrecords(
-      images_folder(f.images), f.out, align=f.align,
+      [images_folder(folder) for folder in sources_lib.split_folders(f.images)], f.out,
+      align=sources_lib.parse_align(f.align),
       landmarks=schema_lib.parse_mesh_indices(f.landmarks), workers=f.workers, split=f.split,
       num_shards=f.num_shards, max_faces=f.max_faces, csv=f.csv, chunk_size=f.chunk_size,
       csv_units=f.csv_units, runner=f.runner, beam_options=f.beam_pipeline_options)
