@@ -123,9 +123,10 @@ def decode_calls(monkeypatch):
   calls = []
   decode = input_pipeline.decode
 
-  def counting_decode(encoded, image_size):
+  def counting_decode(encoded, image_size, pixels_shape=None):
     image = tf.numpy_function(lambda im: (calls.append(1), im)[1],
-                              [decode(encoded, image_size)], tf.uint8, stateful=True)
+                              [decode(encoded, image_size, pixels_shape)], tf.uint8,
+                              stateful=True)
     return tf.ensure_shape(image, [image_size, image_size, 3])
 
   monkeypatch.setattr(input_pipeline, "decode", counting_decode)

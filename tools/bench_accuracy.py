@@ -224,7 +224,9 @@ def load_faces(sources, cache, description):
     dataset_names += list(arrays["image_names"])
   parts = [source_and_name(n) for n in dataset_names]
   names = [f"{source}/{name}" for source, name in parts]
-  rows = [by_name[n]._replace(image_name=name) for n, name in zip(dataset_names, names)]
+  rows = [by_name[n]._replace(image_name=name,  # the photo as named in its own folder
+                              photo=by_name[n].photo and source_and_name(by_name[n].photo)[1])
+          for n, name in zip(dataset_names, names)]
   keys = [None] * len(names)
   for source, images_dir, _ in sources:
     at = [i for i, (of, _) in enumerate(parts) if of == source]

@@ -19,7 +19,8 @@ from facekp.core import dataset_info
 
 AUTOTUNE = tf.data.AUTOTUNE
 _REWRITE = "rewrite the dataset with tools/make_tfrecords"
-_IMAGE_DECODE_ERROR = re.compile(r"Invalid (PNG|JPEG) data|decode|Unknown image file format", re.I)
+_IMAGE_DECODE_ERROR = re.compile(
+    r"Invalid (PNG|JPEG) data|decode|Unknown image file format|Input to reshape", re.I)
 # Records parsed per tf.io.parse_example call: one call per record costs more than the parsing.
 _PARSE_BATCH = 256
 
@@ -124,10 +125,11 @@ def _cache_file(cache_dir, split, image_size, shards, num_splits, index):
           f"{fingerprint.hexdigest()[:16]}")
 
 
-def decode(encoded, image_size):
-  """Encoded image bytes (PNG or JPEG) -> uint8 [S,S,3]; resized if stored at another size (the
-  normalised keypoints are unchanged by that)."""
-  image = tf.io.decode_image(encoded, channels=3, expand_animations=False)
+def decode(encoded, image_size, pixels_shape=None):
+  """A stored image -> uint8 [S,S,3], resized if stored at another size (the normalised keypoints
+  are unchanged by that). `encoded`: PNG or JPEG bytes, or with `pixels_shape` (a dataset written
+  with make_tfrecords --image_format=pixels) the raw uint8 pixels of an image of that shape."""
+  image = _decode_stored(encoded, pixels_shape)
   image = tf.cond(
       tf.reduce_all(tf.shape(image)[:2] == image_size),
       lambda: image,
@@ -136,10 +138,22 @@ def decode(encoded, image_size):
   return tf.ensure_shape(image, [image_size, image_size, 3])
 
 
+def _decode_stored(encoded, pixels_shape):
+  if pixels_shape is None:
+    return tf.io.decode_image(encoded, channels=3, expand_animations=False)
+  return tf.reshape(tf.io.decode_raw(encoded, tf.uint8), pixels_shape)
+
+
+def pixels_shape(features):
+  """The shape of the images of a dataset that stores raw pixels, or None (PNG or JPEG bytes)."""
+  image = features["image"]
+  return None if isinstance(image, tfds.features.Image) else tuple(image.shape)
+
+
 def _parse_spec(features, names):
   """tf.io.parse_example's spec for these features, from the dataset's stored feature spec."""
   info = features.get_serialized_info()
-  return {name: tf.io.FixedLenFeature(info[name].shape, info[name].dtype) for name in names}
+  return {name: tf.io.FixedLenFeature(info[name].shape, info[name].tf_dtype) for name in names}
 
 
 def _decoded_examples(data_dir, split, image_size, cache, input_context, with_names=False):
@@ -159,10 +173,17 @@ def _decoded_examples(data_dir, split, image_size, cache, input_context, with_na
   ds = tf.data.TFRecordDataset([path for path, _ in shards])
   if num_splits > 1:
     ds = ds.shard(num_splits, index)
-  ds = ds.batch(_PARSE_BATCH).map(lambda records: tuple(
-      tf.io.parse_example(records, spec)[name] for name in names), num_parallel_calls=AUTOTUNE)
-  ds = ds.unbatch().map(lambda image, *rest: (decode(image, image_size), *rest),
-                        num_parallel_calls=AUTOTUNE)
+  stored_shape = pixels_shape(builder.info.features)
+
+  def parse(records):
+    parsed = tf.io.parse_example(records, spec)
+    return tuple(parsed[name] for name in names)
+
+  def decode_image(image, *rest):
+    return (decode(image, image_size, stored_shape), *rest)
+
+  ds = ds.batch(_PARSE_BATCH).map(parse, num_parallel_calls=AUTOTUNE)
+  ds = ds.unbatch().map(decode_image, num_parallel_calls=AUTOTUNE)
   if cache_file is not None:
     ds = ds.cache(cache_file)
   elif cache:
@@ -259,7 +280,7 @@ def _undecodable_image(data_dir, splits):
       for i, record in enumerate(tf.data.TFRecordDataset(str(path))):
         example = builder.info.features.deserialize_example(record, decoders=decoders)
         try:
-          tf.io.decode_image(example["image"], channels=3, expand_animations=False)
+          _decode_stored(example["image"], pixels_shape(builder.info.features))
         except tf.errors.InvalidArgumentError as e:
           name = example["image_name"].numpy().decode("utf-8", "replace")
           return f"{path}, record {i} ({name}): {e.message.splitlines()[0]}"
