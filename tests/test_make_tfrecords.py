@@ -20,6 +20,7 @@ from facekp.core import journal as journal_lib
 from facekp.data import annotate
 from facekp.data import make_tfrecords
 from facekp.data import splits as splits_lib
+from facekp.input import input_pipeline
 from conftest import SAMPLE_DIR, copies_of, encode
 from conftest import user_csv as write_user_csv
 
@@ -245,3 +246,40 @@ def test_a_run_killed_mid_annotation_resumes_without_loss_or_repeats(tmp_path, d
   assert [r["image_name"] for r in read_csv(out / dataset_info.KEYPOINTS_CSV)] == names
   assert resumed == (reference / dataset_info.KEYPOINTS_CSV).read_text()
   assert dataset_info.builder(str(out)).info.splits.total_num_examples == len(names)
+
+
+def test_stored_pixels_read_back_as_the_png_dataset_does(tmp_path, default_schema):
+  """--image_format=pixels: the same examples, pixel for pixel, as the PNG dataset of the same
+  folder, stored as raw uint8 (TFDS Tensor) and read without decoding; mixed sizes refused."""
+  folder = tmp_path / "imgs"
+  folder.mkdir()
+  rng = np.random.default_rng(0)
+  names = ["a.png", "b.jpg", "c.bmp"]
+  for name, fmt in zip(names, ["PNG", "JPEG", "BMP"]):
+    (folder / name).write_bytes(encode(rng.integers(0, 256, (24, 24, 3), np.uint8), fmt))
+  user_csv = tmp_path / "points.csv"
+  write_user_csv(str(user_csv), default_schema,
+                 [f"{n}," + ",".join(["12"] * 10) for n in names])
+  outs = {}
+  for image_format in ("png", "pixels"):
+    outs[image_format] = str(tmp_path / image_format)
+    make_tfrecords.make_tfrecords(str(folder), outs[image_format], csv=str(user_csv),
+                                  split="1,0,0", image_format=image_format)
+  png, pixels = (input_pipeline.load_arrays(outs[f], "train", image_size=24)
+                 for f in ("png", "pixels"))
+  assert list(png["image_names"]) == list(pixels["image_names"])
+  assert sorted(png["image_names"]) == names
+  np.testing.assert_array_equal(png["images"], pixels["images"])
+  np.testing.assert_array_equal(png["keypoints"], pixels["keypoints"])
+  feature = dataset_info.builder(outs["pixels"]).info.features["image"]
+  assert isinstance(feature, tfds.features.Tensor) and feature.shape == (24, 24, 3)
+  assert input_pipeline.pixels_shape(dataset_info.builder(outs["png"]).info.features) is None
+  resized = input_pipeline.load_arrays(outs["pixels"], "train", image_size=16)["images"]
+  assert resized.shape == (3, 16, 16, 3)
+
+  (folder / "d.png").write_bytes(encode(rng.integers(0, 256, (20, 24, 3), np.uint8), "PNG"))
+  with open(user_csv, "a") as f:
+    f.write("d.png," + ",".join(["10"] * 10) + "\n")
+  with pytest.raises(ValueError, match="--image_format=pixels stores images of one square size"):
+    make_tfrecords.make_tfrecords(str(folder), str(tmp_path / "mixed"), csv=str(user_csv),
+                                  split="1,0,0", image_format="pixels")

@@ -7,7 +7,8 @@ in one run, on this machine's cores:
   (a) the seed's design: a keras.utils.PyDataset that reads PNGs with OpenCV and flips and
       brightens them in NumPy, batch by batch;
   (b) facekp.input.input_pipeline.create_split(train=True) from a cold start (the shards' record
-      framing checked, records parsed, PNGs decoded, cache filled): the first epoch;
+      framing checked, records parsed, PNGs decoded, cache filled): the first epoch; (b') the
+      same on a dataset of stored pixels (make_tfrecords --image_format=pixels: nothing to decode);
   (c) the same pipeline from its warm in-memory cache: every later epoch.
 (b) and (c) deliver uint8 batches ready for the device: augmentation runs there, in the train step
 (facekp.input.augment), so its cost on this CPU is printed apart, per batch, and (d) is the warm
@@ -98,17 +99,23 @@ def _derived_schema():
   return mirror.make_schema(schema_lib.DEFAULT_MESH_INDICES)
 
 
-def _write_dataset(out, blobs, keypoints, schema, num_shards=16):
-  """The crops repeated to epoch_size, as a facekp train split."""
-  spec = dataset_info.features(schema.num_keypoints)
-  order = np.arange(FLAGS.epoch_size) % len(blobs)
+def _write_dataset(out, blobs, keypoints, schema, num_shards=16, pixels=False):
+  """The crops repeated to epoch_size, as a facekp train split: PNG bytes, or with `pixels` their
+  decoded pixels (make_tfrecords --image_format=pixels). Returns the shards' bytes."""
   size = FLAGS.image_size
+  spec = dataset_info.features(schema.num_keypoints, size if pixels else 0)
+  if pixels:
+    blobs = [cv2.cvtColor(cv2.imdecode(np.frombuffer(b, np.uint8), cv2.IMREAD_COLOR),
+                          cv2.COLOR_BGR2RGB) for b in blobs]
+  order = np.arange(FLAGS.epoch_size) % len(blobs)
+  total = 0
   for shard, part in enumerate(np.array_split(order, num_shards)):
-    dataset_lib.write_shard(
+    total += dataset_lib.write_shard(
         dataset_info.shard_path(out, "train", shard, num_shards),
         ({"image": blobs[i], "image_name": f"{i}.png", "height": size, "width": size,
-          "keypoints_px": keypoints[i] * size, "keypoints": keypoints[i]} for i in part), spec)
+          "keypoints_px": keypoints[i] * size, "keypoints": keypoints[i]} for i in part), spec)[1]
   dataset_lib.write_metadata(out, spec, schema)
+  return total
 
 
 class SeedSequence(keras.utils.PyDataset):
@@ -188,6 +195,15 @@ def _augment_cost(flip_permutation):
   return costs
 
 
+def _cold_epoch(data_dir, steps):
+  """(seconds of create_split and its first epoch, the iterator, warm for the next epochs)."""
+  start = time.perf_counter()
+  ds = input_pipeline.create_split(data_dir, "train", batch_size=FLAGS.batch_size, train=True,
+                                   image_size=FLAGS.image_size, cache=True)
+  iterator = iter(ds)
+  return time.perf_counter() - start + _drain(iterator, steps), iterator
+
+
 def main(argv):
   del argv
   workdir = FLAGS.workdir or tempfile.mkdtemp(prefix="facekp_bench_")
@@ -209,20 +225,22 @@ def _run(workdir):
   print(f"[bench] faces: {source}; epoch {FLAGS.epoch_size} images, batch {FLAGS.batch_size}, "
         f"{os.cpu_count()} CPU cores", flush=True)
   print(f"[bench] writing the dataset to {data_dir}", flush=True)
+  pixels_dir = os.path.join(workdir, "dataset_pixels")
   os.makedirs(data_dir, exist_ok=True)
-  _write_dataset(data_dir, blobs, keypoints, schema)
+  os.makedirs(pixels_dir, exist_ok=True)
+  png_bytes = _write_dataset(data_dir, blobs, keypoints, schema)
+  pixels_bytes = _write_dataset(pixels_dir, blobs, keypoints, schema, pixels=True)
   repeated = [paths[i % len(paths)] for i in range(FLAGS.epoch_size)]
 
   print("[bench] (a) seed-style PyDataset: OpenCV + NumPy flip/brightness, one epoch", flush=True)
   sequence = _sequence_rate(repeated, np.stack([keypoints[i % len(paths)]
                                                 for i in range(FLAGS.epoch_size)]), perm)
   steps = FLAGS.epoch_size // FLAGS.batch_size
+  print("[bench] (b') tf.data, cold, stored pixels (--image_format=pixels): create_split + first "
+        "epoch", flush=True)
+  cold_pixels_seconds = _cold_epoch(pixels_dir, steps)[0]
   print("[bench] (b) tf.data, cold: create_split + first epoch", flush=True)
-  start = time.perf_counter()
-  ds = input_pipeline.create_split(data_dir, "train", batch_size=FLAGS.batch_size, train=True,
-                                   image_size=FLAGS.image_size, cache=True)
-  iterator = iter(ds)
-  cold_seconds = time.perf_counter() - start + _drain(iterator, steps)
+  cold_seconds, iterator = _cold_epoch(data_dir, steps)
   print("[bench] (c) tf.data, warm cache: two epochs", flush=True)
   warm_seconds = _drain(iterator, 2 * steps) / 2
   print("[bench] (d) warm cache + flip/brightness (augment_batch) on this CPU: one epoch",
@@ -243,10 +261,14 @@ def _run(workdir):
       "cpu_count": os.cpu_count(),
       "sequence_images_per_s": sequence,
       "cold_images_per_s": images / cold_seconds,
+      "cold_pixels_images_per_s": images / cold_pixels_seconds,
+      "shard_bytes_per_image_png": png_bytes / FLAGS.epoch_size,
+      "shard_bytes_per_image_pixels": pixels_bytes / FLAGS.epoch_size,
       "warm_images_per_s": images / warm_seconds,
       "warm_cpu_flip_brightness_images_per_s": images / warm_augmented_seconds,
   }
   results["cold_vs_sequence"] = results["cold_images_per_s"] / sequence
+  results["cold_pixels_vs_sequence"] = results["cold_pixels_images_per_s"] / sequence
   results["warm_vs_sequence"] = results["warm_images_per_s"] / sequence
   results["warm_cpu_flip_brightness_vs_sequence"] = (
       results["warm_cpu_flip_brightness_images_per_s"] / sequence)
@@ -258,8 +280,12 @@ def _run(workdir):
   print(f"(a) seed-style PyDataset          {sequence:10,.0f} images/s")
   print(f"(b) tf.data cold (first epoch)    {results['cold_images_per_s']:10,.0f} images/s"
         f"   b/a = {results['cold_vs_sequence']:6.1f}x")
+  print(f"(b') cold, stored pixels         {results['cold_pixels_images_per_s']:10,.0f} images/s"
+        f"  b'/a = {results['cold_pixels_vs_sequence']:6.1f}x   (shards: "
+        f"{results['shard_bytes_per_image_pixels'] / 1024:.1f} KiB an image, PNG "
+        f"{results['shard_bytes_per_image_png'] / 1024:.1f} KiB)")
   print(f"(c) tf.data warm cache            {results['warm_images_per_s']:10,.0f} images/s"
-        f"   c/a = {results['warm_vs_sequence']:6.1f}x   (targets: >= 30x, >= 50,000 images/s)")
+        f"   c/a = {results['warm_vs_sequence']:6.1f}x   (target: >= 100,000 images/s)")
   cpu_augmented = results["warm_cpu_flip_brightness_images_per_s"]
   print(f"(d) warm + flip/brightness on CPU {cpu_augmented:10,.0f} images/s"
         f"   d/a = {results['warm_cpu_flip_brightness_vs_sequence']:6.1f}x")

@@ -49,6 +49,7 @@ MAX_FACES = 100
 MAX_CHUNK_SIZE = 100_000
 CSV_UNITS = ("pixels", "normalised")
 RUNNERS = ("local", "beam")
+IMAGE_FORMATS = ("png", "pixels")
 
 
 def load_or_make_schema(out_dir, mesh_indices):
@@ -121,7 +122,7 @@ def timed(timings, stage):
 
 
 def check_arguments(sources, out_dir, *, landmarks, workers, split, num_shards, max_faces, csv,
-                    chunk_size, csv_units, runner, beam_options):
+                    chunk_size, csv_units, runner, beam_options, image_format="png"):
   """Every argument of make_tfrecords, before any work: ValueError (or a file error) naming
   the flag and what it accepts. `sources`: sources_lib.make_sources of --images and --align.
   Returns the split fractions."""
@@ -139,6 +140,10 @@ def check_arguments(sources, out_dir, *, landmarks, workers, split, num_shards, 
   checks.integer("chunk_size", chunk_size, 0, MAX_CHUNK_SIZE)
   checks.choice("csv_units", csv_units, CSV_UNITS)
   checks.choice("runner", runner, RUNNERS)
+  checks.choice("image_format", image_format, IMAGE_FORMATS)
+  if image_format != "png" and runner != "local":
+    raise ValueError(f"--image_format={image_format} is written by the local runner only: leave "
+                     "out --runner=beam, or store PNG")
   if csv is not None:
     checks.input_file("csv", csv, "CSV file")
   elif csv_units != "pixels":
@@ -163,19 +168,22 @@ def check_arguments(sources, out_dir, *, landmarks, workers, split, num_shards, 
 
 def make_tfrecords(images_dir, out_dir, *, align=0, landmarks=schema_lib.DEFAULT_MESH_INDICES,
                    workers=0, split="0.8,0.1,0.1", num_shards=0, max_faces=10, csv=None,
-                   chunk_size=0, csv_units="pixels", runner="local", beam_options=""):
+                   chunk_size=0, csv_units="pixels", runner="local", beam_options="",
+                   image_format="png"):
   """Runs every stage under a lock on out_dir; returns a summary dict (also logged). Every
   argument is checked first (check_arguments).
 
   `images_dir`: a folder, or a list of folders pooled into one dataset (facekp.data.sources: image
   names "<source>/<name>", copies across folders in one split); `align`: one value for every
-  folder, or a list of one per folder.
+  folder, or a list of one per folder. `image_format`: "png" stores each image as its file's
+  bytes (or a lossless PNG of it), "pixels" as raw uint8 pixels (dataset_info.features: about
+  1.9x the disk of a PNG, no decoding when read; every image must be the same square).
   """
   sources = sources_lib.make_sources(images_dir, align)
   fractions = check_arguments(
       sources, out_dir, landmarks=landmarks, workers=workers, split=split,
       num_shards=num_shards, max_faces=max_faces, csv=csv, chunk_size=chunk_size,
-      csv_units=csv_units, runner=runner, beam_options=beam_options)
+      csv_units=csv_units, runner=runner, beam_options=beam_options, image_format=image_format)
   if runner == "beam":
     return run_on_beam(sources[0].folder, out_dir, align=sources[0].align, landmarks=landmarks,
                        fractions=fractions, num_shards=num_shards, max_faces=max_faces, csv=csv,
@@ -190,11 +198,12 @@ def make_tfrecords(images_dir, out_dir, *, align=0, landmarks=schema_lib.DEFAULT
                      out_dir)
       return _make_tfrecords(sources, out_dir, landmarks=landmarks, workers=workers,
                              fractions=fractions, num_shards=num_shards, max_faces=max_faces,
-                             csv=csv, chunk_size=chunk_size, csv_units=csv_units)
+                             csv=csv, chunk_size=chunk_size, csv_units=csv_units,
+                             image_format=image_format)
 
 
 def _make_tfrecords(sources, out_dir, *, landmarks, workers, fractions, num_shards, max_faces,
-                    csv, chunk_size, csv_units):
+                    csv, chunk_size, csv_units, image_format):
   timings = {}
   align = sources_lib.common_align(sources)  # what the dataset records of its crops
   with timed(timings, "schema"):
@@ -208,13 +217,18 @@ def _make_tfrecords(sources, out_dir, *, landmarks, workers, fractions, num_shar
     with timed(timings, "clean"):
       kept, report, split_keys, digests = clean_and_report(rows, images_root, out_dir, schema,
                                                            parallel(len(rows)))
+    size = align or common_size(kept)
+    if image_format == "pixels" and not size:
+      raise ValueError("--image_format=pixels stores images of one square size; these differ ("
+                       f"{sorted({(r.width, r.height) for r in kept})[:4]}...): use --align=S, "
+                       "or store PNG")
     with timed(timings, "write"):
       counts = shards.write_dataset(out_dir, splits.assign_splits(kept, fractions, split_keys),
                                      images_root, schema, num_shards or None,
                                      map_fn=parallel(len(kept)),
                                      crop=keypoints.crop_method(align),
-                                     input_size=align or common_size(kept),
-                                     digests=digests)
+                                     input_size=size, digests=digests,
+                                     pixels_size=size if image_format == "pixels" else 0)
   result = summary(report, counts, timings)
   if sources_lib.is_pooled(sources):
     result["sources"] = sources_lib.count_by_source(sources, kept)
@@ -288,6 +302,11 @@ def define_flags():
       "the image, or normalised to [0, 1] by its width and height (converted to pixels). A "
       "CSV whose points all lie in [0, 1] is refused as pixels.")
   flags.DEFINE_enum(
+      "image_format", "png", IMAGE_FORMATS, "How the shards store each image: png (its file's "
+      "bytes, or a lossless PNG of it; about 26 KiB a 128 px face) or pixels (raw uint8, 48 KiB "
+      "a 128 px face, 3.4 GB for 70,000: a first epoch that need not decode PNGs; every image "
+      "the same square).")
+  flags.DEFINE_enum(
       "runner", "local", ["local", "beam"], "local: worker processes on this machine "
       "(resumable through a journal). beam: an Apache Beam pipeline (pip install "
       "'facekp[beam]'), on the runner named in --beam_pipeline_options (default: Beam's "
@@ -313,7 +332,8 @@ def main(argv):
       align=sources_lib.parse_align(f.align),
       landmarks=schema_lib.parse_mesh_indices(f.landmarks), workers=f.workers, split=f.split,
       num_shards=f.num_shards, max_faces=f.max_faces, csv=f.csv, chunk_size=f.chunk_size,
-      csv_units=f.csv_units, runner=f.runner, beam_options=f.beam_pipeline_options)
+      csv_units=f.csv_units, runner=f.runner, beam_options=f.beam_pipeline_options,
+      image_format=f.image_format)
 
 
 # the facekp-make-tfrecords command (python -m facekp.data.make_tfrecords; tools.make_tfrecords)

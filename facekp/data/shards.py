@@ -55,6 +55,10 @@ def write_metadata(out_dir, feature_spec, schema, description="", crop=keypoints
         filename_template=dataset_info.FILENAME_TEMPLATE,
         description=description or "Face photos with MediaPipe Face Mesh keypoints (facekp).",
         metadata=tfds.core.MetadataDict(record),
+        # TFDS checks by decoding the first example: through its own Tensor decoder for stored
+        # pixels, which logs a deprecation warning of its own (TFDS 4.9); the input pipeline
+        # reads them with no such warning (tests/test_make_tfrecords.py reads them back).
+        check_data=isinstance(feature_spec["image"], tfds.features.Image),
     )
 
 
@@ -79,11 +83,15 @@ def _stored_image(data, path, digest):
   return storable_image_bytes(data, rgb), rgb.shape[1], rgb.shape[0]
 
 
-def make_example(images_dir, row, digest=None):
+def make_example(images_dir, row, digest=None, pixels=False):
   """The TFDS example of one cleaned row (its image read from images_dir; `digest` as for
-  _stored_image)."""
+  _stored_image; `pixels`: the image as its decoded uint8 pixels, dataset_info.features)."""
   path = f"{images_dir}/{row.image_name}"
-  image, width, height = _stored_image(images.read_bytes(path), path, digest)
+  if pixels:
+    image = images.decode_rgb(images.read_bytes(path), path)
+    height, width = image.shape[:2]
+  else:
+    image, width, height = _stored_image(images.read_bytes(path), path, digest)
   if (width, height) != (row.width, row.height):
     raise ValueError(f"{path} is {width}x{height} but its CSV row says {row.width}x{row.height}")
   keypoints = row.keypoints()
@@ -97,9 +105,10 @@ def make_example(images_dir, row, digest=None):
   }
 
 
-def shard_counts(splits, images_dir, num_shards):
+def shard_counts(splits, images_dir, num_shards, pixels_size=0):
   """Shards per non-empty split. With num_shards, train gets that many and the other splits
-  as many examples per shard; otherwise each shard holds about SHARD_TARGET_BYTES of images."""
+  as many examples per shard; otherwise each shard holds about SHARD_TARGET_BYTES of images
+  (their files', or with pixels_size S their S x S x 3 pixels')."""
   counts = {}
   for split, rows in splits.items():
     if not rows:
@@ -108,15 +117,16 @@ def shard_counts(splits, images_dir, num_shards):
       per_shard = max(1, len(splits["train"]) or len(rows)) / num_shards
       n = math.ceil(len(rows) / per_shard)
     else:
-      size = sum(tf.io.gfile.stat(f"{images_dir}/{r.image_name}").length for r in rows)
+      size = (len(rows) * pixels_size**2 * 3 if pixels_size else
+              sum(tf.io.gfile.stat(f"{images_dir}/{r.image_name}").length for r in rows))
       n = math.ceil(size / SHARD_TARGET_BYTES)
     counts[split] = min(max(1, n), len(rows))
   return counts
 
 
-def shard_tasks(splits, out_dir, images_dir, num_shards):
+def shard_tasks(splits, out_dir, images_dir, num_shards, pixels_size=0):
   """(split, shard path, its rows) of every shard, rows in split order (shard_counts' rule)."""
-  for split, n in shard_counts(splits, images_dir, num_shards).items():
+  for split, n in shard_counts(splits, images_dir, num_shards, pixels_size).items():
     rows = splits[split]
     logging.info("writing %s: %d examples in %d shard(s)", split, len(rows), n)
     for shard, part in enumerate(np.array_split(np.arange(len(rows)), n)):
@@ -131,13 +141,14 @@ def _remove_previous_dataset(out_dir):
       tf.io.gfile.remove(f"{out_dir}/{name}")
 
 
-def write_split_shard(out_path, rows, images_dir, num_keypoints, digests=None):
+def write_split_shard(out_path, rows, images_dir, num_keypoints, digests=None, pixels_size=0):
   """Writes one shard of rows (a task that worker processes can run), `digests` (one per row,
-  or None) as for make_example; returns write_shard's (examples, bytes)."""
+  or None) as for make_example, `pixels_size` as for dataset_info.features; returns
+  write_shard's (examples, bytes)."""
   digests = digests or [None] * len(rows)
-  return write_shard(out_path, (make_example(images_dir, row, digest)
+  return write_shard(out_path, (make_example(images_dir, row, digest, pixels=bool(pixels_size))
                                 for row, digest in zip(rows, digests)),
-                      dataset_info.features(num_keypoints))
+                      dataset_info.features(num_keypoints, pixels_size))
 
 
 def _split_infos(shard_splits, written):
@@ -152,24 +163,27 @@ def _split_infos(shard_splits, written):
 
 
 def write_dataset(out_dir, splits, images_dir, schema, num_shards=None, map_fn=map,
-                  crop=keypoints_lib.CROP_AS_STORED, input_size=None, digests=None):
+                  crop=keypoints_lib.CROP_AS_STORED, input_size=None, digests=None,
+                  pixels_size=0):
   """Writes the shards of every non-empty split and the TFDS metadata. Returns {split: count}.
 
   `map_fn(function, *iterables)` runs the shard writing: the builtin map, or a process pool's.
   `digests`: {image name: dedup.bytes_digest when cleaning decoded it} (make_example).
+  `pixels_size`: S to store every image as raw S x S pixels (dataset_info.features), 0 as is.
   """
   if not any(splits.values()):
     raise ValueError(f"no usable rows to write to {out_dir} (see {dataset_info.CLEANING_REPORT})")
   _remove_previous_dataset(out_dir)
-  tasks = list(shard_tasks(splits, out_dir, images_dir, num_shards))
+  tasks = list(shard_tasks(splits, out_dir, images_dir, num_shards, pixels_size))
   task_splits, paths, shard_rows = zip(*tasks)
   digests = digests or {}
   shard_digests = [[digests.get(row.image_name) for row in rows] for rows in shard_rows]
   written = list(map_fn(write_split_shard, paths, shard_rows, [images_dir] * len(tasks),
-                        [schema.num_keypoints] * len(tasks), shard_digests))
+                        [schema.num_keypoints] * len(tasks), shard_digests,
+                        [pixels_size] * len(tasks)))
   for split, rows in splits.items():
     if not rows:
       logging.warning("split %r is empty: the dataset has no %r split", split, split)
-  write_metadata(out_dir, dataset_info.features(schema.num_keypoints), schema, crop=crop,
-                 input_size=input_size, split_infos=_split_infos(task_splits, written))
+  write_metadata(out_dir, dataset_info.features(schema.num_keypoints, pixels_size), schema,
+                 crop=crop, input_size=input_size, split_infos=_split_infos(task_splits, written))
   return {split: len(rows) for split, rows in splits.items()}
