@@ -21,7 +21,8 @@ choices (ridge alpha, early stopping). Predictors, each scored on the test fold:
                       (+0.5 px), on dlib's face box (the median box where dlib finds none); and
                       the same + a per-slot offset learned on the train folds, in the frame of
                       dlib's own eye corners (so it turns and scales with the face);
-  each --recipes      trained on the train folds by facekp.train.loop, scored as is and with flip TTA.
+  each --recipes      trained on the train folds by facekp.train.loop, scored as is and with flip
+                      TTA.
 Figures: MAE px, NME (inter-ocular), FR>10 %, AUC@10 %, the share of the mean-shape -> teacher
 floor gap closed (by NME), and the NME under evaluate's perturbed protocol (the same faces
 rotated, zoomed and shifted); each as mean ± standard deviation over the folds.
@@ -412,7 +413,8 @@ def write_fold_dataset(faces, train, validation, test, out_dir):
 
 
 def train_recipe(config, data_dir, workdir):
-  """facekp.train.loop on the fold; returns the trained inference model (a finished run is reused)."""
+  """facekp.train.loop on the fold; returns the trained inference model (a finished run is
+  reused)."""
   config = config.copy_and_resolve_references()
   config.data_dir = data_dir
   config.evaluate_at_end = False
@@ -596,7 +598,8 @@ def run(faces, num_folds, recipes, cache, quick=False, only_folds=0, photos=None
   photo of each face (face_photos) for the photo protocol, None to skip it."""
   schema, size = faces.schema, faces.images.shape[1]
   folds = assign_folds(faces.groups, num_folds)
-  notes = {"folds_run": only_folds or num_folds, "faces": int(len(faces.names)), "photo_groups": int(len(set(faces.groups.tolist()))),
+  notes = {"folds_run": only_folds or num_folds, "faces": int(len(faces.names)),
+           "photo_groups": int(len(set(faces.groups.tolist()))),
            "folds": num_folds, "faces_per_fold": np.bincount(folds).tolist(),
            "data": faces.description}
   perturbed_images, perturbed_keypoints = yardsticks.perturb(

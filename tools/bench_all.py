@@ -20,8 +20,8 @@ from absl import flags
 FLAGS = flags.FLAGS
 
 flags.DEFINE_string("json", None, "Also write every figure to this JSON file.")
-flags.DEFINE_bool("quick", False, "Smaller runs: every ratio in under 3 minutes on 2 cores (noisier "
-                  "figures: quote the full run's).")
+flags.DEFINE_bool("quick", False, "Smaller runs: every ratio in under 3 minutes on 2 cores "
+                  "(noisier figures: quote the full run's).")
 
 _QUICK_ARGS = {
     "bench_annotate": ["--min_images=64", "--repeats=1", "--nobeam"],

@@ -158,8 +158,8 @@ def facekp_way(backbone, precision, xla, replicas, data_dir, schema):
       strategy, data_dir, "train", global_batch_size=FLAGS.batch_size, train=True,
       image_size=IMAGE_SIZE, cache=True)
   with strategy.scope():
-    trainer = keypoint_trainer.KeypointTrainer(keypoint_model.create_model(config, 5), config.augment,
-                                    schema.flip_permutation, seed=0)
+    trainer = keypoint_trainer.KeypointTrainer(keypoint_model.create_model(config, 5),
+                                               config.augment, schema.flip_permutation, seed=0)
     trainer.compile(keras.optimizers.Adam(1e-3), keras.losses.Huber(),
                     metrics=["mae"], jit_compile=xla)
   timer = _StepTimer()

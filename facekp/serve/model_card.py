@@ -59,7 +59,8 @@ def training_data(data_dir):
   if tf.io.gfile.exists(f"{data_dir}/{dataset_info.SCHEMA_FILE}"):
     summary["crop"] = (dataset_info.read_metadata(data_dir) or {}).get("crop")
   if tf.io.gfile.exists(f"{data_dir}/{dataset_info.CLEANING_REPORT}"):
-    report = files.read_json(f"{data_dir}/{dataset_info.CLEANING_REPORT}", "cleaning report", expect=dict)
+    report = files.read_json(f"{data_dir}/{dataset_info.CLEANING_REPORT}", "cleaning report",
+                             expect=dict)
     summary["cleaning"] = {key: report.get(key) for key in ("rows", "kept", "dropped")}
   return summary
 
