@@ -40,7 +40,9 @@ def perceptual_hash(rgb):
   grey = cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2GRAY).astype(np.float32)
   small = cv2.resize(grey, (_HASH_SIDE, _HASH_SIDE), interpolation=cv2.INTER_AREA)
   low = cv2.dct(small)[:_DCT_SIDE, :_DCT_SIDE].ravel()
-  return np.packbits(low > np.median(low[1:])).tobytes().hex()
+  # The median of the 255 others is their middle value: np.median's, at a tenth of its cost.
+  middle = (low.size - 1) // 2
+  return np.packbits(low > np.partition(low[1:], middle)[middle]).tobytes().hex()
 
 
 def hamming(a, b):

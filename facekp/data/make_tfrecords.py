@@ -74,21 +74,25 @@ def read_csv(csv, images_dir, schema, units):
 
 
 def annotate_or_read(images_dir, out_dir, schema, pool, *, align, max_faces, csv, chunk_size,
-                     csv_units="pixels"):
-  """(keypoint rows, the folder their image names are relative to)."""
+                     csv_units="pixels", reads=None):
+  """(keypoint rows, the folder their image names are relative to). `reads`: a dict that
+  annotation fills with what it read of the images (facekp.data.annotate.image_reads)."""
   if csv:
     return read_csv(csv, images_dir, schema, csv_units), images_dir
   settings = annotate.Settings(images_dir.rstrip("/"), out_dir, schema.mesh_indices, align,
                                max_faces)
-  rows = annotate.annotate_folder(settings, schema, chunk_size=chunk_size, pool=pool)
+  rows = annotate.annotate_folder(settings, schema, chunk_size=chunk_size, pool=pool,
+                                  reads=reads)
   return rows, f"{out_dir}/{annotate.ALIGNED_DIR}" if align else settings.images_dir
 
 
-def clean_and_report(rows, images_root, out_dir, schema, map_fn=map):
+def clean_and_report(rows, images_root, out_dir, schema, map_fn=map, known=None):
   """Cleans the rows and finds copies among the kept images. Returns (kept rows, report,
   {image name: split key}: copies share a key, so they land in one split; {image name: bytes
-  digest} of the kept images as decoded, for shards.write_dataset)."""
-  read = cleaning.read_images(rows, images_root, map_fn)  # sizes and fingerprints: one decode
+  digest} of the kept images as decoded, for shards.write_dataset). `known`: the images
+  annotation read (cleaning.read_images)."""
+  # sizes and fingerprints: one decode, in the annotation's workers or here
+  read = cleaning.read_images(rows, images_root, map_fn, known)
   kept, report = cleaning.clean(rows, images_root, read)
   split_keys, groups = cleaning.write_cleaned(kept, report, out_dir, schema, read)
   logging.info("cleaning: kept %d of %d rows; dropped %s; missing keypoints by status %s; "
@@ -179,16 +183,18 @@ def _make_tfrecords(images_dir, out_dir, *, align, landmarks, workers, fractions
   timings = {}
   with timed(timings, "schema"):
     schema = load_or_make_schema(out_dir, landmarks)
+  reads = {}
   with annotate.Pool(workers) as pool:
     with timed(timings, "annotate"):
       rows, images_root = annotate_or_read(images_dir, out_dir, schema, pool, align=align,
                                            max_faces=max_faces, csv=csv, chunk_size=chunk_size,
-                                           csv_units=csv_units)
+                                           csv_units=csv_units, reads=reads)
     # Starting workers costs seconds; worth it for many images or when they already run.
     parallel = lambda n: pool.map if pool.started or n >= _PARALLEL_WRITE_MIN_ROWS else map
     with timed(timings, "clean"):
       kept, report, split_keys, digests = clean_and_report(rows, images_root, out_dir, schema,
-                                                           parallel(len(rows)))
+                                                           parallel(len(rows) - len(reads)),
+                                                           reads)
     with timed(timings, "write"):
       counts = shards.write_dataset(out_dir, splits.assign_splits(kept, fractions, split_keys),
                                      images_root, schema, num_shards or None,
