@@ -68,8 +68,8 @@ def _drop_reason(row, size):
   if row.width is not None and (row.width, row.height) != (width, height):
     return "size_mismatch", row
   row = row._replace(width=width, height=height)
-  xy = row.keypoints()
-  if (xy < 0).any() or (xy[:, 0] > width).any() or (xy[:, 1] > height).any():
+  points = row.points  # (x, y) pairs, none NaN here: plain comparisons, no array per row
+  if points and (min(points) < 0 or max(points[0::2]) > width or max(points[1::2]) > height):
     return "outside_image", row
   return None, row
 
