@@ -293,6 +293,7 @@ def main(argv):
   parts = monitor.parts(FLAGS.parts)
   bare_rates = [probe[4][0] for probe in monitor.probes]
   annotate_s = dict((stage, seconds) for stage, seconds, _ in stages)["annotate"]
+  other_s = total_seconds - sum(seconds for _, seconds, _ in stages)
   figures = {
       "images": len(names), "source": source, "workers": workers,
       "cpu_cores": len(os.sched_getaffinity(0)), "load_average": load,
@@ -301,6 +302,8 @@ def main(argv):
       "peak_rss_mb": round(monitor.peak(start, time.time()) / 2**20),
       "stages": [{"stage": s, "seconds": round(sec, 1), "peak_rss_mb": round(rss / 2**20)}
                  for s, sec, rss in stages],
+      "other_s": round(other_s, 1),
+      "total_over_annotate": round(total_seconds / annotate_s, 3),
       "bare_loop_x_workers_images_per_s": [round(rate, 1) for rate in bare_rates],
       "annotate_images_per_s": round(len(names) / annotate_s, 1),
       "parts": [{"images": n, "images_per_s": round(rate, 1), "cpu_ms_per_image": round(cpu, 3),
@@ -315,7 +318,11 @@ def main(argv):
   for stage in figures["stages"]:
     print(f"  {stage['stage']:<10} {stage['seconds']:8.1f} s  peak RSS "
           f"{stage['peak_rss_mb']:6d} MB")
+  print(f"  {'other':<10} {other_s:8.1f} s  (the command's start and imports before its first "
+        "stage, its exit after the last)")
+  print(f"  all / annotate: {figures['total_over_annotate']:.3f}")
   whole = figures["annotate_images_per_s"] / (sum(bare_rates) / len(bare_rates))
+  figures["whole_stage_vs_bare"] = round(whole, 3)
   print(f"  annotation, whole stage with start-up: {figures['annotate_images_per_s']:.1f} "
         f"images/s = {whole:.3f} of the bare loop x {workers} (mean of {len(bare_rates)} probes)")
   if parts:

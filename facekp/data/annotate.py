@@ -207,8 +207,15 @@ class Pool(workers_lib.Pool):
     super().__init__(workers, preload=[__name__], warm_up=_start_worker)
 
   def label_chunks(self, settings, chunks):
-    """Yields [(name, stamp, rows)] of each chunk as it finishes."""
+    """Yields _label_chunk's [(name, stamp, rows, journal extra)] of each chunk as it finishes."""
     return self.imap_unordered(_label_chunk, itertools.repeat(settings), chunks)
+
+
+def prepare_workers():
+  """Starts the fork server of annotation workers now, in the background (facekp.core.workers):
+  its imports, seconds of one core, then overlap what this process does before annotating
+  (the schema, listing and hashing the images)."""
+  workers_lib.start_fork_server([__name__])
 
 
 def with_crop_stems(settings, names):

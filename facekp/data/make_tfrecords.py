@@ -181,6 +181,8 @@ def make_tfrecords(images_dir, out_dir, *, align=0, landmarks=schema_lib.DEFAULT
 def _make_tfrecords(images_dir, out_dir, *, align, landmarks, workers, fractions, num_shards,
                     max_faces, csv, chunk_size, csv_units):
   timings = {}
+  if not csv:
+    annotate.prepare_workers()
   with timed(timings, "schema"):
     schema = load_or_make_schema(out_dir, landmarks)
   reads = {}
