@@ -214,7 +214,7 @@ class Pool(workers_lib.Pool):
 def prepare_workers():
   """Starts the fork server of annotation workers now, in the background (facekp.core.workers):
   its imports, seconds of one core, then overlap what this process does before annotating
-  (the schema, listing and hashing the images)."""
+  (the schema, listing and hashing the images). Does nothing when it runs already."""
   workers_lib.start_fork_server([__name__])
 
 
@@ -308,6 +308,8 @@ def annotate_folder(settings, schema, *, names=None, workers=None, chunk_size=0,
   os.makedirs(settings.out_dir, exist_ok=True)
   journal = journal_lib.Journal(f"{settings.out_dir}/{JOURNAL}", settings.fingerprint())
   done = journal.read()
+  if any(name not in done for name in names):
+    prepare_workers()  # workers will be needed: their start overlaps hashing the journaled images
   stale = {name for name in names if name in done and not _up_to_date(settings, name, done[name])}
   todo = [name for name in names if name not in done] + [n for n in names if n in stale]
   logging.info("%d images: %d annotated before, %d changed or renamed since (labelled again), "

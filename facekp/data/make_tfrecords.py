@@ -181,8 +181,8 @@ def make_tfrecords(images_dir, out_dir, *, align=0, landmarks=schema_lib.DEFAULT
 def _make_tfrecords(images_dir, out_dir, *, align, landmarks, workers, fractions, num_shards,
                     max_faces, csv, chunk_size, csv_units):
   timings = {}
-  if not csv:
-    annotate.prepare_workers()
+  if not csv and not os.path.exists(f"{out_dir}/{annotate.JOURNAL}"):
+    annotate.prepare_workers()  # a first run: workers will be needed
   with timed(timings, "schema"):
     schema = load_or_make_schema(out_dir, landmarks)
   reads = {}
@@ -194,9 +194,9 @@ def _make_tfrecords(images_dir, out_dir, *, align, landmarks, workers, fractions
     # Starting workers costs seconds; worth it for many images or when they already run.
     parallel = lambda n: pool.map if pool.started or n >= _PARALLEL_WRITE_MIN_ROWS else map
     with timed(timings, "clean"):
+      unread = len(rows) - sum(checked for *_, checked in reads.values())  # to read or hash
       kept, report, split_keys, digests = clean_and_report(rows, images_root, out_dir, schema,
-                                                           parallel(len(rows) - len(reads)),
-                                                           reads)
+                                                           parallel(unread), reads)
     with timed(timings, "write"):
       counts = shards.write_dataset(out_dir, splits.assign_splits(kept, fractions, split_keys),
                                      images_root, schema, num_shards or None,
