@@ -73,7 +73,10 @@ def test_a_rerun_only_annotates_what_is_new(image_folder, tmp_path, default_sche
                                         chunk_size=100)
   added = journal.read_text()[len(before):]
   assert journal.read_text().startswith(before)
-  assert added.count("\n") == 2 * (len(names) - 5) + 1  # a stamp and a row each, one commit
+  new_ok = sum(row.status == "ok" for row in everything if row.image_name not in names[:5])
+  # a stamp and a row each, what cleaning reads of each face (#extra), one commit
+  assert added.count("\n") == 2 * (len(names) - 5) + new_ok + 1
+  assert added.count("\n#extra,") == new_ok > 0
   assert set(first) <= set(everything)
   assert len(everything) == len(names)
 
@@ -186,3 +189,31 @@ def test_face_size_is_the_side_of_the_aligned_square(mesh):
   _, matrix = align.align_face(photo, landmarks, 100)
   scale = np.sqrt(abs(np.linalg.det(matrix[:, :2])))
   assert faces.face_size(landmarks) == pytest.approx(100 / scale)
+
+
+def test_what_annotation_reads_of_each_image_is_what_cleaning_reads(image_folder, tmp_path,
+                                                                   default_schema, pool):
+  """The size and fingerprint a worker takes of each ok image (or crop), journaled, equal
+  cleaning's read of the file; a rerun takes them from the journal, the sources' checked by
+  their hash and an earlier run's crops left for cleaning to hash again."""
+  from facekp.data import cleaning  # pylint: disable=g-import-not-at-top
+  photos = tmp_path / "photos"
+  photos.mkdir()
+  for name in ("multi_face.jpg", "grace_hopper.jpg"):
+    shutil.copy(os.path.join(SAMPLE_DIR, name), photos / name)
+  for settings, root in [
+      (settings_for(image_folder, tmp_path / "out", default_schema), image_folder),
+      (settings_for(photos, tmp_path / "crops", default_schema, align_size=64, max_faces=3),
+       tmp_path / "crops" / annotate.ALIGNED_DIR)]:
+    reads = {}
+    rows = annotate.annotate_folder(settings, default_schema, pool=pool, reads=reads)
+    ok = sorted(row.image_name for row in rows if row.status == "ok")
+    assert sorted(reads) == ok and len(ok) >= 3
+    for name, (size, fingerprint, checked) in reads.items():
+      assert (size, fingerprint) == cleaning.read_image(f"{root}/{name}"), name
+      assert checked
+    again = {}
+    annotate.annotate_folder(settings, default_schema, pool=pool, reads=again)
+    assert {name: value[:2] for name, value in again.items()} == {
+        name: value[:2] for name, value in reads.items()}
+    assert {value[2] for value in again.values()} == {not settings.align_size}

@@ -338,3 +338,51 @@ def test_normalised_points_are_detected_and_converted(tmp_path):
   assert not cleaning.looks_normalised([row("a.png")])
   (converted,) = cleaning.normalised_to_pixels(rows, str(tmp_path / "imgs"))
   np.testing.assert_allclose(converted.keypoints(), [[20.0, 7.5]] * 5)
+
+
+def test_records_are_what_tfds_serialises_byte_for_byte(astronaut, caplog, monkeypatch):
+  """shards.encode_example writes TFDS's bytes (names in any script, every size and point,
+  negative zero); a RowSerializer that finds another serialisation uses TFDS's for the shard."""
+  spec = dataset_info.features(5)
+  image = encode(astronaut, "PNG")
+  rng = np.random.default_rng(0)
+  for name, size, points in [("a.png", 128, rng.uniform(0, 128, (5, 2))),
+                             ("dir/visage-été 顔.png", 4096, rng.uniform(-5, 5000, (5, 2))),
+                             ("x" * 300, 1, np.array([[-0.0, 0.0]] * 5)),
+                             ("b.jpg", 70000, np.full((5, 2), 3.4e38))]:
+    points = points.astype(np.float32)
+    example = {"image": image[:size * 7], "image_name": name, "height": np.int32(size),
+               "width": np.int32(size + 1), "keypoints_px": points,
+               "keypoints": (points / size).astype(np.float32)}
+    assert shards.encode_example(example) == spec.serialize_example(example), name
+    serializer = shards.RowSerializer(spec)
+    assert serializer(example) == spec.serialize_example(example) and serializer.direct
+  original = shards.encode_example
+  monkeypatch.setattr(shards, "encode_example", lambda ex: original(ex) + b"\x00")  # other bytes
+  other = shards.RowSerializer(spec)
+  assert other(example) == spec.serialize_example(example) and other.direct is False
+  assert other(example) == spec.serialize_example(example)
+  assert "writing through TFDS" in caplog.text
+
+
+def test_read_images_takes_what_was_read_and_checks_what_may_have_changed(
+    tmp_path, astronaut, monkeypatch):
+  """Known reads of this run are taken as they are; an earlier run's are taken after a hash of
+  the file, without a decode; a file changed since is read and decoded again."""
+  for name, pixels in (("a.png", astronaut), ("b.png", astronaut[::2]), ("c.png", astronaut)):
+    (tmp_path / name).write_bytes(encode(pixels, "PNG"))
+  rows = [row(name) for name in ("a.png", "b.png", "c.png", "missing.png")]
+  full = cleaning.read_images(rows, str(tmp_path))
+  assert full["missing.png"] == ("missing_file", None)
+  known = {"a.png": (*full["a.png"], True), "b.png": (*full["b.png"], False),
+           "c.png": (*full["c.png"], False)}
+  (tmp_path / "c.png").write_bytes(encode(astronaut[:-3], "PNG"))  # changed since it was read
+  decoded = []
+  real_decode = images.decode_rgb
+  monkeypatch.setattr(images, "decode_rgb", lambda data, path="": decoded.append(path) or
+                      real_decode(data, path))
+  read = cleaning.read_images(rows, str(tmp_path), known=known)
+  assert decoded == [str(tmp_path / "c.png")]
+  assert read == {**full, "c.png": cleaning.read_image(str(tmp_path / "c.png"))}
+  assert read["c.png"][0] == (astronaut.shape[1], astronaut.shape[0] - 3)
+  assert list(read) == sorted(read)

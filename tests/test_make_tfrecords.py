@@ -283,3 +283,75 @@ def test_stored_pixels_read_back_as_the_png_dataset_does(tmp_path, default_schem
   with pytest.raises(ValueError, match="--image_format=pixels stores images of one square size"):
     make_tfrecords.make_tfrecords(str(folder), str(tmp_path / "mixed"), csv=str(user_csv),
                                   split="1,0,0", image_format="pixels")
+
+
+def sequential_build(images_dir, out, *, align=0, fractions=(0.4, 0.3, 0.3), num_shards=0,
+                     monkeypatch):
+  """The dataset as make_tfrecords built it before annotation took cleaning's reads: every
+  image read and decoded again by cleaning, every record serialised by TFDS, stage after stage
+  in this process."""
+  from facekp.core import keypoints as keypoints_lib  # pylint: disable=g-import-not-at-top
+  from facekp.core import schema as schema_lib  # pylint: disable=g-import-not-at-top
+  from facekp.data import shards  # pylint: disable=g-import-not-at-top
+  from facekp.data import sources as sources_lib  # pylint: disable=g-import-not-at-top
+  schema = make_tfrecords.load_or_make_schema(str(out), schema_lib.DEFAULT_MESH_INDICES)
+  with annotate.Pool(2) as pool:
+    rows, root = make_tfrecords.annotate_or_read(
+        sources_lib.make_sources(images_dir, align), str(out), schema, pool, max_faces=10,
+        csv=None, chunk_size=0)
+  kept, _, split_keys, digests = make_tfrecords.clean_and_report(rows, root, str(out), schema)
+
+  def tfds_serialises(example):
+    raise ValueError(f"{example['image_name']}: not written directly")
+
+  with monkeypatch.context() as patch:
+    patch.setattr(shards, "encode_example", tfds_serialises)
+    shards.write_dataset(str(out), splits_lib.assign_splits(kept, fractions, split_keys), root,
+                         schema, num_shards or None, crop=keypoints_lib.crop_method(align),
+                         input_size=align or make_tfrecords.common_size(kept), digests=digests)
+
+
+def dataset_files(out):
+  """{relative path: bytes} of every file make_tfrecords writes (not its journal or lock)."""
+  found = {}
+  for folder, _, names in os.walk(out):
+    for name in names:
+      if name not in (annotate.JOURNAL, files.LOCK_FILE):
+        path = os.path.join(folder, name)
+        found[os.path.relpath(path, out)] = open(path, "rb").read()
+  return found
+
+
+@pytest.mark.parametrize("align", [0, 64])
+def test_the_overlapped_build_writes_what_the_sequential_build_wrote(image_folder, tmp_path,
+                                                                     monkeypatch, align):
+  """CSV, cleaned CSV, reports, shards and TFDS metadata byte for byte as the sequential build
+  writes them: on every stored form and bad file, and on photos of several faces (--align);
+  and again on a rerun, which takes the journal's reads (sources hashed, crops hashed again)."""
+  images_dir, num_shards = image_folder, 0 if align else 3
+  os.makedirs(os.path.join(image_folder, "sample"))
+  for name in os.listdir(SAMPLE_DIR):  # faces of other people: groups in every split
+    if name.endswith(".jpg") and not align:
+      shutil.copy(os.path.join(SAMPLE_DIR, name), os.path.join(image_folder, "sample", name))
+  if align:
+    images_dir = str(tmp_path / "photos")
+    os.makedirs(images_dir)
+    for name in ("multi_face.jpg", "grace_hopper.jpg", "astronaut.jpg"):
+      shutil.copy(os.path.join(SAMPLE_DIR, name), os.path.join(images_dir, name))
+    shutil.copy(os.path.join(image_folder, "face.png"), os.path.join(images_dir, "astronaut.png"))
+  out, reference = tmp_path / "out", tmp_path / "reference"
+  make_tfrecords.make_tfrecords(images_dir, str(out), align=align, workers=2, split="0.4,0.3,0.3",
+                                num_shards=num_shards)
+  sequential_build(images_dir, reference, align=align, num_shards=num_shards,
+                   monkeypatch=monkeypatch)
+  expected = dataset_files(reference)
+  assert {"face_keypoints.csv", "cleaned.csv", "cleaning_report.json", "duplicates.json",
+          "dataset_info.json", "features.json", "schema.json"} < set(expected)
+  assert len([name for name in expected if ".tfrecord-" in name]) >= 2
+  written = dataset_files(out)
+  assert sorted(written) == sorted(expected)
+  assert [name for name in expected if written[name] != expected[name]] == []
+  make_tfrecords.make_tfrecords(images_dir, str(out), align=align, workers=2, split="0.4,0.3,0.3",
+                                num_shards=num_shards)
+  rewritten = dataset_files(out)
+  assert [name for name in expected if rewritten[name] != expected[name]] == []

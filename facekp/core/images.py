@@ -104,6 +104,8 @@ def read_bytes(path):
     try:
       if not stat.S_ISREG(os.stat(path).st_mode):
         raise ImageError(path, "not_a_regular_file", "a FIFO, socket, device or folder")
+      with open(path, "rb") as f:  # cheaper than tf.io.gfile (docs/engineering.md)
+        return f.read()
     except FileNotFoundError:
       raise ImageError(path, "missing", "no such file") from None
     except OSError as e:

@@ -26,6 +26,7 @@ from facekp.core import files
 from facekp.core import images
 from facekp.core import journal as journal_lib
 from facekp.core import workers as workers_lib
+from facekp.data import dedup
 from facekp.data import face_mesh
 from facekp.data import faces
 from facekp.core.keypoint_csv import KeypointRow, OK, missing_row, write_keypoints_csv
@@ -41,6 +42,9 @@ _PROGRESS_SECONDS = 10.0
 MAX_CHUNK = 64
 # 2: stamps of the labelled files; faces largest first, also those of the full-range detector
 _JOURNAL_VERSION = 2
+# The journal extra of a labelled source that holds its images' reads (image_read); entries
+# written before it existed have none, and cleaning reads their images.
+_READS = "images"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -125,7 +129,15 @@ class Labeller:
     stamp, rows = self._label_file(name)
     return stamp, [row._replace(photo=name) for row in rows]
 
-  def _label_file(self, name):
+  def label_and_read(self, name):
+    """label_file's (stamp, rows) and {image name: image_read} of the images of its "ok" rows
+    (the file itself, or its crops): what cleaning would read and decode again, taken from
+    the bytes and pixels this labelling already holds."""
+    reads = {}
+    stamp, rows = self._label_file(name, reads)
+    return stamp, [row._replace(photo=name) for row in rows], reads
+
+  def _label_file(self, name, reads=None):
     path = f"{self.settings.images_dir}/{name}"
     row_name = self.settings.dataset_name(name)
     stamp = None
@@ -133,7 +145,7 @@ class Labeller:
       data = images.read_bytes(path)
       stamp = journal_lib.stamp_of(path, data)
       image_rgb = images.decode_rgb(data, path)
-      rows = (self._align_and_label(name, image_rgb) if self.settings.align_size else
+      rows = (self._align_and_label(name, image_rgb, reads) if self.settings.align_size else
               [self.label(row_name, image_rgb)])
     except images.ImageError as e:
       return stamp, [missing_row(row_name, len(self.indices), e.reason)]
@@ -143,9 +155,11 @@ class Labeller:
       return stamp, [missing_row(row_name, len(self.indices), "error")]
     if rows[0].status == "no_face" and len(rows) == 1 and images.has_transparency(data):
       rows = [rows[0]._replace(status=NO_FACE_TRANSPARENT)]
+    if reads is not None and not self.settings.align_size and rows[0].status == OK:
+      reads[row_name] = image_read(data, image_rgb, stamp.sha256)
     return stamp, rows
 
-  def _align_and_label(self, photo_name, photo_rgb):
+  def _align_and_label(self, photo_name, photo_rgb, reads=None):
     size = self.settings.align_size
     found = faces.aligned_faces(self.finder, self.settings.crop_stem(photo_name), photo_rgb, size,
                                 self.settings.max_faces)
@@ -153,16 +167,17 @@ class Labeller:
       height, width = photo_rgb.shape[:2]
       return [missing_row(self.settings.dataset_name(photo_name), len(self.indices), "no_face",
                           width, height)]
-    return [self._write_crop(face) for face in found]
+    return [self._write_crop(face, reads) for face in found]
 
-  def _write_crop(self, face):
+  def _write_crop(self, face, reads=None):
     """The row of one face, its crop written to aligned/; a name the file system cannot hold
-    gives a NAME_TOO_LONG row."""
+    gives a NAME_TOO_LONG row. `reads`: a dict that gets the image_read of an "ok" crop."""
     size = self.settings.align_size
     path = f"{self.settings.out_dir}/{ALIGNED_DIR}/{face.name}"
     try:
       os.makedirs(posixpath.dirname(path), exist_ok=True)
-      files.atomic_write(path, images.encode_png(face.crop))
+      encoded = images.encode_png(face.crop)
+      files.atomic_write(path, encoded)
     except OSError as e:
       if e.errno != errno.ENAMETOOLONG:
         raise
@@ -170,13 +185,30 @@ class Labeller:
       return missing_row(face.name, len(self.indices), NAME_TOO_LONG, size, size)
     if face.status != OK:
       return missing_row(face.name, len(self.indices), face.status, size, size)
+    if reads is not None:
+      reads[face.name] = image_read(encoded, face.crop)
     return KeypointRow(face.name, size, size, tuple(face.landmarks[self.indices].ravel().tolist()),
                        OK)
 
 
+def image_read(data, image_rgb, bytes_digest=None):
+  """[width, height, *dedup.fingerprint] of an image's bytes and its pixels as decoded: what
+  cleaning's read of the file gives (facekp.data.cleaning.read_image), in JSON's terms for the
+  journal. `bytes_digest`: the sha256 of `data` when already taken (the journal's stamp)."""
+  height, width = image_rgb.shape[:2]
+  return [width, height, bytes_digest or dedup.bytes_digest(data), dedup.pixels_digest(image_rgb),
+          dedup.perceptual_hash(image_rgb)]
+
+
 def _label_chunk(settings, names):
+  """[(name, stamp, rows, journal extra)] of each image: the extra holds its image reads
+  ({"images": {image name: image_read}}), so that cleaning need not read them again."""
   labeller = Labeller(settings)
-  return [(name, *labeller.label_file(name)) for name in names]
+  labelled = []
+  for name in names:
+    stamp, rows, reads = labeller.label_and_read(name)
+    labelled.append((name, stamp, rows, {_READS: reads} if reads else None))
+  return labelled
 
 
 def _start_worker():
@@ -194,8 +226,15 @@ class Pool(workers_lib.Pool):
     super().__init__(workers, preload=[__name__], warm_up=_start_worker)
 
   def label_chunks(self, settings, chunks):
-    """Yields [(name, stamp, rows)] of each chunk as it finishes."""
+    """Yields _label_chunk's [(name, stamp, rows, journal extra)] of each chunk as it finishes."""
     return self.imap_unordered(_label_chunk, itertools.repeat(settings), chunks)
+
+
+def prepare_workers():
+  """Starts the fork server of annotation workers now, in the background (facekp.core.workers):
+  its imports, seconds of one core, then overlap what this process does before annotating
+  (the schema, listing and hashing the images). Does nothing when it runs already."""
+  workers_lib.start_fork_server([__name__])
 
 
 def with_crop_stems(settings, names):
@@ -232,6 +271,27 @@ def _remove_crops(settings, stale, kept):
         files.remove_quietly(f"{settings.out_dir}/{ALIGNED_DIR}/{row.image_name}")
 
 
+def image_reads(settings, names, done, labelled):
+  """{image name: (size, fingerprint, checked)}: what cleaning's read of each image of an "ok"
+  row gives (facekp.data.cleaning.read_images), from the journal entries of `names` (done) that
+  hold it. `checked`: whether this run read those very bytes: every source (each one labelled
+  or hashed by this run), and the crops of the photos it labelled (`labelled`); a crop of an
+  earlier run may have been changed since, and cleaning hashes it again. An extra of another
+  shape is left out (cleaning reads that image)."""
+  reads = {}
+  for name in names:
+    extra = done[name].extra
+    images_read = extra.get(_READS) if isinstance(extra, dict) else None
+    if not isinstance(images_read, dict):
+      continue
+    checked = not settings.align_size or name in labelled
+    for image_name, read in images_read.items():
+      if (isinstance(read, list) and len(read) == 5 and all(isinstance(v, int) for v in read[:2])
+          and all(isinstance(v, str) for v in read[2:])):
+        reads[image_name] = ((read[0], read[1]), tuple(read[2:]), checked)
+  return reads
+
+
 def _progress(done, total, seconds, found):
   rate = done / max(seconds, 1e-9)
   minutes, secs = divmod(round((total - done) / rate) if rate else 0, 60)
@@ -249,20 +309,22 @@ def list_sources(images_dir, *, exclude=()):
   return names
 
 
-def annotate_folder(settings, schema, *, names=None, workers=None, chunk_size=0, pool=None):
+def annotate_folder(settings, schema, *, names=None, workers=None, chunk_size=0, pool=None,
+                    reads=None):
   """Annotates the images of settings.images_dir into <out_dir>/face_keypoints.csv.
 
   Resumes from the journal in out_dir; the journal commits once per chunk of `chunk_size`
   images (0: MAX_CHUNK, or fewer so that each worker gets four chunks). Returns the CSV's rows
   (sorted by image name); with alignment, a photo's rows are its crops, or one row under the
-  photo's name if none.
+  photo's name if none. `reads`: a dict to fill with image_reads of the journal.
   """
-  rows = label_folder(settings, names=names, workers=workers, chunk_size=chunk_size, pool=pool)
+  rows = label_folder(settings, names=names, workers=workers, chunk_size=chunk_size, pool=pool,
+                      reads=reads)
   write_keypoints_csv(f"{settings.out_dir}/{dataset_info.KEYPOINTS_CSV}", rows, schema)
   return rows
 
 
-def annotate_sources(all_settings, schema, *, workers=None, chunk_size=0, pool=None):
+def annotate_sources(all_settings, schema, *, workers=None, chunk_size=0, pool=None, reads=None):
   """annotate_folder for several folders pooled into one dataset (facekp.data.sources): each
   folder's Settings name its source, so each resumes from a journal of its own; the one
   face_keypoints.csv in their out_dir holds the rows of all, sorted by image name (returned)."""
@@ -270,7 +332,7 @@ def annotate_sources(all_settings, schema, *, workers=None, chunk_size=0, pool=N
   pool = pool or Pool(workers)  # started on first use: not at all when every label is reused
   try:
     rows = sorted((row for settings in all_settings for row in label_folder(
-        settings, chunk_size=chunk_size, pool=pool)), key=lambda r: r.image_name)
+        settings, chunk_size=chunk_size, pool=pool, reads=reads)), key=lambda r: r.image_name)
   finally:
     if own_pool:
       pool.close()
@@ -278,8 +340,8 @@ def annotate_sources(all_settings, schema, *, workers=None, chunk_size=0, pool=N
   return rows
 
 
-def label_folder(settings, *, names=None, workers=None, chunk_size=0, pool=None):
-  """annotate_folder's rows, without writing the CSV."""
+def label_folder(settings, *, names=None, workers=None, chunk_size=0, pool=None, reads=None):
+  """annotate_folder's rows, without writing the CSV (`reads` as for annotate_folder)."""
   if "://" in settings.out_dir:
     raise ValueError(f"annotation needs a local output folder, not {settings.out_dir}: its "
                      "journal is appended to and fsynced (copy the finished folder over after)")
@@ -289,6 +351,8 @@ def label_folder(settings, *, names=None, workers=None, chunk_size=0, pool=None)
   os.makedirs(posixpath.dirname(settings.journal_path), exist_ok=True)
   journal = journal_lib.Journal(settings.journal_path, settings.fingerprint())
   done = journal.read()
+  if any(name not in done for name in names):
+    prepare_workers()  # workers will be needed: their start overlaps hashing the journaled images
   stale = {name for name in names if name in done and not _up_to_date(settings, name, done[name])}
   todo = [name for name in names if name not in done] + [n for n in names if n in stale]
   logging.info("%s%d images: %d annotated before, %d changed or renamed since (labelled again), "
@@ -307,9 +371,10 @@ def label_folder(settings, *, names=None, workers=None, chunk_size=0, pool=None)
       chunks = (todo[i:i + chunk_size] for i in range(0, len(todo), chunk_size))
       for results in pool.label_chunks(settings, chunks):
         journal.append(results)
-        done.update((name, journal_lib.Entry(stamp, rows)) for name, stamp, rows in results)
+        done.update((name, journal_lib.Entry(stamp, rows, extra))
+                    for name, stamp, rows, extra in results)
         finished += len(results)
-        found += sum(row.status == OK for _, _, rows in results for row in rows)
+        found += sum(row.status == OK for _, _, rows, _ in results for row in rows)
         if time.time() - last_report > _PROGRESS_SECONDS or finished == len(todo):
           _progress(finished, len(todo), time.time() - start, found)
           last_report = time.time()
@@ -319,5 +384,8 @@ def label_folder(settings, *, names=None, workers=None, chunk_size=0, pool=None)
         pool.close()
   # The journal files rows under the photo's name in its folder; the CSV names it in the dataset.
   photo = settings.dataset_name
-  return sorted((row._replace(photo=photo(name)) for name in names for row in done[name].rows),
+  rows = sorted((row._replace(photo=photo(name)) for name in names for row in done[name].rows),
                 key=lambda r: r.image_name)
+  if reads is not None:
+    reads.update(image_reads(settings, names, done, set(todo)))
+  return rows

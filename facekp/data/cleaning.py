@@ -24,11 +24,15 @@ def _has_missing_points(row):
   return row.status != OK or any(v == MISSING or math.isnan(v) for v in row.points)
 
 
-def read_image(path):
+def read_image(path, expected=None):
   """((width, height) of the image at path or the reason it cannot be used, its facekp.data.dedup
-  fingerprint or None): one read and one decode for both."""
+  fingerprint or None): one read and one decode for both. `expected`: that pair as read before
+  from bytes of its fingerprint's digest; taken without a decode when the file still holds
+  bytes of that digest."""
   try:
     data = images.read_bytes(path)
+    if expected is not None and dedup.bytes_digest(data) == expected[1][0]:
+      return expected
     rgb = images.decode_rgb(data, path)
   except images.ImageError as e:
     return ("missing_file" if e.reason == "missing" else "unreadable_file"), None
@@ -36,11 +40,21 @@ def read_image(path):
   return (width, height), dedup.fingerprint(data, rgb)
 
 
-def read_images(rows, images_dir, map_fn=map):
+def read_images(rows, images_dir, map_fn=map, known=None):
   """{name: read_image of it} for the rows with points; `map_fn` runs the reads (the builtin
-  map, or a process pool's)."""
+  map, or a process pool's).
+
+  `known`: {name: (size, fingerprint, checked)} of images read before (annotation reads and
+  decodes them: facekp.data.annotate.image_reads): those `checked` (their bytes read or hashed
+  by this run) are taken as they are; the others are read again and decoded only when their
+  bytes changed. The result is read_image's for every name either way."""
   names = sorted({row.image_name for row in rows if not _has_missing_points(row)})
-  return dict(zip(names, map_fn(read_image, [f"{images_dir}/{name}" for name in names])))
+  known = known or {}
+  read = {name: known[name][:2] for name in names if name in known and known[name][2]}
+  todo = [name for name in names if name not in read]
+  expected = [known[name][:2] if name in known else None for name in todo]
+  read.update(zip(todo, map_fn(read_image, [f"{images_dir}/{name}" for name in todo], expected)))
+  return {name: read[name] for name in names}
 
 
 def _drop_reason(row, size):
@@ -54,8 +68,8 @@ def _drop_reason(row, size):
   if row.width is not None and (row.width, row.height) != (width, height):
     return "size_mismatch", row
   row = row._replace(width=width, height=height)
-  xy = row.keypoints()
-  if (xy < 0).any() or (xy[:, 0] > width).any() or (xy[:, 1] > height).any():
+  points = row.points  # (x, y) pairs, none NaN here: plain comparisons, no array per row
+  if points and (min(points) < 0 or max(points[0::2]) > width or max(points[1::2]) > height):
     return "outside_image", row
   return None, row
 

@@ -40,7 +40,9 @@ def perceptual_hash(rgb):
   grey = cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2GRAY).astype(np.float32)
   small = cv2.resize(grey, (_HASH_SIDE, _HASH_SIDE), interpolation=cv2.INTER_AREA)
   low = cv2.dct(small)[:_DCT_SIDE, :_DCT_SIDE].ravel()
-  return np.packbits(low > np.median(low[1:])).tobytes().hex()
+  # The median of the 255 others is their middle value: np.median's value, found cheaper.
+  middle = (low.size - 1) // 2
+  return np.packbits(low > np.partition(low[1:], middle)[middle]).tobytes().hex()
 
 
 def hamming(a, b):
@@ -184,11 +186,12 @@ def split_keys(names, groups, group_key):
   """The split key of every name: its own group_key, or, for a member of a duplicate group, the
   smallest group_key of everything linked to it (through copies or through faces of one photo),
   so that copies land in one split and the key stays put when unrelated images are added."""
-  union = _UnionFind({group_key(n) for n in names})
+  keys = {name: group_key(name) for name in names}
+  union = _UnionFind(set(keys.values()))
   for group in groups:
     for other in group[1:]:
-      union.union(group_key(group[0]), group_key(other))
-  return {name: union.find(group_key(name)) for name in names}
+      union.union(keys[group[0]], keys[other])
+  return {name: union.find(keys[name]) for name in names}
 
 
 def find_duplicates(prints):

@@ -78,24 +78,28 @@ def read_csv(csv, images_dir, schema, units):
 
 
 def annotate_or_read(sources, out_dir, schema, pool, *, max_faces, csv, chunk_size,
-                     csv_units="pixels"):
+                     csv_units="pixels", reads=None):
   """(keypoint rows, the folder their image names are relative to). `sources`: the dataset's
-  folders (facekp.data.sources.Source; --csv: one)."""
+  folders (facekp.data.sources.Source; --csv: one). `reads`: a dict that annotation fills with
+  what it read of the images (facekp.data.annotate.image_reads)."""
   sources_lib.check_out(sources, out_dir)
   if csv:
     return read_csv(csv, sources[0].folder, schema, csv_units), sources[0].folder
   all_settings = sources_lib.settings(sources, out_dir, schema.mesh_indices, max_faces)
   if sources_lib.is_pooled(sources):
     sources_lib.prepare(sources, out_dir, all_settings)
-  rows = annotate.annotate_sources(all_settings, schema, chunk_size=chunk_size, pool=pool)
+  rows = annotate.annotate_sources(all_settings, schema, chunk_size=chunk_size, pool=pool,
+                                   reads=reads)
   return rows, sources_lib.images_root(sources, out_dir)
 
 
-def clean_and_report(rows, images_root, out_dir, schema, map_fn=map):
+def clean_and_report(rows, images_root, out_dir, schema, map_fn=map, known=None):
   """Cleans the rows and finds copies among the kept images. Returns (kept rows, report,
   {image name: split key}: copies share a key, so they land in one split; {image name: bytes
-  digest} of the kept images as decoded, for shards.write_dataset)."""
-  read = cleaning.read_images(rows, images_root, map_fn)  # sizes and fingerprints: one decode
+  digest} of the kept images as decoded, for shards.write_dataset). `known`: the images
+  annotation read (cleaning.read_images)."""
+  # sizes and fingerprints: one decode, in the annotation's workers or here
+  read = cleaning.read_images(rows, images_root, map_fn, known)
   kept, report = cleaning.clean(rows, images_root, read)
   split_keys, groups = cleaning.write_cleaned(kept, report, out_dir, schema, read)
   logging.info("cleaning: kept %d of %d rows; dropped %s; missing keypoints by status %s; "
@@ -206,17 +210,23 @@ def _make_tfrecords(sources, out_dir, *, landmarks, workers, fractions, num_shar
                     csv, chunk_size, csv_units, image_format):
   timings = {}
   align = sources_lib.common_align(sources)  # what the dataset records of its crops
+  journals = [settings.journal_path for settings in sources_lib.settings(sources, out_dir, (), 1)]
+  if not csv and not all(os.path.exists(path) for path in journals):
+    annotate.prepare_workers()  # a first run: workers will be needed
   with timed(timings, "schema"):
     schema = load_or_make_schema(out_dir, landmarks)
+  reads = {}
   with annotate.Pool(workers) as pool:
     with timed(timings, "annotate"):
       rows, images_root = annotate_or_read(sources, out_dir, schema, pool, max_faces=max_faces,
-                                           csv=csv, chunk_size=chunk_size, csv_units=csv_units)
+                                           csv=csv, chunk_size=chunk_size, csv_units=csv_units,
+                                           reads=reads)
     # Starting workers costs seconds; worth it for many images or when they already run.
     parallel = lambda n: pool.map if pool.started or n >= _PARALLEL_WRITE_MIN_ROWS else map
     with timed(timings, "clean"):
+      unread = len(rows) - sum(checked for *_, checked in reads.values())  # to read or hash
       kept, report, split_keys, digests = clean_and_report(rows, images_root, out_dir, schema,
-                                                           parallel(len(rows)))
+                                                           parallel(unread), reads)
     size = align or common_size(kept)
     if image_format == "pixels" and not size:
       raise ValueError("--image_format=pixels stores images of one square size; these differ ("

@@ -5,6 +5,7 @@ The folder's layout and its readers are facekp.core.dataset_info's.
 import contextlib
 import io
 import math
+import os
 
 from absl import logging
 import numpy as np
@@ -22,21 +23,101 @@ SHARD_TARGET_BYTES = 64 << 20
 _JPEG_MAGIC = b"\xff\xd8\xff"
 
 
-def write_shard(path, examples, feature_spec):
+def write_shard(path, examples, feature_spec, serialize=None):
   """Writes serialised examples to `path` through a temporary name: a shard that exists is whole.
 
   Each example is a dict with the keys of
   `dataset_info.features()`; "image" holds encoded bytes. Returns
-  (examples written, their serialised bytes): what TFDS records of a shard.
+  (examples written, their serialised bytes): what TFDS records of a shard. `serialize`: what
+  turns an example into its record, by default feature_spec.serialize_example.
   """
+  serialize = serialize or feature_spec.serialize_example
   count = num_bytes = 0
   with files.atomic_path(path) as tmp:
     with tf.io.TFRecordWriter(tmp) as writer:
       for example in examples:
-        record = feature_spec.serialize_example(example)
+        record = serialize(example)
         writer.write(record)
         count, num_bytes = count + 1, num_bytes + len(record)
   return count, num_bytes
+
+
+# The order in which protobuf writes the features of make_example's dicts (its map order, fixed
+# for these names); RowSerializer checks it against TFDS on every shard.
+_WIRE_ORDER = ("width", "keypoints_px", "keypoints", "image", "image_name", "height")
+
+
+def _varint(value):
+  if 0 <= value < 0x80:
+    return _SMALL_VARINTS[value]
+  value &= (1 << 64) - 1  # an int64 as protobuf writes it
+  out = bytearray()
+  while value > 0x7F:
+    out.append(value & 0x7F | 0x80)
+    value >>= 7
+  out.append(value)
+  return bytes(out)
+
+
+_SMALL_VARINTS = [bytes((value,)) for value in range(0x80)]
+# A map entry's key (field 1) and its value's tag (field 2), of each feature.
+_ENTRY_HEADS = {name: b"\n" + _varint(len(name)) + name.encode() + b"\x12" for name in _WIRE_ORDER}
+
+
+def _feature(value):
+  """(head, data) of a tf.train.Feature (head + data): bytes (or a uint8 array's bytes) ->
+  BytesList (field 1), a float32 array -> FloatList (2, packed), an int -> Int64List (3, packed)."""
+  if isinstance(value, np.ndarray) and value.dtype == np.uint8:  # stored pixels: their bytes
+    value = value.tobytes()
+  if isinstance(value, bytes):
+    kind, data = b"\n", value
+  elif isinstance(value, np.ndarray):
+    kind, data = b"\x12", value.astype("<f4").tobytes()
+  else:
+    kind, data = b"\x1a", _varint(int(value))
+  inner = b"\n" + _varint(len(data))  # the list's field 1, then the data
+  return kind + _varint(len(inner) + len(data)) + inner, data
+
+
+def encode_example(example):
+  """The serialised tf.train.Example of a make_example dict, written directly: the bytes
+  dataset_info.features().serialize_example gives (RowSerializer checks), without TFDS's checks
+  and conversions of every feature or a protobuf message, and with the image copied once (most
+  of the cost of writing a stored image otherwise)."""
+  values = dict(example, image_name=example["image_name"].encode("utf-8"))
+  pieces = []
+  for name in _WIRE_ORDER:
+    head, data = _feature(values[name])
+    entry_head = _ENTRY_HEADS[name] + _varint(len(head) + len(data))
+    pieces += [b"\n" + _varint(len(entry_head) + len(head) + len(data)) + entry_head + head, data]
+  return b"".join([b"\n", _varint(sum(map(len, pieces))), *pieces])
+
+
+class RowSerializer:
+  """Serialises the make_example dicts of one shard as TFDS does (feature_spec.serialize_example),
+  through encode_example. The first example is also serialised by TFDS; if the two differ
+  (another TFDS or protobuf), TFDS serialises the shard, and an example encode_example cannot
+  write goes to TFDS, which raises its own error: the records are TFDS's, byte for byte."""
+
+  def __init__(self, feature_spec):
+    self.feature_spec = feature_spec
+    self.direct = None  # unknown until the first example
+
+  def __call__(self, example):
+    if self.direct is False:
+      return self.feature_spec.serialize_example(example)
+    try:
+      record = encode_example(example)
+    except (TypeError, ValueError, AttributeError, KeyError):  # UnicodeEncodeError, ...
+      return self.feature_spec.serialize_example(example)
+    if self.direct is None:
+      expected = self.feature_spec.serialize_example(example)
+      self.direct = record == expected
+      if not self.direct:
+        logging.warning("TFDS serialises examples otherwise than shards.encode_example: "
+                        "writing through TFDS (slower)")
+        return expected
+    return record
 
 
 def write_metadata(out_dir, feature_spec, schema, description="", crop=keypoints_lib.CROP_AS_STORED,
@@ -105,6 +186,11 @@ def make_example(images_dir, row, digest=None, pixels=False):
   }
 
 
+def _file_size(path):
+  """A file's size: os.stat where local (cheaper than tf.io.gfile.stat)."""
+  return os.stat(path).st_size if files.is_local(path) else tf.io.gfile.stat(path).length
+
+
 def shard_counts(splits, images_dir, num_shards, pixels_size=0):
   """Shards per non-empty split. With num_shards, train gets that many and the other splits
   as many examples per shard; otherwise each shard holds about SHARD_TARGET_BYTES of images
@@ -118,7 +204,7 @@ def shard_counts(splits, images_dir, num_shards, pixels_size=0):
       n = math.ceil(len(rows) / per_shard)
     else:
       size = (len(rows) * pixels_size**2 * 3 if pixels_size else
-              sum(tf.io.gfile.stat(f"{images_dir}/{r.image_name}").length for r in rows))
+              sum(_file_size(f"{images_dir}/{r.image_name}") for r in rows))
       n = math.ceil(size / SHARD_TARGET_BYTES)
     counts[split] = min(max(1, n), len(rows))
   return counts
@@ -146,9 +232,10 @@ def write_split_shard(out_path, rows, images_dir, num_keypoints, digests=None, p
   or None) as for make_example, `pixels_size` as for dataset_info.features; returns
   write_shard's (examples, bytes)."""
   digests = digests or [None] * len(rows)
+  feature_spec = dataset_info.features(num_keypoints, pixels_size)
   return write_shard(out_path, (make_example(images_dir, row, digest, pixels=bool(pixels_size))
                                 for row, digest in zip(rows, digests)),
-                      dataset_info.features(num_keypoints, pixels_size))
+                      feature_spec, RowSerializer(feature_spec))
 
 
 def _split_infos(shard_splits, written):
