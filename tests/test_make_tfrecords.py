@@ -246,6 +246,13 @@ def test_a_run_killed_mid_annotation_resumes_without_loss_or_repeats(tmp_path, d
   assert [r["image_name"] for r in read_csv(out / dataset_info.KEYPOINTS_CSV)] == names
   assert resumed == (reference / dataset_info.KEYPOINTS_CSV).read_text()
   assert dataset_info.builder(str(out)).info.splits.total_num_examples == len(names)
+  # every file as an uninterrupted run writes it (the resumed run took the journaled images'
+  # sizes and fingerprints, the uninterrupted one all from its workers)
+  uninterrupted = tmp_path / "uninterrupted"
+  make_tfrecords.make_tfrecords(str(photos), str(uninterrupted), workers=2, chunk_size=2)
+  expected = dataset_files(uninterrupted)
+  assert sorted(dataset_files(out)) == sorted(expected)
+  assert [name for name, data in dataset_files(out).items() if data != expected[name]] == []
 
 
 def test_stored_pixels_read_back_as_the_png_dataset_does(tmp_path, default_schema):
