@@ -25,7 +25,7 @@ flags.DEFINE_bool("quick", False, "Smaller runs: every ratio in under 3 minutes 
 
 _QUICK_ARGS = {
     "bench_annotate": ["--min_images=64", "--repeats=1", "--nobeam"],
-    "bench_pipeline": ["--epoch_size=4000"],
+    "bench_pipeline": ["--epoch_size=3000"],
     "bench_scale": ["--images=1200", "--run_seconds=2"],
     "bench_train": ["--steps=3", "--backbones=mobilenet_v2", "--xla=off", "--replicas=1",
                     "--precisions=float32"],
