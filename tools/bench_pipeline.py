@@ -10,6 +10,10 @@ in one run, on this machine's cores:
       framing checked, records parsed, PNGs decoded, cache filled): the first epoch; (b') the
       same on a dataset of stored pixels (make_tfrecords --image_format=pixels: nothing to decode);
   (c) the same pipeline from its warm in-memory cache: every later epoch.
+Two bounds are measured in the same run, so that (b) and (c) read as shares of what the machine
+allows: TensorFlow's PNG decoder alone on the same bytes (tf.io.decode_png in a tf.data map,
+input_pipeline.DECODE_CALLS at once), and the memory copy every warm batch makes (NumPy gathering
+shuffled decoded images into batches).
 (b) and (c) deliver uint8 batches ready for the device: augmentation runs there, in the train step
 (facekp.input.augment), so its cost on this CPU is printed apart, per batch, and (d) is the warm
 pipeline followed by the seed's two augmentations (flip, brightness) on this CPU, for a
@@ -184,15 +188,44 @@ def _augment_cost(flip_permutation):
       run = tf.function(lambda s: augment.augment_batch(  # pylint: disable=cell-var-from-loop
           images, keypoints, config, s, flip_permutation, chunk_size), jit_compile=jit)
       run(tf.constant([0, 0]))[0].numpy()
-      repeats = 20 if batch == 32 else 4
-      start = time.perf_counter()
-      for step in range(repeats):
+      seconds = []
+      for step in range(20 if batch == 32 else 8):  # the median: calls stalled by others drop out
+        start = time.perf_counter()
         run(tf.constant([0, step + 1]))[0].numpy()
-      costs[f"{batch}_{mode}"] = (time.perf_counter() - start) / repeats * 1000
+        seconds.append(time.perf_counter() - start)
+      costs[f"{batch}_{mode}"] = float(np.median(seconds)) * 1000
       print(f"[bench] augment_batch, batch {batch:3d}, {mode:5s}: "
             f"{costs[f'{batch}_{mode}']:7.1f} ms/batch "
             f"({batch / costs[f'{batch}_{mode}'] * 1000:7.0f} images/s)", flush=True)
   return costs
+
+
+def _decode_bound(blobs):
+  """Images/s of tf.io.decode_png alone over the epoch's PNG bytes, held in memory."""
+  encoded = [blobs[i % len(blobs)] for i in range(FLAGS.epoch_size)]
+  ds = tf.data.Dataset.from_tensor_slices(encoded).map(
+      lambda data: tf.io.decode_png(data, channels=3),
+      num_parallel_calls=input_pipeline.DECODE_CALLS).batch(FLAGS.batch_size)
+  start = time.perf_counter()
+  for _ in ds:
+    pass
+  return FLAGS.epoch_size / (time.perf_counter() - start)
+
+
+def _copy_bound(blobs):
+  """Images/s of gathering shuffled decoded images into batches with NumPy: the copy a warm
+  batch cannot avoid, at this machine's memory bandwidth."""
+  decoded = np.stack([cv2.imdecode(np.frombuffer(blob, np.uint8), cv2.IMREAD_COLOR)
+                      for blob in blobs])
+  images = decoded[np.arange(FLAGS.epoch_size) % len(blobs)]
+  order = np.random.default_rng(0).permutation(FLAGS.epoch_size)
+  batch = np.empty((FLAGS.batch_size,) + images.shape[1:], np.uint8)
+  steps = FLAGS.epoch_size // FLAGS.batch_size
+  start = time.perf_counter()
+  for step in range(steps):
+    np.take(images, order[step * FLAGS.batch_size:(step + 1) * FLAGS.batch_size], axis=0,
+            out=batch)
+  return steps * FLAGS.batch_size / (time.perf_counter() - start)
 
 
 def _cold_epoch(data_dir, steps):
@@ -243,6 +276,9 @@ def _run(workdir):
   cold_seconds, iterator = _cold_epoch(data_dir, steps)
   print("[bench] (c) tf.data, warm cache: two epochs", flush=True)
   warm_seconds = _drain(iterator, 2 * steps) / 2
+  print("[bench] bounds: tf.io.decode_png alone; the warm batch's memory copy in NumPy",
+        flush=True)
+  decode_bound, copy_bound = _decode_bound(blobs), _copy_bound(blobs)
   print("[bench] (d) warm cache + flip/brightness (augment_batch) on this CPU: one epoch",
         flush=True)
   seed_config = augment.make_config(flip=0.5, brightness=0.2)
@@ -266,10 +302,14 @@ def _run(workdir):
       "shard_bytes_per_image_pixels": pixels_bytes / FLAGS.epoch_size,
       "warm_images_per_s": images / warm_seconds,
       "warm_cpu_flip_brightness_images_per_s": images / warm_augmented_seconds,
+      "decode_bound_images_per_s": decode_bound,
+      "copy_bound_images_per_s": copy_bound,
   }
   results["cold_vs_sequence"] = results["cold_images_per_s"] / sequence
   results["cold_pixels_vs_sequence"] = results["cold_pixels_images_per_s"] / sequence
   results["warm_vs_sequence"] = results["warm_images_per_s"] / sequence
+  results["cold_vs_decode_bound"] = results["cold_images_per_s"] / decode_bound
+  results["warm_vs_copy_bound"] = results["warm_images_per_s"] / copy_bound
   results["warm_cpu_flip_brightness_vs_sequence"] = (
       results["warm_cpu_flip_brightness_images_per_s"] / sequence)
   results["augment_ms_per_batch"] = costs
@@ -279,13 +319,15 @@ def _run(workdir):
   print()
   print(f"(a) seed-style PyDataset          {sequence:10,.0f} images/s")
   print(f"(b) tf.data cold (first epoch)    {results['cold_images_per_s']:10,.0f} images/s"
-        f"   b/a = {results['cold_vs_sequence']:6.1f}x")
+        f"   b/a = {results['cold_vs_sequence']:6.1f}x   "
+        f"({results['cold_vs_decode_bound']:.2f} of decode_png alone: {decode_bound:,.0f})")
   print(f"(b') cold, stored pixels         {results['cold_pixels_images_per_s']:10,.0f} images/s"
         f"  b'/a = {results['cold_pixels_vs_sequence']:6.1f}x   (shards: "
         f"{results['shard_bytes_per_image_pixels'] / 1024:.1f} KiB an image, PNG "
         f"{results['shard_bytes_per_image_png'] / 1024:.1f} KiB)")
   print(f"(c) tf.data warm cache            {results['warm_images_per_s']:10,.0f} images/s"
-        f"   c/a = {results['warm_vs_sequence']:6.1f}x   (target: >= 100,000 images/s)")
+        f"   c/a = {results['warm_vs_sequence']:6.1f}x   (target: >= 100,000 images/s; "
+        f"{results['warm_vs_copy_bound']:.2f} of the batch copy alone: {copy_bound:,.0f})")
   cpu_augmented = results["warm_cpu_flip_brightness_images_per_s"]
   print(f"(d) warm + flip/brightness on CPU {cpu_augmented:10,.0f} images/s"
         f"   d/a = {results['warm_cpu_flip_brightness_vs_sequence']:6.1f}x")
