@@ -15,6 +15,8 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 import tensorflow as tf
 
+from facekp.core import files
+
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff",
                     ".pgm", ".ppm", ".pbm", ".pnm")
 
@@ -80,7 +82,7 @@ def scan_images(root, exclude=()):
   if not tf.io.gfile.isdir(root):
     raise FileNotFoundError(f"image folder {root} does not exist or is not a folder")
   root = root.rstrip("/") or "/"
-  if "://" not in root:
+  if files.is_local(root):
     return _walk_local(root, exclude)
   names = []
   for folder, _, file_names in tf.io.gfile.walk(root):
@@ -100,7 +102,7 @@ def list_images(root, exclude=()):
 
 
 def read_bytes(path):
-  if "://" not in path:
+  if files.is_local(path):
     try:
       if not stat.S_ISREG(os.stat(path).st_mode):
         raise ImageError(path, "not_a_regular_file", "a FIFO, socket, device or folder")

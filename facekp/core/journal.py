@@ -50,7 +50,7 @@ class Entry(typing.NamedTuple):
 def stamp_of(path, data):
   """The stamp of the bytes `data` just read from `path` (its hash is what later runs compare;
   size and mtime, 0 in object storage, are kept for the reader)."""
-  mtime_ns = os.stat(path).st_mtime_ns if "://" not in path else 0
+  mtime_ns = os.stat(path).st_mtime_ns if files.is_local(path) else 0
   return Stamp(len(data), mtime_ns, hashlib.sha256(data).hexdigest())
 
 
@@ -70,7 +70,7 @@ def unchanged(path, stamp):
 def _size(path):
   """The size of a file, or -1 for what is not a regular file (a named pipe would block the
   read that hashes it)."""
-  if "://" in path:
+  if not files.is_local(path):
     return tf.io.gfile.stat(path).length
   status = os.stat(path)
   return status.st_size if stat.S_ISREG(status.st_mode) else -1

@@ -342,7 +342,7 @@ def annotate_sources(all_settings, schema, *, workers=None, chunk_size=0, pool=N
 
 def label_folder(settings, *, names=None, workers=None, chunk_size=0, pool=None, reads=None):
   """annotate_folder's rows, without writing the CSV (`reads` as for annotate_folder)."""
-  if "://" in settings.out_dir:
+  if not files.is_local(settings.out_dir):
     raise ValueError(f"annotation needs a local output folder, not {settings.out_dir}: its "
                      "journal is appended to and fsynced (copy the finished folder over after)")
   if names is None:

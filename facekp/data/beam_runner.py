@@ -204,7 +204,7 @@ def publish(staging, out_dir):
   """Moves the finished staging folder to out_dir, the dataset_info.json last."""
   for name in (files.LOCK_FILE, _NAMES_FILE):
     files.remove_quietly(f"{staging}/{name}")
-  if "://" not in out_dir:
+  if files.is_local(out_dir):
     if os.path.isdir(out_dir):
       os.rmdir(out_dir)  # empty: checked before the run
     os.replace(staging, out_dir)

@@ -204,7 +204,7 @@ def draw_pictures(picture_dir, name, title, arrays, pred, perturbed, pred_pertur
 def _absolute(data_dir):
   """A dataset's path as one spelling: links and relative parts resolved (when local)."""
   path = str(data_dir).rstrip("/")
-  return path if "://" in path else os.path.realpath(path)
+  return os.path.realpath(path) if files.is_local(path) else path
 
 
 def output_name(data_dir, trained_on, split):
