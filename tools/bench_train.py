@@ -32,6 +32,7 @@ flags.DEFINE_list("replicas", ["1", "2"], "Replica counts for facekp's way.")
 flags.DEFINE_list("precisions", ["float32", "mixed"], "float32 and/or mixed.")
 flags.DEFINE_list("xla", ["off", "on"], "jit_compile off and/or on.")
 flags.DEFINE_integer("batch_size", 32, "Global batch size.")
+flags.DEFINE_bool("seed", True, "Also time the seed-style fit, the baseline of the ratios.")
 flags.DEFINE_integer("warmup_steps", 2, "Untimed steps first (tracing, compiling, caches).")
 flags.DEFINE_integer("steps", 5, "Timed steps per setting.")
 flags.DEFINE_integer("max_images", 256, "Images to use (the PNGs are read in the timed steps "
@@ -187,11 +188,13 @@ def main(argv):
     os.makedirs(data_dir)
     schema = _write_dataset(paths, data_dir)
     for backbone in FLAGS.backbones:
-      seed = seed_way(backbone, paths)
-      results["settings"].append(dict(backbone=backbone, way="seed", precision="float32",
-                                      xla=False, replicas=1, images_per_s=seed, ratio=1.0))
-      print(f"{backbone:<20} seed   float32        XLA off  1 replica : {seed:8.1f} images/s",
-            flush=True)
+      seed = float("nan")
+      if FLAGS.seed:
+        seed = seed_way(backbone, paths)
+        results["settings"].append(dict(backbone=backbone, way="seed", precision="float32",
+                                        xla=False, replicas=1, images_per_s=seed, ratio=1.0))
+        print(f"{backbone:<20} seed   float32        XLA off  1 replica : {seed:8.1f} images/s",
+              flush=True)
       for precision in FLAGS.precisions:
         for xla in FLAGS.xla:
           for replicas in (int(r) for r in FLAGS.replicas):
