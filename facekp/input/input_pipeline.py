@@ -25,8 +25,9 @@ _IMAGE_DECODE_ERROR = re.compile(
     r"Invalid (PNG|JPEG) data|decode|Unknown image file format|Input to reshape", re.I)
 # Records parsed per tf.io.parse_example call: one call per record costs more than the parsing.
 _PARSE_BATCH = 256
-# Parallel image decodes: two per usable core. AUTOTUNE caps the map at one per core and on a
-# 2-core machine often settles on one, halving the first epoch (docs/benchmarks.md, "Cold path").
+# Parallel image decodes: two per usable core. AUTOTUNE caps a map at one per core and on a
+# 2-core machine can settle on one, halving the first epoch (docs/benchmarks.md, "The first
+# epoch and the warm cache against their bounds").
 DECODE_CALLS = 2 * len(os.sched_getaffinity(0))
 
 
