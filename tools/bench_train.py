@@ -212,7 +212,8 @@ def main(argv):
                 backbone=backbone, way="facekp", precision=name, xla=xla == "on",
                 replicas=replicas, images_per_s=speed, ratio=speed / seed, error=error))
             print(f"{backbone:<20} facekp {name:<14} XLA {xla:<3}  {replicas} replica"
-                  f"{'s' if replicas > 1 else ' '}: {speed:8.1f} images/s  x{speed / seed:5.2f}"
+                  f"{'s' if replicas > 1 else ' '}: {speed:8.1f} images/s"
+                  + (f"  x{speed / seed:5.2f}" if FLAGS.seed else "")
                   + (f"  FAILED {error}" if error else ""), flush=True)
   if FLAGS.json:
     with open(FLAGS.json, "w") as f:
