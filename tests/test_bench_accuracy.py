@@ -1,5 +1,6 @@
 """bench_accuracy's protocol: folds that keep copies together, its figures and table, and the
 whole-photo protocol on the sample, end to end."""
+import glob
 import json
 import os
 import subprocess
@@ -10,6 +11,8 @@ import numpy as np
 
 from facekp.core import keypoint_csv
 from facekp.core import schema as schema_lib
+from facekp.data import splits
+from facekp.input import input_pipeline
 from tools import bench_accuracy
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -133,19 +136,28 @@ def get_config():
 
 def test_quick_run_scores_the_sample_photos_end_to_end(tmp_path):
   """--quick on facekp/sample (--shared absent), one fold: the photo protocol runs facekp.load's
-  predict on the test fold's photos and scores it, beside dlib when installed."""
+  predict on the test fold's photos and scores it, beside dlib when installed; the recipe also
+  trains on a re-crop of each training face (--recrops=1), none of a test face's."""
   recipe = tmp_path / "tiny128.py"
   recipe.write_text(TINY_128)
   out = tmp_path / "bench.json"
   result = subprocess.run(
       [sys.executable, "-m", "tools.bench_accuracy", "--quick", "--only_folds=1",
        f"--shared={tmp_path}/absent", f"--recipes={recipe}", f"--cache={tmp_path}/cache",
-       f"--json={out}"], cwd=ROOT, capture_output=True, text=True, timeout=900,
+       f"--json={out}", "--recrops=1"], cwd=ROOT, capture_output=True, text=True, timeout=900,
       env=dict(os.environ, PYTHONPATH=ROOT))
   assert result.returncode == 0, result.stderr[-3000:]
   assert "whole photos" in result.stdout and "photos: tiny128.py" in result.stdout
   report = json.loads(out.read_text())
   assert report["notes"]["photos_per_fold"][0] > 0
+  fold_data, = glob.glob(f"{tmp_path}/cache/folds/*")
+  names = {split: input_pipeline.load_arrays(fold_data, split)["image_names"].tolist()
+           for split in ("train", "test")}
+  recrops = [n for n in names["train"] if splits.is_recrop(n)]
+  assert report["notes"]["recrops_trained_on"] == [len(recrops)] and recrops
+  assert {splits.group_key(n.split("/", 1)[1]) for n in recrops} <= {
+      splits.group_key(n.split("/", 1)[1]) for n in names["train"] if not splits.is_recrop(n)}
+  assert not any(splits.is_recrop(n) for n in names["test"])
   rows = ["photos: tiny128.py"] + (
       [] if bench_accuracy.dlib_available() else [f"photos: {bench_accuracy.DLIB_OFFSET}"])
   for name in rows:

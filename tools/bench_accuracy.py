@@ -250,6 +250,38 @@ def load_faces(sources, cache, description):
                schema, description)
 
 
+def load_recrops(sources, faces, cache, recrops):
+  """Faces of K re-crops of each face read through --align (make_tfrecords --recrops=K on each
+  such source alone, every face in its train split; a run of its own, so that `faces` and their
+  folds stay those of a run without re-crops), each in its face's group; named
+  "<source>+recrops/<name>" (a root of their own). Re-crops of a face not among `faces` are left
+  out."""
+  group_of = dict(zip(faces.names.tolist(), faces.groups.tolist()))
+  images, points, names, groups, rows, roots = [], [], [], [], [], {}
+  for source, images_dir, align in sources:
+    if not align:
+      continue
+    out = f"{cache}/{source}+recrops{recrops}"
+    make_tfrecords.make_tfrecords(images_dir, out, align=align, recrops=recrops, split="1,0,0")
+    roots[f"{source}+recrops"] = f"{out}/{annotate.ALIGNED_DIR}"
+    by_name = {r.image_name: r for r in keypoint_csv.read_keypoints_csv(
+        f"{out}/{dataset_info.CLEANED_CSV}", faces.schema)}
+    arrays = input_pipeline.load_arrays(out, "train")
+    for i, name in enumerate(arrays["image_names"]):
+      face = f"{source}/{splits_lib.recropped_face(name)}"
+      if splits_lib.is_recrop(name) and face in group_of:
+        images.append(arrays["images"][i])
+        points.append(arrays["keypoints"][i])
+        names.append(f"{source}+recrops/{name}")
+        groups.append(group_of[face])
+        rows.append(by_name[name]._replace(image_name=names[-1]))
+  description = f"{len(names)} re-crops ({recrops} a face of the sources with --align)"
+  return Faces(np.array(images).reshape((-1,) + faces.images.shape[1:]),
+               np.array(points, np.float32).reshape((-1,) + faces.keypoints.shape[1:]),
+               np.array(names), np.array(groups, np.int64), rows, roots, faces.schema,
+               description)
+
+
 # --- Folds ---------------------------------------------------------------------------------------
 
 
@@ -395,17 +427,19 @@ def fold_tag(names, train, validation, test):
   return f"n{len(names)}_{hashlib.sha256(text.encode()).hexdigest()[:10]}"
 
 
-def write_fold_dataset(faces, train, validation, test, out_dir):
+def write_fold_dataset(faces, train, validation, test, out_dir, recrops=None):
   """The fold as a facekp dataset (train / validation / test splits) through shards.write_dataset,
-  its images linked from the sources' datasets."""
+  its images linked from the sources' datasets; `recrops`: Faces whose rows join the train
+  split."""
   if os.path.exists(f"{out_dir}/dataset_info.json"):
     return out_dir
   links = f"{out_dir}/images"
-  for source, root in faces.roots.items():
+  roots = {**faces.roots, **(recrops.roots if recrops else {})}
+  for source, root in roots.items():
     os.makedirs(links, exist_ok=True)
     if not os.path.lexists(f"{links}/{source}"):
       os.symlink(os.path.abspath(root), f"{links}/{source}")
-  splits = {"train": [faces.rows[i] for i in train],
+  splits = {"train": [faces.rows[i] for i in train] + (recrops.rows if recrops else []),
             "validation": [faces.rows[i] for i in validation],
             "test": [faces.rows[i] for i in test]}
   shards.write_dataset(out_dir, splits, links, faces.schema)
@@ -593,9 +627,11 @@ def photo_fold_scores(paths, workdirs, dlib_offset, schema, aligned):
 # --- The run -------------------------------------------------------------------------------------
 
 
-def run(faces, num_folds, recipes, cache, quick=False, only_folds=0, photos=None):
+def run(faces, num_folds, recipes, cache, quick=False, only_folds=0, photos=None, recrops=None):
   """Every predictor on every fold; returns (per-fold figures, summary, notes). photos: [N] the
-  photo of each face (face_photos) for the photo protocol, None to skip it."""
+  photo of each face (face_photos) for the photo protocol, None to skip it. recrops: Faces of
+  re-crops (load_recrops); the recipes also train on those of the train part's groups, the
+  other predictors learn from the faces alone, as in a run without them."""
   schema, size = faces.schema, faces.images.shape[1]
   folds = assign_folds(faces.groups, num_folds)
   notes = {"folds_run": only_folds or num_folds, "faces": int(len(faces.names)),
@@ -632,8 +668,13 @@ def run(faces, num_folds, recipes, cache, quick=False, only_folds=0, photos=None
                                    for d in (dlib_aligned, dlib_perturbed))
     if configs:
       split_tag = fold_tag(faces.names, train, validation, test)
+      extra = None
+      if recrops is not None:
+        extra = recrops.subset(np.flatnonzero(np.isin(recrops.groups, faces.groups[train])))
+        split_tag += "_" + hashlib.sha256("\n".join(extra.names).encode()).hexdigest()[:10]
+        notes.setdefault("recrops_trained_on", []).append(len(extra.names))
       data_dir = write_fold_dataset(faces, train, validation, test,
-                                    f"{cache}/folds/{split_tag}")
+                                    f"{cache}/folds/{split_tag}", extra)
       for path, config in configs:
         label = posixpath.basename(path)
         workdirs[label] = f"{cache}/runs/{recipe_tag(path, config)}/{split_tag}"
@@ -673,6 +714,9 @@ flags.DEFINE_string("cache", "data/bench_accuracy", "Folder for the datasets and
 flags.DEFINE_string("shared", SHARED_DATA, "Folder holding aligned128/ and raw/.")
 flags.DEFINE_list("sources", [], "Restrict to these sources (aligned128, raw; default all).")
 flags.DEFINE_integer("only_folds", 0, "Run only the first N folds (screening); 0: all.")
+flags.DEFINE_integer("recrops", 0, "make_tfrecords --recrops=K on the raw photos: K jittered "
+                     "re-crops of each face, labelled by the teacher, that the recipes also train "
+                     "on (their train part's); the folds and the other predictors as without.")
 flags.DEFINE_bool("quick", False, "Smoke test: 2 folds, the first faces only, 1 epoch.")
 flags.DEFINE_string("json", None, "Write every figure (per fold and summary) to this file.")
 flags.DEFINE_bool("photos", True, "Also score the photo protocol: the test fold's raw photos "
@@ -697,8 +741,12 @@ def main(argv):
     raise app.UsageError(f"{len(set(faces.groups.tolist()))} photo groups cannot fill "
                          f"{num_folds} folds: lower --folds")
   photos = face_photos(faces, sources, f"{FLAGS.shared}/raw") if FLAGS.photos else None
+  recrops = None
+  if FLAGS.recrops:
+    recrops = load_recrops(sources, faces, FLAGS.cache, FLAGS.recrops)
+    faces.description += f"; {recrops.description}, trained on by the recipes"
   per_fold, summary, notes = run(faces, num_folds, FLAGS.recipes, FLAGS.cache, FLAGS.quick,
-                                 FLAGS.only_folds, photos)
+                                 FLAGS.only_folds, photos, recrops)
   notes["seconds"] = round(time.time() - start, 1)
   print(f"data: {notes['data']}")
   print(f"{notes['faces']} faces from {notes['photo_groups']} photo groups, {num_folds} folds "

@@ -70,6 +70,11 @@ def align_face(image_rgb, landmarks_px, size=128):
     (crop uint8 [size, size, 3], matrix float64 [2, 3] mapping image points to crop points).
   """
   matrix = square_matrix(*face_square(landmarks_px), size)
+  return warp_to_square(image_rgb, matrix, size), matrix
+
+
+def warp_to_square(image_rgb, matrix, size):
+  """The size x size crop of image_rgb under `matrix` (image points to crop points)."""
   source, to_source = image_rgb, np.eye(3)
   # Shrinking by more than 2x in one bilinear warp aliases; average pixels down first (as FFHQ).
   shrink = np.sqrt(abs(np.linalg.det(matrix[:, :2])))
@@ -79,6 +84,5 @@ def align_face(image_rgb, landmarks_px, size=128):
     source = cv2.resize(image_rgb, (new_w, new_h), interpolation=cv2.INTER_AREA)
     to_source = np.diag([new_w / width, new_h / height, 1.0])
   warp = np.vstack([matrix, [0, 0, 1]]) @ np.linalg.inv(to_source)
-  crop = cv2.warpAffine(source, _to_pixel_index_convention(warp[:2]), (size, size),
+  return cv2.warpAffine(source, _to_pixel_index_convention(warp[:2]), (size, size),
                         flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
-  return crop, matrix

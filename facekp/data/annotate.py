@@ -55,6 +55,7 @@ class Settings:
   mesh_indices: tuple
   align_size: int = 0  # 0: annotate the images as they are
   max_faces: int = 1  # faces per photo when aligning
+  recrops: int = 0  # with alignment: jittered re-crops of each face, each labelled (faces.recrops)
   # With alignment: (photo name, crop stem) of the photos whose crops are not named by
   # faces.crop_stem (with_crop_stems). Names only, so the journal's fingerprint leaves it out.
   renamed: tuple = ()
@@ -83,9 +84,13 @@ class Settings:
     return f"{self.out_dir}/{JOURNAL}"
 
   def fingerprint(self):
-    return {"mesh_indices": list(self.mesh_indices), "align_size": self.align_size,
-            "max_faces": self.max_faces if self.align_size else 1,
-            "journal": _JOURNAL_VERSION}
+    fingerprint = {"mesh_indices": list(self.mesh_indices), "align_size": self.align_size,
+                   "max_faces": self.max_faces if self.align_size else 1,
+                   "journal": _JOURNAL_VERSION}
+    if self.align_size and self.recrops:  # absent otherwise: earlier journals stay valid
+      fingerprint["recrops"] = [self.recrops, faces.RECROP_ROTATION, faces.RECROP_SCALE,
+                                faces.RECROP_SHIFT]
+    return fingerprint
 
 
 _meshes = {}  # this process's MediaPipe instances: FaceMesh by max_faces, the detector by None
@@ -167,7 +172,9 @@ class Labeller:
       height, width = photo_rgb.shape[:2]
       return [missing_row(self.settings.dataset_name(photo_name), len(self.indices), "no_face",
                           width, height)]
-    return [self._write_crop(face, reads) for face in found]
+    recrops = lambda face: faces.recrops(self.finder.crop_mesh, photo_rgb, face,
+                                         self.settings.recrops, size)
+    return [self._write_crop(crop, reads) for face in found for crop in [face, *recrops(face)]]
 
   def _write_crop(self, face, reads=None):
     """The row of one face, its crop written to aligned/; a name the file system cannot hold

@@ -121,8 +121,9 @@ def write_cleaned(kept, report, out_dir, schema, read):
   cleaned.csv, cleaning_report.json and duplicates.json. Returns ({image name: split key}:
   copies share a key, so they land in one split; the groups of copies).
 
-  `read`: read_images of (at least) the kept rows, which holds their fingerprints."""
-  names = [row.image_name for row in kept]
+  `read`: read_images of (at least) the kept rows, which holds their fingerprints. Re-crops
+  (splits.is_recrop) are not searched: they look like their face by design, and follow it."""
+  names = [row.image_name for row in kept if not splits.is_recrop(row.image_name)]
   groups, report["duplicates"] = dedup.find_duplicates({name: read[name][1] for name in names})
   keypoint_csv.write_keypoints_csv(f"{out_dir}/{dataset_info.CLEANED_CSV}", kept, schema)
   write_report(f"{out_dir}/{dataset_info.CLEANING_REPORT}", report)

@@ -9,10 +9,15 @@ make_tfrecords (with and without --align) and predict see a photo's faces the sa
           whose names would meet ("a.jpg" and "a.png") keep their extension: "dir/a.jpg_f<k>.png"
           (`crop_stems`);
   crops   `crop_face`: the FFHQ-style crop, placed by Face Mesh on a first crop of it;
+  re-crops (make_tfrecords --recrops) `recrops`: each face's square turned, scaled and moved at
+          random (seeded by the face's name), cut from the photo again and labelled by Face Mesh
+          on that crop, not by moving the face's labels: augmentation whose labels are the
+          teacher's own, named "<face stem>_r<j>.png" (facekp.data.splits);
   errors  FACE_ERRORS give the photo an "error" row and the run goes on; an unreadable file
           gets facekp.core.images' reason; anything else (I/O errors, bugs) stops the run.
 """
 import collections
+import hashlib
 import posixpath
 import re
 import typing
@@ -22,6 +27,7 @@ import numpy as np
 
 from facekp.core.keypoint_csv import OK
 from facekp.data import align
+from facekp.data import splits
 
 # MediaPipe is asked for a few faces even when one is wanted, so that "largest" is a real choice.
 FACE_SEARCH_LIMIT = 5
@@ -37,6 +43,10 @@ _BOX_MIN_SIDE = 192
 # A detected face is new when its centre lies this far (in face sizes) from every face found.
 _SAME_FACE = 0.5
 _CENTRE_LANDMARKS = [33, 263, 61, 291]  # eye and mouth corners
+# The re-crops' jitter, at most: the ranges of facekp/configs/few_faces.py's augmentation.
+RECROP_ROTATION = 20.0  # degrees
+RECROP_SCALE = 0.15  # the square's side times 1 +- this
+RECROP_SHIFT = 0.06  # the centre moved by this fraction of the side along each of its axes
 
 
 class Finder(typing.NamedTuple):
@@ -94,8 +104,9 @@ def face_name(stem, k):
 
 
 def is_face_of(image_name, stem):
-  """Whether `image_name` names a face of the photo whose crop stem is `stem`."""
-  return re.fullmatch(re.escape(stem) + r"_f\d+\.png", image_name) is not None
+  """Whether `image_name` names a face (or a re-crop of one) of the photo whose crop stem is
+  `stem`."""
+  return re.fullmatch(re.escape(stem) + r"_f\d+(_r\d+)?\.png", image_name) is not None
 
 
 def search_limit(max_faces):
@@ -164,11 +175,45 @@ def crop_face(mesh, photo_rgb, landmarks, size):
   """
   for _ in range(2):
     crop, matrix = align.align_face(photo_rgb, landmarks, size)
-    faces = mesh.detect(crop)
-    if not faces:
-      return crop, matrix, None, "no_face"
-    expected_centre = align.transform_points(matrix, landmarks).mean(axis=0)
-    if np.linalg.norm(faces[0].mean(axis=0) - expected_centre) > OTHER_FACE_OFFSET * size:
-      return crop, matrix, None, "face_mismatch"
-    landmarks = align.transform_points(align.invert(matrix), faces[0])
-  return crop, matrix, faces[0], OK
+    found, status = _teacher(mesh, crop, matrix, landmarks, size)
+    if status != OK:
+      return crop, matrix, None, status
+    landmarks = align.transform_points(align.invert(matrix), found)
+  return crop, matrix, found, OK
+
+
+def _teacher(mesh, crop, matrix, photo_landmarks, size):
+  """(the crop's [468, 2] Face Mesh landmarks or None, status): "no_face", "face_mismatch" when
+  the face found is not the one the crop was cut for (photo_landmarks mapped by matrix), "ok"."""
+  faces = mesh.detect(crop)
+  if not faces:
+    return None, "no_face"
+  expected_centre = align.transform_points(matrix, photo_landmarks).mean(axis=0)
+  if np.linalg.norm(faces[0].mean(axis=0) - expected_centre) > OTHER_FACE_OFFSET * size:
+    return None, "face_mismatch"
+  return faces[0], OK
+
+
+def recrops(mesh, photo_rgb, face, count, size):
+  """`count` re-crops of a face cut by crop_face (none unless its status is "ok"): its square
+  turned by up to RECROP_ROTATION degrees, scaled by up to 1 +- RECROP_SCALE and moved by up to
+  RECROP_SHIFT of its side, drawn from a generator seeded by the face's name (the same crops in
+  every run), each cut from the photo and labelled by Face Mesh on the new crop."""
+  if face.status != OK or not count:
+    return []
+  landmarks = align.transform_points(align.invert(face.matrix), face.landmarks)
+  centre, half_x, half_y = align.face_square(landmarks)
+  digest = hashlib.sha256(face.name.encode("utf-8", "surrogateescape")).digest()
+  rng = np.random.default_rng(int.from_bytes(digest[:8], "big"))
+  out = []
+  for j in range(1, count + 1):
+    angle = np.radians(rng.uniform(-RECROP_ROTATION, RECROP_ROTATION))
+    scale = 1.0 + rng.uniform(-RECROP_SCALE, RECROP_SCALE)
+    shift_x, shift_y = 2.0 * rng.uniform(-RECROP_SHIFT, RECROP_SHIFT, 2)  # half sides -> sides
+    turn = scale * np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
+    matrix = align.square_matrix(centre + shift_x * half_x + shift_y * half_y, turn @ half_x,
+                                 turn @ half_y, size)
+    crop = align.warp_to_square(photo_rgb, matrix, size)
+    out.append(Face(splits.recrop_name(face.name, j), crop, matrix,
+                    *_teacher(mesh, crop, matrix, landmarks, size)))
+  return out

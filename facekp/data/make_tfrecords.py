@@ -46,6 +46,7 @@ ALIGN_SIZES = (32, 4096)
 MAX_WORKERS = 256
 MAX_SHARDS = 99_999  # shard names hold five digits
 MAX_FACES = 100
+MAX_RECROPS = 16
 MAX_CHUNK_SIZE = 100_000
 CSV_UNITS = ("pixels", "normalised")
 RUNNERS = ("local", "beam")
@@ -78,14 +79,14 @@ def read_csv(csv, images_dir, schema, units):
 
 
 def annotate_or_read(sources, out_dir, schema, pool, *, max_faces, csv, chunk_size,
-                     csv_units="pixels", reads=None):
+                     csv_units="pixels", reads=None, recrops=0):
   """(keypoint rows, the folder their image names are relative to). `sources`: the dataset's
   folders (facekp.data.sources.Source; --csv: one). `reads`: a dict that annotation fills with
   what it read of the images (facekp.data.annotate.image_reads)."""
   sources_lib.check_out(sources, out_dir)
   if csv:
     return read_csv(csv, sources[0].folder, schema, csv_units), sources[0].folder
-  all_settings = sources_lib.settings(sources, out_dir, schema.mesh_indices, max_faces)
+  all_settings = sources_lib.settings(sources, out_dir, schema.mesh_indices, max_faces, recrops)
   if sources_lib.is_pooled(sources):
     sources_lib.prepare(sources, out_dir, all_settings)
   rows = annotate.annotate_sources(all_settings, schema, chunk_size=chunk_size, pool=pool,
@@ -126,7 +127,8 @@ def timed(timings, stage):
 
 
 def check_arguments(sources, out_dir, *, landmarks, workers, split, num_shards, max_faces, csv,
-                    chunk_size, csv_units, runner, beam_options, image_format="png"):
+                    chunk_size, csv_units, runner, beam_options, image_format="png",
+                    recrops=0):
   """Every argument of make_tfrecords, before any work: ValueError (or a file error) naming
   the flag and what it accepts. `sources`: sources_lib.make_sources of --images and --align.
   Returns the split fractions."""
@@ -141,6 +143,10 @@ def check_arguments(sources, out_dir, *, landmarks, workers, split, num_shards, 
   fractions = splits.parse_fractions(split)
   checks.integer("num_shards", num_shards, 0, MAX_SHARDS)
   checks.integer("max_faces", max_faces, 1, MAX_FACES)
+  checks.integer("recrops", recrops, 0, MAX_RECROPS)
+  if recrops and (csv or runner != "local" or not any(source.align for source in sources)):
+    raise ValueError(f"--recrops={recrops} cuts new crops from raw photos and labels them: it "
+                     "needs --align (on some folder), the local runner and no --csv")
   checks.integer("chunk_size", chunk_size, 0, MAX_CHUNK_SIZE)
   checks.choice("csv_units", csv_units, CSV_UNITS)
   checks.choice("runner", runner, RUNNERS)
@@ -173,7 +179,7 @@ def check_arguments(sources, out_dir, *, landmarks, workers, split, num_shards, 
 def make_tfrecords(images_dir, out_dir, *, align=0, landmarks=schema_lib.DEFAULT_MESH_INDICES,
                    workers=0, split="0.8,0.1,0.1", num_shards=0, max_faces=10, csv=None,
                    chunk_size=0, csv_units="pixels", runner="local", beam_options="",
-                   image_format="png"):
+                   image_format="png", recrops=0):
   """Runs every stage under a lock on out_dir; returns a summary dict (also logged). Every
   argument is checked first (check_arguments).
 
@@ -182,12 +188,15 @@ def make_tfrecords(images_dir, out_dir, *, align=0, landmarks=schema_lib.DEFAULT
   folder, or a list of one per folder. `image_format`: "png" stores each image as its file's
   bytes (or a lossless PNG of it), "pixels" as raw uint8 pixels (dataset_info.features: about
   1.9x the disk of a PNG, no decoding when read; every image must be the same square).
+  `recrops`: with align, K more crops of each face, its square jittered and each labelled by
+  Face Mesh (facekp.data.faces.recrops), in the train split only (facekp.data.splits).
   """
   sources = sources_lib.make_sources(images_dir, align)
   fractions = check_arguments(
       sources, out_dir, landmarks=landmarks, workers=workers, split=split,
       num_shards=num_shards, max_faces=max_faces, csv=csv, chunk_size=chunk_size,
-      csv_units=csv_units, runner=runner, beam_options=beam_options, image_format=image_format)
+      csv_units=csv_units, runner=runner, beam_options=beam_options, image_format=image_format,
+      recrops=recrops)
   if runner == "beam":
     return run_on_beam(sources[0].folder, out_dir, align=sources[0].align, landmarks=landmarks,
                        fractions=fractions, num_shards=num_shards, max_faces=max_faces, csv=csv,
@@ -203,11 +212,11 @@ def make_tfrecords(images_dir, out_dir, *, align=0, landmarks=schema_lib.DEFAULT
       return _make_tfrecords(sources, out_dir, landmarks=landmarks, workers=workers,
                              fractions=fractions, num_shards=num_shards, max_faces=max_faces,
                              csv=csv, chunk_size=chunk_size, csv_units=csv_units,
-                             image_format=image_format)
+                             image_format=image_format, recrops=recrops)
 
 
 def _make_tfrecords(sources, out_dir, *, landmarks, workers, fractions, num_shards, max_faces,
-                    csv, chunk_size, csv_units, image_format):
+                    csv, chunk_size, csv_units, image_format, recrops):
   timings = {}
   align = sources_lib.common_align(sources)  # what the dataset records of its crops
   journals = [settings.journal_path for settings in sources_lib.settings(sources, out_dir, (), 1)]
@@ -220,7 +229,7 @@ def _make_tfrecords(sources, out_dir, *, landmarks, workers, fractions, num_shar
     with timed(timings, "annotate"):
       rows, images_root = annotate_or_read(sources, out_dir, schema, pool, max_faces=max_faces,
                                            csv=csv, chunk_size=chunk_size, csv_units=csv_units,
-                                           reads=reads)
+                                           reads=reads, recrops=recrops)
     # Starting workers costs seconds; worth it for many images or when they already run.
     parallel = lambda n: pool.map if pool.started or n >= _PARALLEL_WRITE_MIN_ROWS else map
     with timed(timings, "clean"):
@@ -232,9 +241,9 @@ def _make_tfrecords(sources, out_dir, *, landmarks, workers, fractions, num_shar
       raise ValueError("--image_format=pixels stores images of one square size; these differ ("
                        f"{sorted({(r.width, r.height) for r in kept})[:4]}...): use --align=S, "
                        "or store PNG")
+    by_split = splits.assign_splits(kept, fractions, split_keys)
     with timed(timings, "write"):
-      counts = shards.write_dataset(out_dir, splits.assign_splits(kept, fractions, split_keys),
-                                     images_root, schema, num_shards or None,
+      counts = shards.write_dataset(out_dir, by_split, images_root, schema, num_shards or None,
                                      map_fn=parallel(len(kept)),
                                      crop=keypoints.crop_method(align),
                                      input_size=size, digests=digests,
@@ -242,6 +251,11 @@ def _make_tfrecords(sources, out_dir, *, landmarks, workers, fractions, num_shar
   result = summary(report, counts, timings)
   if sources_lib.is_pooled(sources):
     result["sources"] = sources_lib.count_by_source(sources, kept)
+  if recrops:
+    kept_recrops = sum(splits.is_recrop(row.image_name) for row in kept)
+    in_train = sum(splits.is_recrop(row.image_name) for row in by_split["train"])
+    result["recrops"] = {"train": in_train,
+                         "left_out_of_validation_and_test": kept_recrops - in_train}
   logging.info("done: %s", json.dumps(result))
   return result
 
@@ -300,6 +314,12 @@ def define_flags():
       "the same number of examples, up to 99999. 0: about one shard per 64 MiB of images.")
   flags.DEFINE_integer(
       "max_faces", 10, "With --align: at most this many faces per photo (1 to 100).")
+  flags.DEFINE_integer(
+      "recrops", 0, "With --align, up to 16: cut K more crops of every face, its square turned "
+      "(up to 20 degrees), scaled (1 +- 0.15) and moved (0.06 of its side) at random, seeded by "
+      "the face's name, each labelled by Face Mesh on the new crop (OUT/aligned/<name>_f<k>_r<j>"
+      ".png): augmentation with the teacher's own labels. Train split only; validation and test "
+      "keep the faces as cropped for prediction.")
   flags.DEFINE_string(
       "csv", None, "Skip annotation: build the dataset from this existing CSV (image_name and "
       "point_1_x ... point_K_y in pixels; width, height, status optional), names relative to "
@@ -343,7 +363,7 @@ def main(argv):
       landmarks=schema_lib.parse_mesh_indices(f.landmarks), workers=f.workers, split=f.split,
       num_shards=f.num_shards, max_faces=f.max_faces, csv=f.csv, chunk_size=f.chunk_size,
       csv_units=f.csv_units, runner=f.runner, beam_options=f.beam_pipeline_options,
-      image_format=f.image_format)
+      image_format=f.image_format, recrops=f.recrops)
 
 
 # the facekp-make-tfrecords command (python -m facekp.data.make_tfrecords; tools.make_tfrecords)

@@ -150,10 +150,11 @@ def images_root(sources, out_dir):
   return sources[0].folder.rstrip("/")
 
 
-def settings(sources, out_dir, mesh_indices, max_faces):
-  """The annotate.Settings of each source."""
+def settings(sources, out_dir, mesh_indices, max_faces, recrops=0):
+  """The annotate.Settings of each source (re-crops for the sources with --align)."""
   return [annotate.Settings(source.folder.rstrip("/"), out_dir, tuple(mesh_indices), source.align,
-                            max_faces, source=source.name) for source in sources]
+                            max_faces, recrops if source.align else 0, source=source.name)
+          for source in sources]
 
 
 def check_out(sources, out_dir):

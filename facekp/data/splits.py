@@ -1,11 +1,17 @@
-"""Splitting: train / validation / test by a hash of the photo, stable when images change."""
+"""Splitting: train / validation / test by a hash of the photo, stable when images change.
+
+Re-crops of a face (make_tfrecords --recrops; facekp.data.faces.recrops), named
+"<face stem>_r<j>.png" beside the face's "<face stem>.png", go where their face goes, and into
+the train split only: validation and test keep the faces as cropped for every user.
+"""
 import hashlib
 import math
 import posixpath
 import re
 
 SPLITS = ("train", "validation", "test")
-_FACE_SUFFIX = re.compile(r"_f\d+$")
+_FACE_SUFFIX = re.compile(r"_f\d+(_r\d+)?$")
+_RECROP_SUFFIX = re.compile(r"_r\d+(?=\.png$)")
 
 
 def parse_fractions(text):
@@ -26,6 +32,20 @@ def parse_fractions(text):
 def group_key(image_name):
   """Faces cropped from one photo share a key: the name without extension and '_f<k>' suffix."""
   return _FACE_SUFFIX.sub("", posixpath.splitext(image_name)[0])
+
+
+def recrop_name(face_name, j):
+  """The name of re-crop j (from 1) of the face named `face_name` ("a_f0.png" -> "a_f0_r1.png")."""
+  return f"{posixpath.splitext(face_name)[0]}_r{j}.png"
+
+
+def is_recrop(image_name):
+  return re.search(r"_f\d+_r\d+\.png$", image_name) is not None
+
+
+def recropped_face(image_name):
+  """The face a re-crop was cut from ("a_f0_r1.png" -> "a_f0.png"); other names as they are."""
+  return _RECROP_SUFFIX.sub("", image_name) if is_recrop(image_name) else image_name
 
 
 def split_hash(key):
@@ -49,11 +69,18 @@ def assign_splits(rows, fractions, split_keys=None):
   """{split: rows}, each ordered by hash: a fixed shuffle that keeps a photo's faces together.
 
   `split_keys` ({image name: key}, facekp.data.dedup.split_keys) overrides the photo's group_key, so
-  that copies of one image under different names land in one split.
+  that copies of one image under different names land in one split. A re-crop takes its face's
+  key and is left out unless that is the train split.
   """
   split_keys = split_keys or {}
-  key_of = lambda row: split_keys.get(row.image_name) or group_key(row.image_name)
+
+  def key_of(row):
+    face = recropped_face(row.image_name)
+    return split_keys.get(face) or group_key(face)
+
   splits = {split: [] for split in SPLITS}
   for row in sorted(rows, key=lambda r: (split_hash(key_of(r)), r.image_name)):
-    splits[split_of(row.image_name, fractions, key_of(row))].append(row)
+    split = split_of(row.image_name, fractions, key_of(row))
+    if split == "train" or not is_recrop(row.image_name):
+      splits[split].append(row)
   return splits
