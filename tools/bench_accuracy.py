@@ -2,6 +2,7 @@ r"""Accuracy on faces new to each predictor: k-fold cross-validation by source p
 
   python -m tools.bench_accuracy [--folds=5] [--recipes=few_faces,...] [--json=PATH]
   python -m tools.bench_accuracy --quick      # a smoke test: 2 folds, few faces, 1 epoch
+  python -m tools.bench_accuracy --recrops=2 --recipes=FILE  # recipes trained with re-crops
 
 Data: every face of the one facekp dataset `tools.make_tfrecords` pools from the sources (cached
 under --cache; `--images=../shared/data/aligned128,../shared/data/raw --align=0,128`): aligned128
@@ -23,6 +24,10 @@ choices (ridge alpha, early stopping). Predictors, each scored on the test fold:
                       dlib's own eye corners (so it turns and scales with the face);
   each --recipes      trained on the train folds by facekp.train.loop, scored as is and with flip
                       TTA.
+With --recrops=K the recipes also train on K re-crops of each of their training faces read
+through --align (make_tfrecords --recrops: the face's square jittered, each re-crop labelled by
+the teacher), cut in a dataset of their own so that the faces, the folds and the other
+predictors stay those of a run without them.
 Figures: MAE px, NME (inter-ocular), FR>10 %, AUC@10 %, the share of the mean-shape -> teacher
 floor gap closed (by NME), and the NME under evaluate's perturbed protocol (the same faces
 rotated, zoomed and shifted); each as mean ± standard deviation over the folds.
