@@ -2,6 +2,7 @@
 labelled by real Face Mesh on their own pixels, kept with their face and out of validation/test."""
 import json
 import os
+import pathlib
 import shutil
 
 import numpy as np
@@ -133,12 +134,12 @@ def test_make_tfrecords_recrops_train_faces_only_and_reruns_to_the_same_files(tm
     assert os.path.exists(f"{out}/aligned/{name}")
   with open(f"{out}/{dataset_info.DUPLICATES_JSON}") as f:
     assert not any(splits.is_recrop(n) for group in json.load(f)["groups"] for n in group)
-  before = {n: open(f"{out}/{n}", "rb").read() for n in os.listdir(out)
+  before = {n: pathlib.Path(out, n).read_bytes() for n in os.listdir(out)
             if n.endswith((".csv", ".json")) or ".tfrecord" in n}
   again = make_tfrecords.make_tfrecords(str(photos), out, align=SIZE, recrops=2, workers=2,
                                         split="0.5,0.5,0")
   assert again["splits"] == summary["splits"]
-  assert {n: open(f"{out}/{n}", "rb").read() for n in before} == before
+  assert {n: pathlib.Path(out, n).read_bytes() for n in before} == before
   with pytest.raises(journal_lib.SettingsChanged, match="delete it to annotate again"):
     make_tfrecords.make_tfrecords(str(photos), out, align=SIZE, recrops=1, workers=2,
                                   split="0.5,0.5,0")

@@ -11,7 +11,7 @@ import re
 
 SPLITS = ("train", "validation", "test")
 _FACE_SUFFIX = re.compile(r"_f\d+(_r\d+)?$")
-_RECROP_SUFFIX = re.compile(r"_r\d+(?=\.png$)")
+_RECROP = re.compile(r"(_f\d+)_r\d+(\.png)$")  # "<stem>_f<k>_r<j>.png": re-crop j of face k
 
 
 def parse_fractions(text):
@@ -40,12 +40,12 @@ def recrop_name(face_name, j):
 
 
 def is_recrop(image_name):
-  return re.search(r"_f\d+_r\d+\.png$", image_name) is not None
+  return _RECROP.search(image_name) is not None
 
 
 def recropped_face(image_name):
   """The face a re-crop was cut from ("a_f0_r1.png" -> "a_f0.png"); other names as they are."""
-  return _RECROP_SUFFIX.sub("", image_name) if is_recrop(image_name) else image_name
+  return _RECROP.sub(r"\1\2", image_name)
 
 
 def split_hash(key):
