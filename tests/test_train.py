@@ -354,7 +354,7 @@ def test_mirrored_over_two_cpus_matches_one_device_and_refuses_xla(data_dir, tmp
         config.update(data_dir={data_dir!r}, image_size=32, feature_stride=8,
                       evaluate_at_end=False, num_epochs=2,
                       steps_per_epoch=3, batch_size=8, dropout=0.0, sync_batch_norm=True,
-                      strategy=strategy)
+                      ema_decay=0.5, strategy=strategy)
         loop.train_and_evaluate(config, {str(tmp_path)!r} + "/" + strategy)
         rows = open({str(tmp_path)!r} + "/" + strategy + "/history.csv").read().splitlines()[1:]
         losses[strategy] = [[float(v) for v in row.split(",")[2:]] for row in rows]
@@ -378,7 +378,7 @@ def test_a_run_killed_mid_epoch_resumes_and_ends_at_the_same_epoch(data_dir, tmp
              "--config.feature_stride=8",
              "--config.evaluate_at_end=false", "--config.num_epochs=4",
              "--config.steps_per_epoch=6", "--config.checkpoint_every_steps=2",
-             "--config.early_stopping_patience=10"]
+             "--config.early_stopping_patience=10", "--config.ema_decay=0.8"]
   with open(tmp_path / "killed.log", "w") as log:
     run = subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=log)
   metadata = f"{workdir}/checkpoints/backup/training_metadata.json"
@@ -409,6 +409,7 @@ def test_a_run_killed_mid_epoch_resumes_and_ends_at_the_same_epoch(data_dir, tmp
   # --config=tiny is recorded as the packaged file it names (the model card's training command).
   assert workdir_lib.read_config_source(workdir)["config_file"] == tiny.__file__
 
+  # The saved model holds the weight average of the best epoch, as validation scored it.
   model = keras.models.load_model(f"{workdir}/model.keras")
   val = input_pipeline.load_arrays(data_dir, "validation", image_size=32)
   mae_px = np.abs(val["keypoints"] - model.predict(val["images"], verbose=0)).mean() * 32
@@ -420,3 +421,32 @@ def test_the_pinned_keras_has_the_internals_training_uses():
   assert keras_internals.MISSING == [], (
       f"Keras {keras.__version__} lacks {keras_internals.MISSING} (facekp.train.keras_internals "
       f"was checked on {keras_internals.CHECKED_VERSIONS}): update that module")
+
+
+def test_the_weight_average_follows_every_step_and_is_what_validation_reads(data_dir):
+  config = small_config(data_dir, num_epochs=2, steps_per_epoch=3, early_stopping_patience=0,
+                        ema_decay=0.5)
+  strategy = hardware.create_strategy("one_device")
+  net, trainer = keypoint_trainer.build_trainer(config, strategy, SCHEMA, 3)
+  seen = [[w.numpy() for w in net.weights]]
+  record = keras.callbacks.LambdaCallback(
+      on_train_batch_end=lambda batch, logs: seen.append([w.numpy() for w in net.weights]))
+  train = input_pipeline.load_arrays(data_dir, "train", image_size=32)
+  trainer.fit(train["images"], train["keypoints"], batch_size=4, epochs=2, steps_per_epoch=3,
+              callbacks=[record], verbose=0)
+  expected = seen[0]
+  for step, weights in enumerate(seen[1:], start=1):
+    decay = min(0.5, (1 + step) / (10 + step))
+    expected = [decay * a + (1 - decay) * w for a, w in zip(expected, weights)]
+  moved = [i for i, (a, b) in enumerate(zip(seen[0], seen[-1])) if not np.allclose(a, b)]
+  assert moved
+  for i in moved:
+    np.testing.assert_allclose(trainer.averages[i].numpy(), expected[i], rtol=1e-5, atol=1e-6)
+
+  val = input_pipeline.load_arrays(data_dir, "validation", image_size=32)
+  averaged = keypoint_model.create_model(config, 5)
+  averaged.set_weights(trainer.inference_weights())
+  np.testing.assert_allclose(trainer(val["images"], training=False), averaged(val["images"]),
+                             rtol=1e-5, atol=1e-6)
+  assert not np.allclose(net(val["images"]), averaged(val["images"]), atol=1e-4)
+  # That validation, the backups and the saved model use it end to end: the mid-epoch kill test.

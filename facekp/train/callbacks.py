@@ -137,18 +137,18 @@ class Progress(keras.callbacks.Callback):
 
 class ValidationPictures(keras.callbacks.Callback):
   """Logs the same validation faces to TensorBoard every epoch, with predicted and labelled
-  points: the face grid of the evaluation pictures (facekp.core.drawing)."""
+  points (by the model as validation sees it): the face grid of the evaluation pictures
+  (facekp.core.drawing)."""
 
-  def __init__(self, net, images, labels, names, logdir):
+  def __init__(self, images, labels, names, logdir):
     super().__init__()
-    self.net = net
     self.images = np.asarray(images)
     self.labels = np.asarray(labels)
     self.names = tuple(names)
     self.writer = tf.summary.create_file_writer(logdir)
 
   def on_epoch_end(self, epoch, logs=None):
-    predictions = keras.ops.convert_to_numpy(self.net(self.images, training=False))
+    predictions = keras.ops.convert_to_numpy(self.model(self.images, training=False))
     side = self.images.shape[1]
     fig, _ = drawing.face_grid_figure(
         self.images, keypoints_lib.to_pixels(self.labels, side),

@@ -137,6 +137,7 @@ RANGES = (
     ("shuffle_buffer", lambda v: v >= 1, "at least 1"),
     ("head_units", lambda v: v >= 1, "at least 1"),
     ("dropout", lambda v: 0 <= v < 1, "in [0, 1)"),
+    ("ema_decay", lambda v: 0 <= v < 1, "in [0, 1)"),
     ("output_scale", lambda v: v > 0, "above 0"),
     ("heatmap_prior_sigma", lambda v: v > 0, "above 0"),
     ("bn_momentum", lambda v: v is None or 0 <= v <= 1, "None or in [0, 1]"),

@@ -47,6 +47,9 @@ def get_config():
   config.freeze_backbone_epochs = 0  # train the head alone first, then fine-tune everything
   config.loss = "huber"  # "huber", "mse" or "mae"
   config.huber_delta = 1.0
+  # Decay of an exponential moving average of the weights (e.g. 0.99; 0 turns it off):
+  # validation, the best checkpoint, the pictures and the saved model use the average.
+  config.ema_decay = 0.0
   # Model selection: the best checkpoint and early stopping follow this validation metric
   # (lower is better): "val_mae_px" (the reported MAE in pixels) or "val_loss".
   config.monitor = "val_mae_px"

@@ -21,6 +21,12 @@ class KeypointTrainer(keras.Model):
   The augmentation seed of each step is (config.seed, step * replicas + replica): stateless,
   different on every replica and step, and the same again when a run is resumed.
 
+  With `ema_decay` the trainer also keeps an exponential moving average of the net's weights,
+  updated after every step (with TensorFlow's warm-up, decay min(ema_decay, (1 + step) /
+  (10 + step)), so the first steps' weights do not linger); calls outside training (validation,
+  evaluate) read the average, and it is saved with the trainer's weights (backups, the best
+  checkpoint), so a resumed run continues it.
+
   Two workarounds make Keras 3.15's fit and evaluate run under MultiWorkerMirroredStrategy
   (keras-team/keras#20585, tensorflow/tensorflow#72388): fit first reduces a real input batch
   over every worker just to learn its shapes (`strategy.reduce` of a PerReplica fails across
@@ -30,15 +36,36 @@ class KeypointTrainer(keras.Model):
   reduction then averages the replicas' values, as MirroredStrategy's does).
   """
 
-  def __init__(self, net, augment_config, flip_permutation, seed, **kwargs):
+  def __init__(self, net, augment_config, flip_permutation, seed, ema_decay=0.0, **kwargs):
     super().__init__(**kwargs)
     self.net = net
     self.augment_config = augment_config
     self.flip_permutation = tuple(flip_permutation)
     self.seed = int(seed)
+    self.ema_decay = float(ema_decay)
+    # Replicas hold the same weights after each step: the first replica's average stands for all.
+    self.averages = [self.add_weight(shape=w.shape, dtype=w.dtype, trainable=False,
+                                     initializer="zeros", aggregation="only_first_replica",
+                                     name=f"ema_{i}")
+                     for i, w in enumerate(net.weights)] if self.ema_decay else []
+    for average, weight in zip(self.averages, net.weights):
+      average.assign(weight)
 
   def call(self, images, training=None):
-    return self.net(images, training=training)
+    if training or not self.averages:
+      return self.net(images, training=training)
+    with keras.StatelessScope(state_mapping=list(zip(self.net.weights, self.averages))):
+      return self.net(images, training=False)
+
+  def inference_weights(self):
+    """The weights the inference model gets: the moving average's, or the net's own."""
+    return [keras.ops.convert_to_numpy(w) for w in (self.averages or self.net.weights)]
+
+  def _update_averages(self):
+    step = tf.cast(self.optimizer.iterations, tf.float32)
+    decay = tf.minimum(self.ema_decay, (1.0 + step) / (10.0 + step))
+    for average, weight in zip(self.averages, self.net.weights):
+      average.assign(decay * average + (1.0 - decay) * weight)
 
   def _maybe_symbolic_build(self, iterator=None, data_batch=None):
     example = (np.zeros((1,) + tuple(self.net.input_shape[1:]), np.uint8),
@@ -61,7 +88,10 @@ class KeypointTrainer(keras.Model):
       images, keypoints = augment.augment_batch(
           images, keypoints, self.augment_config, seed, self.flip_permutation,
           chunk_size=0 if self.jit_compile else augment.CHUNK)
-    return self._reducible(super().train_step((images, keypoints)))
+    logs = super().train_step((images, keypoints))
+    if self.averages:
+      self._update_averages()
+    return self._reducible(logs)
 
   def test_step(self, data):
     return self._reducible(super().test_step(data))
@@ -122,7 +152,8 @@ def build_trainer(config, strategy, schema, steps_per_epoch, mean=None):
     if config.sync_batch_norm:
       for layer in keypoint_model.batch_norm_layers(net):
         layer.synchronized = True
-    trainer = KeypointTrainer(net, config.augment, schema.flip_permutation, config.seed)
+    trainer = KeypointTrainer(net, config.augment, schema.flip_permutation, config.seed,
+                              config.ema_decay)
     lr = learning_rate(config, strategy.num_replicas_in_sync)
     trainer.compile(
         optimizer=create_optimizer(config, lr_schedule(config, lr, steps_per_epoch)),
@@ -135,15 +166,16 @@ def build_trainer(config, strategy, schema, steps_per_epoch, mean=None):
   return net, trainer
 
 
-def save_inference_model(config, num_keypoints, net, path, mean_keypoints=None):
-  """Saves net's weights in a float32 copy of the model, whatever policy it trained under."""
+def save_inference_model(config, num_keypoints, weights, path, mean_keypoints=None):
+  """Saves `weights` (KeypointTrainer.inference_weights) in a float32 copy of the model, whatever
+  policy it trained under."""
   policy = keras.mixed_precision.global_policy()
   keras.mixed_precision.set_global_policy("float32")
   try:
     model = keypoint_model.create_model(_with_weights_none(config), num_keypoints, mean_keypoints)
   finally:
     keras.mixed_precision.set_global_policy(policy)
-  model.set_weights(net.get_weights())
+  model.set_weights(weights)
   if config.bn_mode == "frozen":
     keypoint_model.freeze_batch_norm(model)
   with files.atomic_path(path) as tmp:

@@ -93,8 +93,9 @@ def _train(config, workdir, writer, strategy):
     hardware.sum_over_replicas(strategy, 0.0)
   metrics = _best_weights_metrics(config, trainer, workdir, point, val_ds)
   if writer.chief:
-    keypoint_trainer.save_inference_model(config, schema.num_keypoints, net,
-                         workdir_lib.path(out, workdir_lib.MODEL), initial_mean)
+    keypoint_trainer.save_inference_model(config, schema.num_keypoints,
+                                          trainer.inference_weights(),
+                                          workdir_lib.path(out, workdir_lib.MODEL), initial_mean)
   if hardware.is_multi_worker(strategy):  # the others wait until the chief has saved its model
     hardware.sum_over_replicas(strategy, 0.0)
   return metrics
@@ -129,7 +130,7 @@ class Fit:
                                                  config.batch_size, config.log_every_steps,
                                                  first_batch=point.state.batch))
       callbacks.append(callbacks_lib.ValidationPictures(
-          self.net, *self.pictures,
+          *self.pictures,
           f"{workdir_lib.path(out, workdir_lib.TENSORBOARD)}/validation"))
     if config.early_stopping_patience:
       callbacks.insert(3, checkpointing.ResumedEarlyStopping(
