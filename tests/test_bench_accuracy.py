@@ -91,6 +91,16 @@ def test_fold_scores_and_the_table_read_against_both_yardsticks():
   assert table.splitlines()[0].split()[:3] == ["predictor", "MAE", "px"]
   assert "halfway" in table and f"{100 * expected:.0f}% ± 0%" in table
 
+  # Two recipes, each protocol averaged on its own: the truth and the mean face make "halfway".
+  mean_face = predictions["mean shape"][0]
+  recipes = {"a": (truth, mean_face), "a + flip TTA": (truth, truth),
+             "b": (mean_face, truth), "b + flip TTA": (mean_face, mean_face)}
+  averaged = bench_accuracy.ensemble(recipes, ["a", "b"])
+  assert sorted(averaged) == ["ensemble of 2 recipes", "ensemble of 2 recipes + flip TTA"]
+  for protocol in averaged.values():
+    for points in protocol:
+      np.testing.assert_allclose(points, predictions["halfway"][0])
+
 
 def test_each_face_finds_its_photo_by_its_row_or_the_crops_index(tmp_path):
   raw, crops = tmp_path / "raw", tmp_path / "aligned128"

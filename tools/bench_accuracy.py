@@ -23,7 +23,9 @@ choices (ridge alpha, early stopping). Predictors, each scored on the test fold:
                       the same + a per-slot offset learned on the train folds, in the frame of
                       dlib's own eye corners (so it turns and scales with the face);
   each --recipes      trained on the train folds by facekp.train.loop, scored as is and with flip
-                      TTA.
+                      TTA;
+  ensemble            with two or more --recipes, the mean of their points (as is and with flip
+                      TTA): what distilling them into one model could aim for.
 With --recrops=K the recipes also train on K re-crops of each of their training faces read
 through --align (make_tfrecords --recrops: the face's square jittered, each re-crop labelled by
 the teacher), cut in a dataset of their own so that the faces, the folds and the other
@@ -493,6 +495,17 @@ def fold_scores(predictions, faces, perturbed_keypoints, floor, test):
   return out
 
 
+def ensemble(predictions, labels):
+  """{"ensemble of N recipes" (and its "+ flip TTA"): (aligned, perturbed)}: the mean of the
+  `labels`' predictions, each protocol on its own."""
+  out = {}
+  for suffix in ("", " + flip TTA"):
+    out[f"ensemble of {len(labels)} recipes{suffix}"] = tuple(
+        np.mean([predictions[label + suffix][protocol] for label in labels], axis=0)
+        for protocol in (0, 1))
+  return out
+
+
 def _floor_scores(pairs, test, schema, size):
   direct, back, kept = pairs
   chosen = np.isin(kept, test)
@@ -689,6 +702,8 @@ def run(faces, num_folds, recipes, cache, quick=False, only_folds=0, photos=None
         predictions[f"{label} + flip TTA"] = (
             evaluate.predict_flip_tta(model, faces.images[test], schema.flip_permutation),
             evaluate.predict_flip_tta(model, perturbed_images[test], schema.flip_permutation))
+      if len(configs) > 1:
+        predictions.update(ensemble(predictions, [posixpath.basename(p) for p, _ in configs]))
     per_fold.append(fold_scores(predictions, faces, perturbed_keypoints, floor, test))
     if photos is not None:
       fold_photos = sorted({photos[i] for i in test if photos[i]})
