@@ -13,6 +13,7 @@ from facekp.core import keypoint_csv
 from facekp.core import schema as schema_lib
 from facekp.data import splits
 from facekp.input import input_pipeline
+from facekp.train import default_config
 from tools import bench_accuracy
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -176,3 +177,23 @@ def test_quick_run_scores_the_sample_photos_end_to_end(tmp_path):
     assert 0 < fold["nme"] < 0.5 and np.isfinite(fold["mae_px"]), fold  # a mean face at worst
     assert 0.5 < fold["nme_ratio"] < 3 and np.isfinite(fold["common_nme"]), fold
     assert report["summary"][name]["faces_found"][0] > 0
+
+
+def test_a_recipes_runs_keep_their_name_when_facekp_adds_a_field_at_its_default(monkeypatch):
+  config = bench_accuracy.load_config("few_faces", {})
+  tag = bench_accuracy.recipe_tag("dir/few_faces.py", config)
+  assert tag.startswith("few_faces-")
+  original = default_config.get_config
+
+  def with_a_new_field():  # facekp gains a field: its default config and every recipe have it
+    defaults = original()
+    defaults.new_field = 0.5
+    return defaults
+  monkeypatch.setattr(default_config, "get_config", with_a_new_field)
+  config.new_field = 0.5
+  assert bench_accuracy.recipe_tag("dir/few_faces.py", config) == tag
+  config.new_field = 0.7  # a recipe that sets it trains other runs
+  assert bench_accuracy.recipe_tag("dir/few_faces.py", config) != tag
+  config.new_field = 0.5
+  config.num_epochs += 1
+  assert bench_accuracy.recipe_tag("dir/few_faces.py", config) != tag
