@@ -82,7 +82,6 @@ from facekp.eval import photos as photos_lib
 from facekp.eval import yardsticks
 from facekp.input import input_pipeline
 from facekp.models import keypoint_model
-from facekp.train import config_rules
 from facekp.train import default_config
 from facekp.train import loop as train_lib
 
@@ -429,10 +428,8 @@ def load_config(path, overrides):
 def recipe_tag(path, config):
   """The name of a recipe's runs: its file's name and a hash of the fields where it differs from
   facekp's default config, so a field added to facekp at its default keeps the cached runs."""
-  defaults = config_rules.flatten(cli.config_as_dict(default_config.get_config()))
-  fields = config_rules.flatten(cli.config_as_dict(config))
-  changed = {field: value for field, value in fields.items()
-             if field not in defaults or defaults[field] != value}
+  changed = cli.config_differences(cli.config_as_dict(config),
+                                   cli.config_as_dict(default_config.get_config()))
   digest = hashlib.sha256(json.dumps(changed, sort_keys=True).encode()).hexdigest()[:8]
   return f"{posixpath.splitext(posixpath.basename(path))[0]}-{digest}"
 
